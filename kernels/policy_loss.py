@@ -1,0 +1,215 @@
+"""Triton kernels for the clipped policy loss over [B, T] log-probs.
+
+The forward writes per-row partial sums (loss, token count, clip counts, KL, ratio stats, entropy);
+a few [B]-sized torch ops finish the aggregation, so every ``agg`` mode and every metric comes out of
+one read of the inputs. The backward recomputes the per-token derivative (cheaper than storing it)
+and writes d(logp) and d(entropy) in one pass. Formulas: ``rlvr_fast.ops.policy_loss``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+KL_IDS = {"": 0, "k1": 1, "abs": 2, "k2": 3, "k3": 4}
+N_PARTIALS = 11
+
+
+@triton.jit
+def _clamp(x, lo, hi):
+    return tl.minimum(tl.maximum(x, lo), hi)
+
+
+@triton.jit
+def _load_row_tile(ptr, row, cols, stride_b, stride_t, valid, other):
+    return tl.load(ptr + row * stride_b + cols * stride_t, mask=valid, other=other).to(tl.float32)
+
+
+@triton.jit
+def _policy_loss_fwd_kernel(
+    logp_ptr, old_ptr, adv_ptr, mask_ptr, ref_ptr, ent_ptr, out_ptr,
+    T,
+    s_lp_b, s_lp_t, s_old_b, s_old_t, s_adv_b, s_adv_t, s_m_b, s_m_t, s_ref_b, s_ref_t, s_ent_b, s_ent_t,
+    clip_low, clip_high, dual_clip, kl_coef, kl_clamp, lrc, entropy_coef,
+    DUAL: tl.constexpr, KL: tl.constexpr, HAS_REF: tl.constexpr, HAS_ENT: tl.constexpr,
+    N_OUT: tl.constexpr, BLOCK_T: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    acc_loss = tl.zeros([BLOCK_T], tl.float32)
+    acc_n = tl.zeros([BLOCK_T], tl.float32)
+    acc_pg = tl.zeros([BLOCK_T], tl.float32)
+    acc_clip = tl.zeros([BLOCK_T], tl.float32)
+    acc_low = tl.zeros([BLOCK_T], tl.float32)
+    acc_akl = tl.zeros([BLOCK_T], tl.float32)
+    acc_kl = tl.zeros([BLOCK_T], tl.float32)
+    acc_r = tl.zeros([BLOCK_T], tl.float32)
+    acc_rmin = tl.full([BLOCK_T], float("inf"), tl.float32)
+    acc_rmax = tl.full([BLOCK_T], -float("inf"), tl.float32)
+    acc_ent = tl.zeros([BLOCK_T], tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        cols = t0 + tl.arange(0, BLOCK_T)
+        inb = cols < T
+        m = _load_row_tile(mask_ptr, row, cols, s_m_b, s_m_t, inb, 0)
+        valid = inb & (m != 0)
+        mf = valid.to(tl.float32)
+        lp = _load_row_tile(logp_ptr, row, cols, s_lp_b, s_lp_t, valid, 0.0)
+        old = _load_row_tile(old_ptr, row, cols, s_old_b, s_old_t, valid, 0.0)
+        A = _load_row_tile(adv_ptr, row, cols, s_adv_b, s_adv_t, valid, 0.0)
+        neg_kl = _clamp(lp - old, -lrc, lrc)
+        ratio = tl.exp(neg_kl)
+        pg1 = -A * ratio
+        pg2 = -A * _clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+        pg = tl.maximum(pg1, pg2)
+        if DUAL:
+            pg3 = -A * dual_clip
+            acc_low += ((pg > pg3) & (A < 0)).to(tl.float32) * mf
+            pg = tl.where(A < 0, tl.minimum(pg3, pg), pg)
+        loss = pg
+        if HAS_REF:
+            ref = _load_row_tile(ref_ptr, row, cols, s_ref_b, s_ref_t, valid, 0.0)
+            y = lp - ref
+            if KL == 1:
+                kl = y
+            elif KL == 2:
+                kl = tl.abs(y)
+            elif KL == 3:
+                kl = 0.5 * y * y
+            else:
+                k = _clamp(-y, -lrc, lrc)
+                kl = _clamp(tl.exp(k) - k - 1.0, -kl_clamp, kl_clamp)
+            loss += kl_coef * kl
+            acc_kl += kl * mf
+        if HAS_ENT:
+            ent = _load_row_tile(ent_ptr, row, cols, s_ent_b, s_ent_t, valid, 0.0)
+            loss -= entropy_coef * ent
+            acc_ent += ent * mf
+        acc_loss += loss * mf
+        acc_n += mf
+        acc_pg += pg * mf
+        acc_clip += (pg2 > pg1).to(tl.float32) * mf
+        acc_akl += -neg_kl * mf
+        acc_r += ratio * mf
+        acc_rmin = tl.minimum(acc_rmin, tl.where(valid, ratio, float("inf")))
+        acc_rmax = tl.maximum(acc_rmax, tl.where(valid, ratio, -float("inf")))
+    out = out_ptr + row * N_OUT
+    tl.store(out + 0, tl.sum(acc_loss, axis=0))
+    tl.store(out + 1, tl.sum(acc_n, axis=0))
+    tl.store(out + 2, tl.sum(acc_pg, axis=0))
+    tl.store(out + 3, tl.sum(acc_clip, axis=0))
+    tl.store(out + 4, tl.sum(acc_low, axis=0))
+    tl.store(out + 5, tl.sum(acc_akl, axis=0))
+    tl.store(out + 6, tl.sum(acc_kl, axis=0))
+    tl.store(out + 7, tl.sum(acc_r, axis=0))
+    # finite sentinels, like the torch reference, so an empty row never yields inf in the min/max
+    tl.store(out + 8, tl.minimum(tl.min(acc_rmin, axis=0), 3.4028234663852886e38))
+    tl.store(out + 9, tl.maximum(tl.max(acc_rmax, axis=0), -3.4028234663852886e38))
+    tl.store(out + 10, tl.sum(acc_ent, axis=0))
+
+
+@triton.jit
+def _policy_loss_bwd_kernel(
+    grad_ptr, w_ptr, logp_ptr, old_ptr, adv_ptr, mask_ptr, ref_ptr, glp_ptr, gent_ptr,
+    B, T,
+    s_lp_b, s_lp_t, s_old_b, s_old_t, s_adv_b, s_adv_t, s_m_b, s_m_t, s_ref_b, s_ref_t,
+    clip_low, clip_high, dual_clip, kl_coef, kl_clamp, lrc, entropy_coef,
+    DUAL: tl.constexpr, KL: tl.constexpr, HAS_REF: tl.constexpr, BLOCK_T: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    inb = cols < T
+    m = _load_row_tile(mask_ptr, row, cols, s_m_b, s_m_t, inb, 0)
+    valid = inb & (m != 0)
+    scale = tl.load(grad_ptr).to(tl.float32) * tl.load(w_ptr + row)
+    lp = _load_row_tile(logp_ptr, row, cols, s_lp_b, s_lp_t, valid, 0.0)
+    old = _load_row_tile(old_ptr, row, cols, s_old_b, s_old_t, valid, 0.0)
+    A = _load_row_tile(adv_ptr, row, cols, s_adv_b, s_adv_t, valid, 0.0)
+    x = lp - old
+    ratio = tl.exp(_clamp(x, -lrc, lrc))
+    dratio = tl.where((x >= -lrc) & (x <= lrc), ratio, 0.0)
+    pg1 = -A * ratio
+    pg2 = -A * _clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    # torch.maximum/minimum split the gradient evenly on ties; torch.clamp passes it on [lo, hi]
+    w1 = tl.where(pg1 > pg2, 1.0, tl.where(pg1 == pg2, 0.5, 0.0))
+    w2 = tl.where(pg2 > pg1, 1.0, tl.where(pg1 == pg2, 0.5, 0.0))
+    inside = ((ratio >= 1.0 - clip_low) & (ratio <= 1.0 + clip_high)).to(tl.float32)
+    d = -A * (w1 + w2 * inside) * dratio
+    if DUAL:
+        clip1 = tl.maximum(pg1, pg2)
+        pg3 = -A * dual_clip
+        through = tl.where(clip1 < pg3, 1.0, tl.where(clip1 == pg3, 0.5, 0.0))
+        d = d * tl.where(A < 0, through, 1.0)
+    if HAS_REF:
+        ref = _load_row_tile(ref_ptr, row, cols, s_ref_b, s_ref_t, valid, 0.0)
+        y = lp - ref
+        if KL == 1:
+            dkl = tl.full([BLOCK_T], 1.0, tl.float32)
+        elif KL == 2:
+            dkl = tl.where(y > 0, 1.0, tl.where(y < 0, -1.0, 0.0))
+        elif KL == 3:
+            dkl = y
+        else:
+            k = _clamp(-y, -lrc, lrc)
+            kld = tl.exp(k) - k - 1.0
+            live = (-y >= -lrc) & (-y <= lrc) & (kld >= -kl_clamp) & (kld <= kl_clamp)
+            dkl = tl.where(live, -(tl.exp(k) - 1.0), 0.0)
+        d += kl_coef * dkl
+    s = tl.where(valid, scale, 0.0)
+    tl.store(glp_ptr + row * T + cols, d * s, mask=inb)
+    tl.store(gent_ptr + row * T + cols, -entropy_coef * s, mask=inb)
+
+
+def _strides(t: torch.Tensor | None, like: torch.Tensor) -> tuple[int, int]:
+    if t is None:
+        return 0, 0
+    if t.dim() == 1:  # per-sequence values broadcast over tokens
+        return t.stride(0), 0
+    return t.stride(0), t.stride(1)
+
+
+def _mask_view(mask: torch.Tensor) -> torch.Tensor:
+    return mask.view(torch.uint8) if mask.dtype == torch.bool else mask
+
+
+def _scalars(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef):
+    return (clip_low, clip_high, dual_clip if dual_clip is not None else 0.0, kl_coef, kl_clamp, log_ratio_clamp,
+            entropy_coef)  # fmt: skip
+
+
+def policy_loss_forward(logp, old_logp, advantages, response_mask, ref_logp, entropy, clip_low, clip_high, dual_clip,
+                        kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef):  # fmt: skip
+    """Per-row partial sums, float32 [B, 11] (columns: ``rlvr_fast.ops.policy_loss.PARTIALS``)."""
+    B, T = logp.shape
+    out = torch.empty(B, N_PARTIALS, dtype=torch.float32, device=logp.device)
+    mask = _mask_view(response_mask)
+    has_ref = bool(kl_type) and ref_logp is not None
+    block_t = max(16, min(triton.next_power_of_2(max(T, 1)), 1024))
+    _policy_loss_fwd_kernel[(B,)](
+        logp, old_logp, advantages, mask, ref_logp if has_ref else logp, entropy if entropy is not None else logp, out,
+        T, *_strides(logp, logp), *_strides(old_logp, logp), *_strides(advantages, logp), *_strides(mask, logp),
+        *_strides(ref_logp if has_ref else None, logp), *_strides(entropy, logp),
+        *_scalars(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef),
+        DUAL=dual_clip is not None, KL=KL_IDS[kl_type], HAS_REF=has_ref, HAS_ENT=entropy is not None,
+        N_OUT=N_PARTIALS, BLOCK_T=block_t,
+    )  # fmt: skip
+    return out
+
+
+def policy_loss_backward(grad, row_w, logp, old_logp, advantages, response_mask, ref_logp, clip_low, clip_high,
+                         dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef):  # fmt: skip
+    """(d logp, d entropy), float32 [B, T] each, for the scalar upstream gradient ``grad``."""
+    B, T = logp.shape
+    glp = torch.empty(B, T, dtype=torch.float32, device=logp.device)
+    gent = torch.empty_like(glp)
+    mask = _mask_view(response_mask)
+    has_ref = bool(kl_type) and ref_logp is not None and kl_coef != 0
+    block_t = max(16, min(triton.next_power_of_2(max(T, 1)), 1024))
+    _policy_loss_bwd_kernel[(B, triton.cdiv(T, block_t))](
+        grad.reshape(1).float(), row_w.float().contiguous(), logp, old_logp, advantages, mask,
+        ref_logp if has_ref else logp, glp, gent, B, T,
+        *_strides(logp, logp), *_strides(old_logp, logp), *_strides(advantages, logp), *_strides(mask, logp),
+        *_strides(ref_logp if has_ref else None, logp),
+        *_scalars(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef),
+        DUAL=dual_clip is not None, KL=KL_IDS[kl_type], HAS_REF=has_ref, BLOCK_T=block_t,
+    )  # fmt: skip
+    return glp, gent

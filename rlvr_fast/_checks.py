@@ -1,0 +1,98 @@
+"""Argument checks shared by every public entry point (DESIGN.md section 5).
+
+Each check raises ValueError / IndexError / TypeError whose message names the argument, what was
+expected and what came. Shape/dtype/device checks are free. Value checks (token ids in range, finite
+scores) read the data and therefore synchronise with a GPU; they run inside the custom ops' eager
+implementations (so they also run under ``torch.compile``) and can be switched off with
+``RLVR_FAST_CHECK_VALUES=0`` for production loops that have already validated their inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def value_checks_enabled() -> bool:
+    """True unless ``RLVR_FAST_CHECK_VALUES=0``: data-dependent checks cost a host sync on GPU."""
+    return os.environ.get("RLVR_FAST_CHECK_VALUES", "1") != "0"
+
+
+def check_tensor(name: str, t, *, dtypes: Sequence[torch.dtype] | None = None, ndim=None) -> None:
+    """Raise TypeError unless ``t`` is a tensor of one of ``dtypes``; ValueError on a wrong ``ndim``.
+
+    ``ndim`` is an int or a tuple of accepted ranks.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if dtypes is not None and t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name}: expected dtype in ({names}), got {str(t.dtype).replace('torch.', '')}")
+    if ndim is not None:
+        ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if t.dim() not in ranks:
+            want = " or ".join(str(r) for r in ranks)
+            raise ValueError(f"{name}: expected a {want}-d tensor, got shape {tuple(t.shape)}")
+
+
+def check_shape(name: str, t: torch.Tensor, shape: Sequence[int], what: str = "") -> None:
+    """Raise ValueError unless ``t.shape == shape``; ``what`` explains where ``shape`` comes from."""
+    if tuple(t.shape) != tuple(shape):
+        why = f" ({what})" if what else ""
+        raise ValueError(f"{name}: expected shape {tuple(shape)}{why}, got {tuple(t.shape)}")
+
+
+def check_same_device(**tensors: torch.Tensor | None) -> None:
+    """Raise ValueError unless all given (non-None) tensors live on one device."""
+    items = [(k, v) for k, v in tensors.items() if v is not None]
+    if not items:
+        return
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.device != first.device:
+            raise ValueError(f"{name}: expected device {first.device} (like {first_name}), got {t.device}")
+
+
+def check_choice(name: str, value, choices: Sequence) -> None:
+    """Raise ValueError unless ``value`` is one of ``choices`` (listed in the message)."""
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    """Raise ValueError unless ``value`` > 0 (or >= 0 with ``allow_zero``)."""
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        raise ValueError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value}")
+
+
+def check_ids_in_range(name: str, ids: torch.Tensor, vocab: int, ignore_index: int) -> None:
+    """Raise IndexError if any id outside ``[0, vocab)`` is not ``ignore_index`` (one host sync)."""
+    if not value_checks_enabled() or ids.numel() == 0:
+        return
+    bad = ((ids < 0) | (ids >= vocab)) & (ids != ignore_index)
+    if bool(bad.any()):
+        first = ids[bad].flatten()[0].item()
+        count = int(bad.sum())
+        raise IndexError(
+            f"{name}: token ids must be in [0, {vocab}) or equal ignore_index={ignore_index}; "
+            f"got {count} out-of-range id(s), e.g. {first}"
+        )
+
+
+def check_finite(name: str, t: torch.Tensor, hint: str = "") -> None:
+    """Raise ValueError if ``t`` holds NaN or Inf (one host sync)."""
+    if not value_checks_enabled() or t.numel() == 0:
+        return
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        idx = bad.flatten().nonzero()[0].item()
+        raise ValueError(
+            f"{name}: expected finite values, got {int(bad.sum())} non-finite value(s), first at flat index "
+            f"{idx} ({t.flatten()[idx].item()}){hint}"
+        )

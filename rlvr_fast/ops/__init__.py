@@ -1,0 +1,32 @@
+"""Public functional API: every op is a torch.library custom op (``torch.ops.rlvr_fast.*``).
+
+Importing this package registers the ops; it never initialises CUDA and never imports Triton
+(kernels are imported on first use by the Triton backend).
+"""
+
+from .advantages import group_advantages, group_advantages_ref
+from .logprobs import token_logprobs, token_logprobs_backward_ref, token_logprobs_ref
+from .policy_loss import (
+    AGG_MODES,
+    KL_TYPES,
+    METRICS,
+    policy_loss,
+    policy_loss_backward_ref,
+    policy_loss_from_logits,
+    policy_loss_ref,
+)
+
+__all__ = [
+    "group_advantages",
+    "group_advantages_ref",
+    "token_logprobs",
+    "token_logprobs_ref",
+    "token_logprobs_backward_ref",
+    "policy_loss",
+    "policy_loss_ref",
+    "policy_loss_backward_ref",
+    "policy_loss_from_logits",
+    "AGG_MODES",
+    "KL_TYPES",
+    "METRICS",
+]

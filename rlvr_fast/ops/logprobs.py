@@ -1,0 +1,294 @@
+"""Token log-probabilities (and entropy) gathered from logits, with a fused backward.
+
+Top to bottom: the public function, the chunked pure-PyTorch reference (CPU fallback and test
+oracle), and the ``rlvr_fast::token_logprobs`` custom ops with their autograd formula. The Triton
+kernels live in ``rlvr_fast.kernels.logprobs``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import _checks as C
+from .._dispatch import select_backend
+from ._rows import as_rows, row_blocks, rows_view
+
+# The reference processes this many logits elements per block: bounded temporaries on CPU.
+_REF_BLOCK_ELEMS = 1 << 21
+
+
+def token_logprobs(
+    logits: torch.Tensor,
+    token_ids: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    ignore_index: int = -100,
+    inplace_backward: bool = False,
+):
+    """Log-probability of each chosen token under ``softmax(logits / temperature)``, and its entropy.
+
+    ``logp[i] = x[i, y_i] - logsumexp_j x[i, j]`` and ``H[i] = logsumexp_j x[i, j] - sum_j p[i, j] x[i, j]``
+    with ``x = logits / temperature``, accumulated in float32 with an online logsumexp: the forward
+    reads the logits once. Same numbers as verl's ``logprobs_from_logits`` / ``entropy_from_logits`` and
+    TRL's ``selective_log_softmax`` / ``entropy_from_logits``.
+
+    Backward (one pass that reads the logits once and writes the gradient once), from
+    ``d logp_i / d x_ij = 1[j = y_i] - p_ij`` and ``d H_i / d x_ij = -p_ij (log p_ij + H_i)``::
+
+        d logits_ij = (g_logp_i (1[j = y_i] - p_ij) - g_H_i p_ij (log p_ij + H_i)) / temperature
+
+    Args:
+        logits: [..., V] float32 / bfloat16 / float16; any strides whose last dim is unit-stride and
+            whose leading dims form at most two non-collapsible runs (``logits[:, :-1]`` is read in
+            place; other layouts are copied once).
+        token_ids: int tensor of shape ``logits.shape[:-1]``; ids in [0, V) or ``ignore_index``.
+        temperature: positive; logits are divided by it (sampling temperature of the rollout).
+        return_entropy: also return the entropy of each row.
+        ignore_index: positions with this id give log-prob 0, entropy 0 and no gradient.
+        inplace_backward: write d(logits) into the logits buffer instead of a new tensor (saves one
+            logits-sized allocation; the logits must not be needed afterwards; eager mode only).
+
+    Returns:
+        ``logp`` float32 of shape ``token_ids.shape``, or ``(logp, entropy)`` with ``return_entropy``.
+    """
+    C.check_tensor("logits", logits, dtypes=(torch.float32, torch.bfloat16, torch.float16, torch.float64))
+    C.check_tensor("token_ids", token_ids, dtypes=C.INT_DTYPES)
+    if logits.dim() < 1 or logits.shape[-1] < 1:
+        raise ValueError(f"logits: expected shape [..., V] with V >= 1, got {tuple(logits.shape)}")
+    C.check_shape("token_ids", token_ids, logits.shape[:-1], "logits.shape[:-1]")
+    C.check_same_device(logits=logits, token_ids=token_ids)
+    _check_temperature(temperature)
+    logp, entropy, _ = torch.ops.rlvr_fast.token_logprobs(
+        logits, token_ids, float(temperature), bool(return_entropy), int(ignore_index), bool(inplace_backward)
+    )
+    return (logp, entropy) if return_entropy else logp
+
+
+def _check_temperature(temperature: float) -> None:
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature: expected a positive finite number, got {temperature!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference
+# ----------------------------------------------------------------------------------------------
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def token_logprobs_ref(
+    logits: torch.Tensor, token_ids: torch.Tensor, temperature: float, return_entropy: bool, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference forward: ``(logp, entropy, lse)`` in ``promote(logits.dtype, float32)``.
+
+    Shapes: logits [..., V], token_ids [...]; every output has ``token_ids.shape`` (``entropy`` is
+    empty when not requested). Processes bounded blocks of rows, so temporaries stay small.
+    """
+    dtype = _compute_dtype(logits.dtype)
+    logits, layout = as_rows(logits)
+    V = logits.shape[-1]
+    ids = token_ids.reshape(-1)
+    n = ids.shape[0]
+    logp = torch.zeros(n, dtype=dtype, device=logits.device)
+    lse = torch.zeros(n, dtype=dtype, device=logits.device)
+    ent = torch.zeros(n if return_entropy else 0, dtype=dtype, device=logits.device)
+    for r0, n in row_blocks(layout, max(1, _REF_BLOCK_ELEMS // V)):
+        x = rows_view(logits, layout, r0, n).to(dtype) / temperature
+        rows = slice(r0, r0 + n)
+        tid = ids[rows]
+        keep = tid != ignore_index
+        m = torch.logsumexp(x, dim=-1)
+        picked = x.gather(1, torch.where(keep, tid, 0).clamp(0, V - 1)[:, None].long())[:, 0]
+        lse[rows] = m
+        logp[rows] = torch.where(keep, picked - m, torch.zeros_like(m))
+        if return_entropy:
+            p = torch.exp(x - m[:, None])
+            # p * x is 0 where p underflows, also for x = -inf (masked vocabulary entries)
+            px = torch.where(p > 0, p * x, torch.zeros_like(p))
+            ent[rows] = torch.where(keep, m - px.sum(-1), torch.zeros_like(m))
+    shape = token_ids.shape
+    return logp.view(shape), ent.view(shape if return_entropy else (0,)), lse.view(shape)
+
+
+def token_logprobs_backward_ref(
+    grad_logp: torch.Tensor,
+    grad_entropy: torch.Tensor | None,
+    logits: torch.Tensor,
+    token_ids: torch.Tensor,
+    lse: torch.Tensor,
+    entropy: torch.Tensor | None,
+    temperature: float,
+    ignore_index: int,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reference backward: d(logits) in ``logits.dtype`` (written into ``out`` when given).
+
+    ``grad_entropy`` and ``entropy`` are both given or both None. ``out`` may be ``logits`` itself:
+    each block is read before it is overwritten.
+    """
+    dtype = _compute_dtype(logits.dtype)
+    logits, layout = as_rows(logits)
+    V = logits.shape[-1]
+    if out is None:
+        out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    ids = token_ids.reshape(-1)
+    g = grad_logp.reshape(-1).to(dtype)
+    lse = lse.reshape(-1).to(dtype)
+    if grad_entropy is not None:
+        ge = grad_entropy.reshape(-1).to(dtype)
+        H = entropy.reshape(-1).to(dtype)
+    dst_all, dst_layout = as_rows(out)
+    for r0, n in row_blocks(layout, max(1, _REF_BLOCK_ELEMS // V)):
+        x = rows_view(logits, layout, r0, n).to(dtype) / temperature
+        rows = slice(r0, r0 + n)
+        tid = ids[rows]
+        keep = (tid != ignore_index).to(dtype)
+        logp = x - lse[rows, None]
+        p = torch.exp(logp)
+        d = -g[rows, None] * p
+        d.scatter_add_(1, torch.where(tid != ignore_index, tid, 0).clamp(0, V - 1)[:, None].long(), g[rows, None])
+        if grad_entropy is not None:
+            plogp = torch.where(p > 0, p * (logp + H[rows, None]), torch.zeros_like(p))
+            d -= ge[rows, None] * plogp
+        rows_view(dst_all, dst_layout, r0, n).copy_(d * (keep[:, None] / temperature))
+    if dst_all is not out:
+        out.copy_(dst_all)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops
+# ----------------------------------------------------------------------------------------------
+
+
+def _use_triton(op: str, t: torch.Tensor) -> bool:
+    return t.numel() > 0 and select_backend(op, t.device) == "triton"
+
+
+@torch.library.custom_op("rlvr_fast::token_logprobs", mutates_args=())
+def _token_logprobs_op(
+    logits: torch.Tensor,
+    token_ids: torch.Tensor,
+    temperature: float,
+    return_entropy: bool,
+    ignore_index: int,
+    inplace_backward: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    C.check_ids_in_range("token_ids", token_ids, logits.shape[-1], ignore_index)
+    if _use_triton("token_logprobs", logits):
+        from ..kernels import logprobs as K
+
+        x, layout = as_rows(logits)
+        return K.logprobs_forward(x, layout, token_ids, temperature, return_entropy, ignore_index)
+    logp, ent, lse = token_logprobs_ref(logits, token_ids, temperature, return_entropy, ignore_index)
+    return logp.float(), ent.float(), lse.float()
+
+
+@_token_logprobs_op.register_fake
+def _(logits, token_ids, temperature, return_entropy, ignore_index, inplace_backward):
+    logp = logits.new_empty(token_ids.shape, dtype=torch.float32)
+    ent = logits.new_empty(token_ids.shape if return_entropy else (0,), dtype=torch.float32)
+    return logp, ent, torch.empty_like(logp)
+
+
+@torch.library.custom_op("rlvr_fast::token_logprobs_backward", mutates_args=())
+def _token_logprobs_backward_op(
+    grad_logp: torch.Tensor,
+    grad_entropy: torch.Tensor | None,
+    logits: torch.Tensor,
+    token_ids: torch.Tensor,
+    lse: torch.Tensor,
+    entropy: torch.Tensor | None,
+    temperature: float,
+    ignore_index: int,
+) -> torch.Tensor:
+    out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    _backward_into(out, grad_logp, grad_entropy, logits, token_ids, lse, entropy, temperature, ignore_index)
+    return out
+
+
+@_token_logprobs_backward_op.register_fake
+def _(grad_logp, grad_entropy, logits, token_ids, lse, entropy, temperature, ignore_index):
+    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+
+@torch.library.custom_op("rlvr_fast::token_logprobs_backward_inplace", mutates_args=("logits",))
+def _token_logprobs_backward_inplace_op(
+    logits: torch.Tensor,
+    grad_logp: torch.Tensor,
+    grad_entropy: torch.Tensor | None,
+    token_ids: torch.Tensor,
+    lse: torch.Tensor,
+    entropy: torch.Tensor | None,
+    temperature: float,
+    ignore_index: int,
+) -> None:
+    _backward_into(logits, grad_logp, grad_entropy, logits, token_ids, lse, entropy, temperature, ignore_index)
+
+
+@_token_logprobs_backward_inplace_op.register_fake
+def _(logits, grad_logp, grad_entropy, token_ids, lse, entropy, temperature, ignore_index):
+    return None
+
+
+def _backward_into(out, grad_logp, grad_entropy, logits, token_ids, lse, entropy, temperature, ignore_index):
+    if grad_entropy is None:
+        entropy = None
+    if _use_triton("token_logprobs_backward", logits):
+        from ..kernels import logprobs as K
+
+        x, layout = as_rows(logits)
+        dst, dst_layout = as_rows(out)
+        K.logprobs_backward(
+            x, layout, dst, dst_layout, token_ids, grad_logp, grad_entropy, lse, entropy, temperature, ignore_index
+        )
+        if dst is not out:
+            out.copy_(dst)
+        return
+    token_logprobs_backward_ref(
+        grad_logp, grad_entropy, logits, token_ids, lse, entropy, temperature, ignore_index, out=out
+    )
+
+
+def logits_grad(
+    logits, token_ids, lse, entropy, grad_logp, grad_entropy, temperature, ignore_index, inplace
+) -> torch.Tensor:
+    """d(logits) through the chosen backward op; shared by every op that reads logits."""
+    if inplace:
+        torch.ops.rlvr_fast.token_logprobs_backward_inplace(
+            logits, grad_logp, grad_entropy, token_ids, lse, entropy, temperature, ignore_index
+        )
+        return logits
+    return torch.ops.rlvr_fast.token_logprobs_backward(
+        grad_logp, grad_entropy, logits, token_ids, lse, entropy, temperature, ignore_index
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    logits, token_ids, temperature, return_entropy, ignore_index, inplace_backward = inputs
+    _, entropy, lse = output
+    ctx.save_for_backward(logits, token_ids, lse, entropy if return_entropy else None)
+    ctx.temperature, ctx.ignore_index, ctx.inplace = temperature, ignore_index, inplace_backward
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_logp, grad_entropy, _grad_lse):
+    logits, token_ids, lse, entropy = ctx.saved_tensors
+    if grad_logp is None and grad_entropy is None:
+        return None, None, None, None, None, None
+    if grad_logp is None:
+        grad_logp = torch.zeros_like(lse)
+    if entropy is None or grad_entropy is None:
+        grad_entropy, entropy = None, None
+    dlogits = logits_grad(
+        logits, token_ids, lse, entropy, grad_logp, grad_entropy, ctx.temperature, ctx.ignore_index, ctx.inplace
+    )
+    return dlogits, None, None, None, None, None
+
+
+_token_logprobs_op.register_autograd(_backward, setup_context=_setup_context)
