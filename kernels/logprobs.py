@@ -51,8 +51,8 @@ def _logprobs_fwd_kernel(
         alpha = tl.exp(m - m_ref)
         e = tl.exp(x - m_ref)
         s = s * alpha + tl.sum(e, axis=0)
-        if ENTROPY:  # padded lanes hold -inf: multiply by a finite stand-in instead
-            t = t * alpha + tl.sum(tl.where(e > 0, e * tl.where(cols < V, x, 0.0), 0.0), axis=0)
+        if ENTROPY:  # p * x -> 0 where p underflows: padded lanes and -inf logits hold x = -inf
+            t = t * alpha + tl.sum(e * tl.where(e > 0, x, 0.0), axis=0)
         m = m_new
     lse = m + tl.log(s)
     tid = tl.load(ids_ptr + row).to(tl.int32)
@@ -105,8 +105,8 @@ def _logprobs_bwd_kernel(
         logp = x - lse
         p = tl.exp(logp)
         d = tl.where(cols == tid, g, 0.0) - g * p
-        if ENTROPY:
-            d -= ge * tl.where(p > 0, p * (logp + H), 0.0)
+        if ENTROPY:  # p log p -> 0 where p underflows (also for -inf logits)
+            d -= ge * p * (tl.where(p > 0, logp, 0.0) + H)
         tl.store(dbase + cols, d.to(dlogits_ptr.dtype.element_ty), mask=cols < V)
 
 

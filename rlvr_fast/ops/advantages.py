@@ -61,7 +61,8 @@ def group_advantages(
     Presets reproduce a peer exactly (tests check against the real packages):
     - ``None``: eps 1e-6, unbiased std, a group with one sample gets advantage 0, NaN scores raise.
     - ``"verl"``: eps 1e-6, unbiased std, singleton groups use mean 0 / std 1 (verl's
-      ``compute_*_outcome_advantage``), NaN scores raise.
+      ``compute_*_outcome_advantage``), NaN scores raise. verl's ``compute_rloo_vectorized_*`` gives a
+      singleton 0 instead of its reward, unlike its loop version: that matches ``preset=None``.
     - ``"trl"``: eps 1e-4, unbiased std, NaN scores mark unscorable samples: they are left out of the
       group statistics and, like any other NaN advantage, become 0 (TRL ``GRPOTrainer``).
     ``eps`` and ``unbiased_std`` override the preset when given.
@@ -114,7 +115,7 @@ def group_advantages(
     C.check_same_device(scores=scores, group_ids=group_ids, response_mask=response_mask)
 
     return torch.ops.rlvr_fast.group_advantages(
-        scores,
+        scores.detach(),  # rewards are constants of the policy gradient
         group_ids,
         group_size or 0,
         response_mask,
@@ -257,7 +258,9 @@ def _group_advantages_op(
     nan_as_missing: bool,
 ) -> torch.Tensor:
     if nan_as_missing:
-        C.check_finite("scores", torch.nan_to_num(scores, nan=0.0), " (NaN marks a missing score; Inf is an error)")
+        C.check_finite(
+            "scores", torch.where(torch.isnan(scores), 0.0, scores), " (NaN marks a missing score; Inf is an error)"
+        )
     else:
         C.check_finite("scores", scores, "; use preset='trl' to treat NaN as an unscorable sample")
     args = (scores, group_ids, group_size, response_mask, estimator, eps, unbiased_std, singleton, nan_as_missing)

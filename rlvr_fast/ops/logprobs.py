@@ -103,7 +103,10 @@ def token_logprobs_ref(
         tid = ids[rows]
         keep = tid != ignore_index
         m = torch.logsumexp(x, dim=-1)
-        picked = x.gather(1, torch.where(keep, tid, 0).clamp(0, V - 1)[:, None].long())[:, 0]
+        in_range = (tid >= 0) & (tid < V)
+        picked = x.gather(1, torch.where(keep & in_range, tid, 0)[:, None].long())[:, 0]
+        # an id out of range (value checks disabled) yields NaN, like the kernel
+        picked = torch.where(in_range, picked, torch.full_like(picked, float("nan")))
         lse[rows] = m
         logp[rows] = torch.where(keep, picked - m, torch.zeros_like(m))
         if return_entropy:
