@@ -247,3 +247,25 @@ def test_value_checks_can_be_disabled(monkeypatch, backend, device):
     x = torch.randn(2, 10, device=device)
     out = rf.token_logprobs(x, torch.tensor([3, 12], device=device))
     assert torch.isnan(out[1]) and torch.isfinite(out[0])
+
+
+# --- properties -----------------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=30, deadline=None)
+@given(V=st.integers(1, 300), scale=st.floats(0.01, 30), temperature=st.floats(0.2, 3.0), seed=st.integers(0, 999))
+def test_distribution_properties(V, scale, temperature, seed):
+    """log p <= 0, probabilities over the vocabulary sum to 1, 0 <= H <= log V, shift invariance."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, V, generator=g, dtype=torch.float64) * scale
+    every_id = torch.arange(V)
+    rows = x.expand(V, V)
+    logp, ent = rf.token_logprobs(rows, every_id, temperature=temperature, return_entropy=True)
+    assert (logp <= 1e-6).all()
+    assert abs(logp.double().exp().sum().item() - 1.0) < 1e-4
+    assert -1e-5 <= ent[0].item() <= torch.log(torch.tensor(float(V))).item() + 1e-4
+    shifted = rf.token_logprobs(rows + 123.0, every_id, temperature=temperature)
+    torch.testing.assert_close(shifted, logp, rtol=1e-4, atol=1e-4)
