@@ -130,10 +130,9 @@ def _policy_loss_bwd_kernel(
     pg1 = -A * ratio
     pg2 = -A * _clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     # torch.maximum/minimum split the gradient evenly on ties; torch.clamp passes it on [lo, hi]
-    w1 = tl.where(pg1 > pg2, 1.0, tl.where(pg1 == pg2, 0.5, 0.0))
-    w2 = tl.where(pg2 > pg1, 1.0, tl.where(pg1 == pg2, 0.5, 0.0))
     inside = ((ratio >= 1.0 - clip_low) & (ratio <= 1.0 + clip_high)).to(tl.float32)
-    d = -A * (w1 + w2 * inside) * dratio
+    through = tl.where(pg1 > pg2, 1.0, tl.where(pg1 < pg2, inside, 0.5 * (1.0 + inside)))
+    d = -A * through * dratio
     if DUAL:
         clip1 = tl.maximum(pg1, pg2)
         pg3 = -A * dual_clip

@@ -124,5 +124,5 @@ def test_opcheck_on_gpu():
     torch.library.opcheck(torch.ops.rlvr_fast.token_logprobs.default, (logits, ids, 1.0, True, -100, False))
     args = (logits, ids, torch.randn(4, 8, device="cuda") - 7, torch.randn(4, device="cuda"),
             torch.ones(4, 8, device="cuda"), None, 0.2, 0.2, 3.0, "", 0.0, 10.0, 20.0, 0.01, "token-mean", None, 1.0,
-            -100, False)  # fmt: skip
+            -100, False, True)  # fmt: skip
     torch.library.opcheck(torch.ops.rlvr_fast.policy_loss_from_logits.default, args)

@@ -167,7 +167,8 @@ def test_from_logits_equals_composition(backend, device, agg, kl, dual, ent_coef
     mask = torch.rand(B, T, device=device) > 0.2
     kw = dict(ref_logp=ref, kl_type=kl, kl_coef=0.1 if kl else 0.0, dual_clip=dual, agg=agg, clip_high=0.28)
     x1 = full.clone().requires_grad_()
-    loss, m = rf.policy_loss_from_logits(x1[:, :-1], ids, old, adv, mask, temperature=0.9, entropy_coef=ent_coef, **kw)
+    loss, m = rf.policy_loss_from_logits(x1[:, :-1], ids, old, adv, mask, temperature=0.9, entropy_coef=ent_coef,
+                                         compute_entropy=True, **kw)  # fmt: skip
     loss.backward()
     x2 = full.clone().requires_grad_()
     lp, ent = rf.token_logprobs(x2[:, :-1], ids, temperature=0.9, return_entropy=True)
@@ -178,6 +179,19 @@ def test_from_logits_equals_composition(backend, device, agg, kl, dual, ent_coef
     for k in rf.METRICS:
         torch.testing.assert_close(m[k], wm[k], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(m["logp"], lp.detach())
+
+
+def test_from_logits_entropy_only_when_used(backend, device):
+    logits = torch.randn(2, 5, 40, device=device)
+    ids = torch.randint(0, 40, (2, 5), device=device)
+    args = (torch.randn(2, 5, device=device) - 3.7, torch.randn(2, device=device), torch.ones(2, 5, device=device))
+    plain, m = rf.policy_loss_from_logits(logits, ids, *args)
+    assert "entropy" not in m and "entropy_tokens" not in m
+    with_ent, m2 = rf.policy_loss_from_logits(logits, ids, *args, compute_entropy=True)
+    torch.testing.assert_close(plain, with_ent)
+    assert m2["entropy"] > 0 and m2["entropy_tokens"].shape == (2, 5)
+    with pytest.raises(ValueError, match="compute_entropy: must not be False"):
+        rf.policy_loss_from_logits(logits, ids, *args, entropy_coef=0.1, compute_entropy=False)
 
 
 def test_from_logits_float64_oracle_and_inplace(backend, device):
@@ -207,7 +221,7 @@ def test_from_logits_opcheck(backend, device):
     ids = torch.randint(0, 31, (2, 4), device=device)
     args = (logits, ids, torch.randn(2, 4, device=device) - 3, torch.randn(2, device=device),
             torch.ones(2, 4, device=device), None, 0.2, 0.2, None, "", 0.0, 10.0, 20.0, 0.01, "token-mean", None,
-            1.0, -100, False)  # fmt: skip
+            1.0, -100, False, True)  # fmt: skip
     torch.library.opcheck(torch.ops.rlvr_fast.policy_loss_from_logits.default, args)
 
 

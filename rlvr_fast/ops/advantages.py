@@ -237,7 +237,7 @@ def group_advantages_ref(
         adv = torch.where(valid, (adv - mean) * inv_std, torch.zeros_like(adv))
     if response_mask is None:
         return adv
-    return adv[:, None] * tok_valid
+    return torch.where(tok_valid, adv[:, None], 0.0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -81,39 +81,64 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _block_rows(V: int) -> int:
+    return max(1, _REF_BLOCK_ELEMS // V)
+
+
+def _scaled(src: torch.Tensor, temperature: float, dtype: torch.dtype, buf: torch.Tensor | None) -> torch.Tensor:
+    """``src / temperature`` in ``dtype``: ``src`` itself when nothing changes, else written into ``buf``."""
+    if src.dtype == dtype and temperature == 1.0:
+        return src
+    return torch.mul(src, 1.0 / temperature, out=buf[: src.shape[0]])
+
+
 def token_logprobs_ref(
     logits: torch.Tensor, token_ids: torch.Tensor, temperature: float, return_entropy: bool, ignore_index: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reference forward: ``(logp, entropy, lse)`` in ``promote(logits.dtype, float32)``.
 
     Shapes: logits [..., V], token_ids [...]; every output has ``token_ids.shape`` (``entropy`` is
-    empty when not requested). Processes bounded blocks of rows, so temporaries stay small.
+    empty when not requested). Streams cache-sized blocks of rows through buffers allocated once, so
+    the extra memory is O(block) and no pass over the logits allocates.
     """
     dtype = _compute_dtype(logits.dtype)
     logits, layout = as_rows(logits)
     V = logits.shape[-1]
     ids = token_ids.reshape(-1)
-    n = ids.shape[0]
-    logp = torch.zeros(n, dtype=dtype, device=logits.device)
-    lse = torch.zeros(n, dtype=dtype, device=logits.device)
-    ent = torch.zeros(n if return_entropy else 0, dtype=dtype, device=logits.device)
-    for r0, n in row_blocks(layout, max(1, _REF_BLOCK_ELEMS // V)):
-        x = rows_view(logits, layout, r0, n).to(dtype) / temperature
+    n_rows = ids.shape[0]
+    dev = logits.device
+    logp = torch.zeros(n_rows, dtype=dtype, device=dev)
+    lse = torch.zeros(n_rows, dtype=dtype, device=dev)
+    ent = torch.zeros(n_rows if return_entropy else 0, dtype=dtype, device=dev)
+    blk = min(_block_rows(V), max(n_rows, 1))
+    need_copy = logits.dtype != dtype or temperature != 1.0
+    buf_x = torch.empty(blk, V, dtype=dtype, device=dev) if need_copy else None
+    buf_d = torch.empty(blk, V, dtype=dtype, device=dev)
+    buf_e = torch.empty(blk, V, dtype=dtype, device=dev) if return_entropy else None
+    for r0, n in row_blocks(layout, blk):
+        x = _scaled(rows_view(logits, layout, r0, n), temperature, dtype, buf_x)
         rows = slice(r0, r0 + n)
-        tid = ids[rows]
-        keep = tid != ignore_index
-        m = torch.logsumexp(x, dim=-1)
-        in_range = (tid >= 0) & (tid < V)
-        picked = x.gather(1, torch.where(keep & in_range, tid, 0)[:, None].long())[:, 0]
-        # an id out of range (value checks disabled) yields NaN, like the kernel
-        picked = torch.where(in_range, picked, torch.full_like(picked, float("nan")))
-        lse[rows] = m
-        logp[rows] = torch.where(keep, picked - m, torch.zeros_like(m))
+        m = x.amax(-1)
+        m = torch.where(torch.isinf(m), torch.zeros_like(m), m)  # rows of -inf must not give NaN
+        d = torch.sub(x, m[:, None], out=buf_d[:n])
         if return_entropy:
-            p = torch.exp(x - m[:, None])
-            # p * x is 0 where p underflows, also for x = -inf (masked vocabulary entries)
-            px = torch.where(p > 0, p * x, torch.zeros_like(p))
-            ent[rows] = torch.where(keep, m - px.sum(-1), torch.zeros_like(m))
+            e = torch.exp(d, out=buf_e[:n])
+            s = e.sum(-1)
+            # sum_j e_j d_j (cascade-summed), with d = -inf (masked vocabulary) contributing 0 * finite = 0
+            t = e.mul_(d.clamp_(min=-1e30)).sum(-1)
+            ent[rows] = s.log() - t / s
+        else:
+            s = d.exp_().sum(-1)
+        lse[rows] = m + s.log()
+        tid = ids[rows]
+        in_range = (tid >= 0) & (tid < V)
+        picked = x.gather(1, torch.where(in_range, tid, 0)[:, None].long())[:, 0]
+        # an id out of range (value checks disabled) yields NaN, like the kernel
+        logp[rows] = torch.where(in_range, picked, float("nan")) - lse[rows]
+    keep = ids != ignore_index
+    logp = torch.where(keep, logp, 0.0)
+    if return_entropy:
+        ent = torch.where(keep, ent, 0.0)
     shape = token_ids.shape
     return logp.view(shape), ent.view(shape if return_entropy else (0,)), lse.view(shape)
 
@@ -131,34 +156,48 @@ def token_logprobs_backward_ref(
 ) -> torch.Tensor:
     """Reference backward: d(logits) in ``logits.dtype`` (written into ``out`` when given).
 
+    ``d x_ij = (g_i (1[j = y_i] - p_ij) - gH_i p_ij (log p_ij + H_i)) / temperature``.
     ``grad_entropy`` and ``entropy`` are both given or both None. ``out`` may be ``logits`` itself:
-    each block is read before it is overwritten.
+    each block is read before it is overwritten. Blocks go through reused buffers, or straight into
+    ``out`` when it has the compute dtype.
     """
     dtype = _compute_dtype(logits.dtype)
     logits, layout = as_rows(logits)
     V = logits.shape[-1]
+    dev = logits.device
     if out is None:
-        out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        out = torch.empty(logits.shape, dtype=logits.dtype, device=dev)
     ids = token_ids.reshape(-1)
-    g = grad_logp.reshape(-1).to(dtype)
+    n_rows = ids.shape[0]
+    # fold the mask and 1/temperature into the per-row gradients: no extra pass over the block
+    scale = (ids != ignore_index).to(dtype) / temperature
+    g = grad_logp.reshape(-1).to(dtype) * scale
     lse = lse.reshape(-1).to(dtype)
     if grad_entropy is not None:
-        ge = grad_entropy.reshape(-1).to(dtype)
+        ge = grad_entropy.reshape(-1).to(dtype) * scale
         H = entropy.reshape(-1).to(dtype)
+    tid_safe = torch.where((ids >= 0) & (ids < V), ids, 0).long()
     dst_all, dst_layout = as_rows(out)
-    for r0, n in row_blocks(layout, max(1, _REF_BLOCK_ELEMS // V)):
-        x = rows_view(logits, layout, r0, n).to(dtype) / temperature
+    blk = min(_block_rows(V), max(n_rows, 1))
+    need_copy = logits.dtype != dtype or temperature != 1.0
+    buf_x = torch.empty(blk, V, dtype=dtype, device=dev) if need_copy else None
+    buf_p = torch.empty(blk, V, dtype=dtype, device=dev)
+    buf_w = torch.empty(blk, V, dtype=dtype, device=dev) if out.dtype != dtype else None
+    for r0, n in row_blocks(layout, blk):
+        x = _scaled(rows_view(logits, layout, r0, n), temperature, dtype, buf_x)
         rows = slice(r0, r0 + n)
-        tid = ids[rows]
-        keep = (tid != ignore_index).to(dtype)
-        logp = x - lse[rows, None]
-        p = torch.exp(logp)
-        d = -g[rows, None] * p
-        d.scatter_add_(1, torch.where(tid != ignore_index, tid, 0).clamp(0, V - 1)[:, None].long(), g[rows, None])
-        if grad_entropy is not None:
-            plogp = torch.where(p > 0, p * (logp + H[rows, None]), torch.zeros_like(p))
-            d -= ge[rows, None] * plogp
-        rows_view(dst_all, dst_layout, r0, n).copy_(d * (keep[:, None] / temperature))
+        dst = rows_view(dst_all, dst_layout, r0, n)
+        w = dst if buf_w is None else buf_w[:n]
+        logp = torch.sub(x, lse[rows, None], out=w)
+        p = torch.exp(logp, out=buf_p[:n])
+        if grad_entropy is not None:  # w <- -gH p (log p + H) - g p
+            logp.clamp_(min=-1e30).add_(H[rows, None]).mul_(p).mul_(-ge[rows, None])
+            w.addcmul_(p, -g[rows, None])
+        else:
+            torch.mul(p, -g[rows, None], out=w)
+        w.scatter_add_(1, tid_safe[rows, None], g[rows, None])
+        if w is not dst:
+            dst.copy_(w)
     if dst_all is not out:
         out.copy_(dst_all)
     return out

@@ -100,8 +100,8 @@ def policy_loss(
         ``(loss, metrics)``: ``loss`` is a float32 scalar; ``metrics`` maps names to float32 0-d
         tensors (no host sync): ``pg_loss`` (the aggregated clipped term alone), ``clipfrac``,
         ``clipfrac_lower`` (dual clip), ``approx_kl`` (mean of old - new log-prob, verl's ppo_kl),
-        ``kl`` (mean KL estimate), ``ratio_mean|min|max``, ``entropy`` (mean), ``n_tokens``. All
-        means are over valid tokens; with no valid token they are 0.
+        ``kl`` (mean KL estimate), ``ratio_mean|min|max``, ``entropy`` (mean; only when ``entropy``
+        is given), ``n_tokens``. All means are over valid tokens; with no valid token they are 0.
     """
     cfg = _loss_config(
         clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef, agg, norm_const
@@ -111,7 +111,7 @@ def policy_loss(
     loss, metrics_vec, _ = torch.ops.rlvr_fast.policy_loss(
         logp, old_logp, advantages, response_mask, ref_logp, entropy, *cfg
     )
-    return loss, unpack_metrics(metrics_vec)
+    return loss, unpack_metrics(metrics_vec, entropy is not None)
 
 
 def policy_loss_from_logits(
@@ -135,6 +135,7 @@ def policy_loss_from_logits(
     norm_const: float | None = None,
     ignore_index: int = -100,
     inplace_backward: bool = False,
+    compute_entropy: bool | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Selective log-softmax fused with :func:`policy_loss`: the [B, T, V] logits are read once forward,
     once backward, and d(logits) is written once, with no float32 copy of the logits.
@@ -151,12 +152,14 @@ def policy_loss_from_logits(
             loss, as if masked).
         temperature: rollout sampling temperature; logits are divided by it.
         inplace_backward: write d(logits) into the logits buffer (eager mode only).
-        Other arguments: as :func:`policy_loss`; ``entropy`` is computed here, so the ``entropy``
-        metric is always reported and ``entropy_coef`` adds the bonus.
+        compute_entropy: compute per-token entropies in the same pass over the logits (for the
+            ``entropy`` metric). Default: only when ``entropy_coef != 0``. On GPU the kernel is
+            memory-bound and the entropy nearly free; on CPU it costs about a third more time.
+        Other arguments: as :func:`policy_loss`.
 
     Returns:
-        ``(loss, metrics)`` as :func:`policy_loss`, plus ``metrics["logp"]`` and
-        ``metrics["entropy_tokens"]`` ([B, T] float32, detached) for logging or reuse.
+        ``(loss, metrics)`` as :func:`policy_loss`, plus ``metrics["logp"]`` ([B, T] float32,
+        detached) and, when entropies were computed, ``metrics["entropy_tokens"]``.
     """
     cfg = _loss_config(
         clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef, agg, norm_const
@@ -170,18 +173,26 @@ def policy_loss_from_logits(
     _check_loss_inputs(
         token_ids.shape, logits, old_logp, advantages, response_mask, ref_logp, None, cfg, entropy_required=False
     )
+    with_entropy = bool(entropy_coef != 0 if compute_entropy is None else compute_entropy)
+    if entropy_coef != 0 and not with_entropy:
+        raise ValueError(f"compute_entropy: must not be False when entropy_coef={entropy_coef} != 0")
     loss, metrics_vec, logp, ent, _, _ = torch.ops.rlvr_fast.policy_loss_from_logits(
         logits, token_ids, old_logp, advantages, response_mask, ref_logp, *cfg,
-        float(temperature), int(ignore_index), bool(inplace_backward),
+        float(temperature), int(ignore_index), bool(inplace_backward), with_entropy,
     )  # fmt: skip
-    metrics = unpack_metrics(metrics_vec)
-    metrics["logp"], metrics["entropy_tokens"] = logp.detach(), ent.detach()
+    metrics = unpack_metrics(metrics_vec, with_entropy)
+    metrics["logp"] = logp.detach()
+    if with_entropy:
+        metrics["entropy_tokens"] = ent.detach()
     return loss, metrics
 
 
-def unpack_metrics(vec: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Split the packed float32 metrics vector into named 0-d views (no copy, no sync)."""
-    return {name: vec[i] for i, name in enumerate(METRICS)}
+def unpack_metrics(vec: torch.Tensor, has_entropy: bool = True) -> dict[str, torch.Tensor]:
+    """Split the packed float32 metrics vector into named 0-d views (no copy, no sync).
+
+    ``entropy`` is left out when no entropy was given or computed.
+    """
+    return {name: vec[i] for i, name in enumerate(METRICS) if has_entropy or name != "entropy"}
 
 
 def _loss_config(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef, agg,
@@ -358,21 +369,19 @@ def policy_loss_backward_ref(
     A = (advantages[:, None] if advantages.dim() == 1 else advantages).to(dtype).expand_as(lp)
     scale = grad.to(dtype) * row_w.to(dtype)[:, None] * (response_mask != 0).to(dtype)
     x = lp - old
-    neg_kl = torch.clamp(x, -log_ratio_clamp, log_ratio_clamp)
-    ratio = torch.exp(neg_kl)
-    dratio = ratio * ((x >= -log_ratio_clamp) & (x <= log_ratio_clamp))
+    ratio = torch.exp(torch.clamp(x, -log_ratio_clamp, log_ratio_clamp))
+    dratio = torch.where(x.abs() <= log_ratio_clamp, ratio, 0.0)
     pg1 = -A * ratio
     pg2 = -A * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
-    half = torch.tensor(0.5, dtype=dtype, device=lp.device)
-    w1 = torch.where(pg1 > pg2, 1.0, torch.where(pg1 == pg2, half, 0.0))
-    w2 = torch.where(pg2 > pg1, 1.0, torch.where(pg1 == pg2, half, 0.0))
+    # torch.maximum gives each side half the gradient on a tie; clamp passes it on [lo, hi]
     inside = ((ratio >= 1 - clip_low) & (ratio <= 1 + clip_high)).to(dtype)
-    d = -A * (w1 + w2 * inside) * dratio
+    through = torch.where(pg1 > pg2, 1.0, torch.where(pg1 < pg2, inside, 0.5 * (1.0 + inside)))
     if dual_clip is not None:
         clip1 = torch.maximum(pg1, pg2)
         pg3 = -A * dual_clip
-        through = torch.where(clip1 < pg3, 1.0, torch.where(clip1 == pg3, half, 0.0))
-        d = d * torch.where(A < 0, through, 1.0)
+        lower = torch.where(clip1 < pg3, 1.0, torch.where(clip1 == pg3, 0.5, 0.0))
+        through = through * torch.where(A < 0, lower, 1.0)
+    d = -A * through * dratio
     if kl_type and ref_logp is not None and kl_coef != 0:
         y = lp - ref_logp.to(dtype)
         if kl_type == "k1":
@@ -516,13 +525,14 @@ def _policy_loss_from_logits_op(
     temperature: float,
     ignore_index: int,
     inplace_backward: bool,
+    compute_entropy: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     logp, ent, lse = torch.ops.rlvr_fast.token_logprobs.default(
-        logits, token_ids, temperature, True, ignore_index, inplace_backward
+        logits, token_ids, temperature, compute_entropy, ignore_index, inplace_backward
     )
     mask = (response_mask != 0) & (token_ids != ignore_index)
     loss, metrics, w = torch.ops.rlvr_fast.policy_loss.default(
-        logp, old_logp, advantages, mask, ref_logp, ent, clip_low, clip_high, dual_clip, kl_type, kl_coef,
+        logp, old_logp, advantages, mask, ref_logp, ent if compute_entropy else None, clip_low, clip_high, dual_clip, kl_type, kl_coef,
         kl_clamp, log_ratio_clamp, entropy_coef, agg, norm_const,
     )  # fmt: skip
     return loss, metrics, logp, ent, lse, w
@@ -531,8 +541,10 @@ def _policy_loss_from_logits_op(
 @_policy_loss_from_logits_op.register_fake
 def _(logits, token_ids, *rest):
     f32 = dict(dtype=torch.float32, device=logits.device)
-    tok = [torch.empty(token_ids.shape, **f32) for _ in range(3)]
-    return (torch.empty((), **f32), torch.empty(len(METRICS), **f32), *tok, torch.empty(token_ids.shape[0], **f32))
+    compute_entropy = rest[-1]
+    logp, lse = torch.empty(token_ids.shape, **f32), torch.empty(token_ids.shape, **f32)
+    ent = torch.empty(token_ids.shape if compute_entropy else (0,), **f32)
+    return torch.empty((), **f32), torch.empty(len(METRICS), **f32), logp, ent, lse, torch.empty(token_ids.shape[0], **f32)
 
 
 def _plfl_setup(ctx, inputs, output):
@@ -547,7 +559,7 @@ def _plfl_setup(ctx, inputs, output):
 def _plfl_backward(ctx, grad_loss, *_unused):
     logits, token_ids, old_logp, advantages, response_mask, ref_logp, logp, ent, lse, w = ctx.saved_tensors
     if grad_loss is None:
-        return (None,) * 19
+        return (None,) * 20
     mask = (response_mask != 0) & (token_ids != ctx.ignore_index)
     g_logp, g_ent = torch.ops.rlvr_fast.policy_loss_backward(
         grad_loss, w, logp, old_logp, advantages, mask, ref_logp, *ctx.cfg_tok
@@ -557,7 +569,7 @@ def _plfl_backward(ctx, grad_loss, *_unused):
         logits, token_ids, lse, ent if use_ent else None, g_logp, g_ent if use_ent else None, ctx.temperature,
         ctx.ignore_index, ctx.inplace,
     )  # fmt: skip
-    return (dlogits,) + (None,) * 18
+    return (dlogits,) + (None,) * 19
 
 
 _policy_loss_from_logits_op.register_autograd(_plfl_backward, setup_context=_plfl_setup)
