@@ -84,9 +84,10 @@ def _torch_ref(d):
 
 
 _COMPILED = {}
-# torch 2.13's inductor CPU backend asserts in its vectorised codegen of the index_add_ scatters
-# (``assert isinstance(index, CppCSEVariable) and index.is_vec`` in codegen/cpp.py). When that happens
-# the reference is compiled again with scalar CPU codegen (``cpp.simdlen=0``) and the record says so.
+# torch 2.13's inductor CPU backend asserted in its vectorised codegen of the index_add_ scatters an
+# earlier reference used (``assert isinstance(index, CppCSEVariable) and index.is_vec`` in
+# codegen/cpp.py). If compiling fails, the reference is compiled again with scalar CPU codegen
+# (``cpp.simdlen=0``) and the record says so.
 SIMDLEN0_NOTE = "inductor vectorised CPU codegen fails on index_add_ (torch bug); compiled with cpp.simdlen=0"
 
 

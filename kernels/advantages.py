@@ -12,8 +12,12 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import LAUNCH_OPTIONS, loadable_mask, on_tensor_device
+
 ESTIMATOR_IDS = {"grpo": 0, "drgrpo": 1, "rloo": 2, "reinforce_pp_baseline": 1}
-MAX_GROUP = 8192  # one block holds a whole group; larger groups take the generic path
+# One block holds a whole group (BLOCK_N x BLOCK_T tile). Past 256 samples the tile spills registers
+# on sm_90, so larger groups take the generic path (torch statistics + the broadcast kernel).
+MAX_GROUP = 256
 
 
 @triton.jit
@@ -101,11 +105,7 @@ def _broadcast_kernel(
     tl.store(out_ptr + rows[:, None] * stride_ob + cols[None, :], tl.where(mk != 0, a[:, None], 0.0), mask=tile)
 
 
-def _mask_view(mask: torch.Tensor) -> torch.Tensor:
-    # Triton loads bool tensors as int1 pointers inconsistently across versions; uint8 is a free view.
-    return mask.view(torch.uint8) if mask.dtype == torch.bool else mask
-
-
+@on_tensor_device
 def contiguous_group_advantages(
     scores: torch.Tensor,
     group_size: int,
@@ -120,11 +120,12 @@ def contiguous_group_advantages(
 
     ``estimator`` ``reinforce_pp_baseline`` yields the group-centred value (whitening is the caller's).
     """
+    scores = scores.contiguous()  # the kernel reads scores[row] at unit stride
     batch = scores.shape[0]
     adv = torch.empty(batch, dtype=torch.float32, device=scores.device)
     block_n = triton.next_power_of_2(group_size)
     if response_mask is not None:
-        mask = _mask_view(response_mask)
+        mask = loadable_mask(response_mask)
         T = mask.shape[1]
         tok = torch.empty(mask.shape, dtype=torch.float32, device=scores.device)
         stride_mb, stride_mt, stride_ob = mask.stride(0), mask.stride(1), tok.stride(0)
@@ -149,13 +150,15 @@ def contiguous_group_advantages(
         SINGLETON_VERL=singleton == "verl",
         NAN_MISSING=nan_as_missing,
         WRITE_TOKENS=tok is not None,
+        **LAUNCH_OPTIONS,
     )
     return adv, tok
 
 
+@on_tensor_device
 def broadcast_to_tokens(adv: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """float32 [B, T] = ``adv[:, None]`` where ``response_mask != 0``, else 0."""
-    mask = _mask_view(response_mask)
+    mask = loadable_mask(response_mask)
     batch, T = mask.shape
     out = torch.empty(mask.shape, dtype=torch.float32, device=adv.device)
     block_b, block_t = 16, 256
@@ -163,5 +166,6 @@ def broadcast_to_tokens(adv: torch.Tensor, response_mask: torch.Tensor) -> torch
     _broadcast_kernel[grid](
         adv.float().contiguous(), mask, out, batch, T, mask.stride(0), mask.stride(1), out.stride(0),
         BLOCK_B=block_b, BLOCK_T=block_t,
+        **LAUNCH_OPTIONS,
     )
     return out

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import LAUNCH_OPTIONS, on_tensor_device
+
 
 @triton.jit
 def _row_base(ptr, row, inner, stride_outer, stride_inner):
@@ -37,34 +39,39 @@ def _logprobs_fwd_kernel(
     ignore_index,
     BLOCK_V: tl.constexpr,
     ENTROPY: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     row = tl.program_id(0)
     base = _row_base(logits_ptr, row, inner, stride_outer, stride_inner)
-    m = -float("inf")
-    s = 0.0
-    t = 0.0  # running sum of exp(x - m) * x, for the entropy
-    for v0 in range(0, V, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
-        x = tl.load(base + cols, mask=cols < V, other=-float("inf")).to(tl.float32) * inv_temp
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        m_ref = tl.where(m_new == -float("inf"), 0.0, m_new)  # an all -inf prefix must not give NaN
-        alpha = tl.exp(m - m_ref)
-        e = tl.exp(x - m_ref)
-        s = s * alpha + tl.sum(e, axis=0)
-        if ENTROPY:  # p * x -> 0 where p underflows: padded lanes and -inf logits hold x = -inf
-            t = t * alpha + tl.sum(e * tl.where(e > 0, x, 0.0), axis=0)
-        m = m_new
-    lse = m + tl.log(s)
-    tid = tl.load(ids_ptr + row).to(tl.int32)
+    # the chosen token's logit first: its two dependent loads overlap the stream instead of trailing it
+    tid = tl.load(ids_ptr + row)
     keep = tid != ignore_index
     in_range = (tid >= 0) & (tid < V)
     x_t = tl.load(base + tid, mask=keep & in_range, other=0.0).to(tl.float32) * inv_temp
+    m = -float("inf")  # running max
+    r = 0.0  # the shift actually used: m, or 0 while every logit so far is -inf
+    s = 0.0  # sum exp(x - r)
+    t = 0.0  # sum exp(x - r) * (x - r): relative to r, so the entropy never cancels against the max
+    for v0 in tl.range(0, V, BLOCK_V, num_stages=STAGES):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        x = tl.load(base + cols, mask=cols < V, other=-float("inf")).to(tl.float32) * inv_temp
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        r_new = tl.where(m_new == -float("inf"), 0.0, m_new)
+        alpha = tl.exp(r - r_new)
+        d = x - r_new
+        e = tl.exp(d)
+        if ENTROPY:  # e * d -> 0 where e underflows (padded lanes and -inf logits hold d = -inf)
+            t = (t + s * (r - r_new)) * alpha + tl.sum(e * tl.where(e > 0, d, 0.0), axis=0)
+        s = s * alpha + tl.sum(e, axis=0)
+        m = m_new
+        r = r_new
+    lse = r + tl.log(s)
     # an id out of range (value checks disabled) yields NaN, never an out-of-bounds read
     logp = tl.where(keep, tl.where(in_range, x_t - lse, float("nan")), 0.0)
     tl.store(logp_ptr + row, logp)
     tl.store(lse_ptr + row, lse)
     if ENTROPY:
-        tl.store(ent_ptr + row, tl.where(keep, lse - t / s, 0.0))
+        tl.store(ent_ptr + row, tl.where(keep, tl.log(s) - t / s, 0.0))
 
 
 @triton.jit
@@ -91,7 +98,7 @@ def _logprobs_bwd_kernel(
     row = tl.program_id(0)
     base = _row_base(logits_ptr, row, inner, stride_outer, stride_inner)
     dbase = _row_base(dlogits_ptr, row, d_inner, d_stride_outer, d_stride_inner)
-    tid = tl.load(ids_ptr + row).to(tl.int32)
+    tid = tl.load(ids_ptr + row)
     keep = tid != ignore_index
     scale = tl.where(keep, inv_temp, 0.0)
     g = tl.load(glogp_ptr + row).to(tl.float32) * scale
@@ -119,13 +126,18 @@ def _num_warps(block_v: int) -> int:
     return 16 if block_v >= 8192 else 8 if block_v >= 2048 else 4
 
 
+# Software-pipelined vocabulary loop (cp.async on sm_80+): keeps tiles in flight while one is reduced.
+_STAGES = 3
+
+
+@on_tensor_device
 def logprobs_forward(logits, layout, token_ids, temperature, return_entropy, ignore_index):
     """Launch the forward: returns float32 ``(logp, entropy, lse)`` shaped like ``token_ids``.
 
     ``logits`` [..., V] must be addressable by ``layout`` (``rlvr_fast.ops._rows.as_rows``).
     """
     V = logits.shape[-1]
-    ids = token_ids.reshape(-1)
+    ids = token_ids.reshape(-1).contiguous()  # the kernels read ids[row] at unit stride
     n = ids.shape[0]
     logp = torch.empty(n, dtype=torch.float32, device=logits.device)
     lse = torch.empty_like(logp)
@@ -134,18 +146,20 @@ def logprobs_forward(logits, layout, token_ids, temperature, return_entropy, ign
     _logprobs_fwd_kernel[(n,)](
         logits, ids, logp, ent if return_entropy else logp, lse,
         max(layout.inner, 1), layout.stride_outer, layout.stride_inner, V, 1.0 / temperature, ignore_index,
-        BLOCK_V=block_v, ENTROPY=return_entropy, num_warps=_num_warps(block_v),
+        BLOCK_V=block_v, ENTROPY=return_entropy, STAGES=_STAGES, num_warps=_num_warps(block_v),
+        **LAUNCH_OPTIONS,
     )
     shape = token_ids.shape
     return logp.view(shape), ent.view(shape if return_entropy else (0,)), lse.view(shape)
 
 
+@on_tensor_device
 def logprobs_backward(
     logits, layout, dlogits, d_layout, token_ids, grad_logp, grad_entropy, lse, entropy, temperature, ignore_index
 ):
     """Launch the backward, writing d(logits) into ``dlogits`` (may be ``logits`` itself)."""
     V = logits.shape[-1]
-    ids = token_ids.reshape(-1)
+    ids = token_ids.reshape(-1).contiguous()  # the kernels read ids[row] at unit stride
     n = ids.shape[0]
     has_ent = grad_entropy is not None
     g = grad_logp.reshape(-1).contiguous()
@@ -158,4 +172,5 @@ def logprobs_backward(
         max(d_layout.inner, 1), d_layout.stride_outer, d_layout.stride_inner,
         V, 1.0 / temperature, ignore_index,
         BLOCK_V=block_v, ENTROPY=has_ent, num_warps=_num_warps(block_v),
+        **LAUNCH_OPTIONS,
     )

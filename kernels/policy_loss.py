@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import LAUNCH_OPTIONS, loadable_mask, on_tensor_device
+
 KL_IDS = {"": 0, "k1": 1, "abs": 2, "k2": 3, "k3": 4}
 N_PARTIALS = 11
 
@@ -22,8 +24,10 @@ def _clamp(x, lo, hi):
 
 
 @triton.jit
-def _load_row_tile(ptr, row, cols, stride_b, stride_t, valid, other):
-    return tl.load(ptr + row * stride_b + cols * stride_t, mask=valid, other=other).to(tl.float32)
+def _load_row_tile(ptr, row, cols, stride_b, stride_t, inb, valid):
+    # masked by bounds only (a data-dependent mask would break vector loads), then invalid lanes zeroed
+    x = tl.load(ptr + row * stride_b + cols * stride_t, mask=inb, other=0.0).to(tl.float32)
+    return tl.where(valid, x, 0.0)
 
 
 @triton.jit
@@ -50,12 +54,12 @@ def _policy_loss_fwd_kernel(
     for t0 in range(0, T, BLOCK_T):
         cols = t0 + tl.arange(0, BLOCK_T)
         inb = cols < T
-        m = _load_row_tile(mask_ptr, row, cols, s_m_b, s_m_t, inb, 0)
+        m = tl.load(mask_ptr + row * s_m_b + cols * s_m_t, mask=inb, other=0)
         valid = inb & (m != 0)
         mf = valid.to(tl.float32)
-        lp = _load_row_tile(logp_ptr, row, cols, s_lp_b, s_lp_t, valid, 0.0)
-        old = _load_row_tile(old_ptr, row, cols, s_old_b, s_old_t, valid, 0.0)
-        A = _load_row_tile(adv_ptr, row, cols, s_adv_b, s_adv_t, valid, 0.0)
+        lp = _load_row_tile(logp_ptr, row, cols, s_lp_b, s_lp_t, inb, valid)
+        old = _load_row_tile(old_ptr, row, cols, s_old_b, s_old_t, inb, valid)
+        A = _load_row_tile(adv_ptr, row, cols, s_adv_b, s_adv_t, inb, valid)
         neg_kl = _clamp(lp - old, -lrc, lrc)
         ratio = tl.exp(neg_kl)
         pg1 = -A * ratio
@@ -67,7 +71,7 @@ def _policy_loss_fwd_kernel(
             pg = tl.where(A < 0, tl.minimum(pg3, pg), pg)
         loss = pg
         if HAS_REF:
-            ref = _load_row_tile(ref_ptr, row, cols, s_ref_b, s_ref_t, valid, 0.0)
+            ref = _load_row_tile(ref_ptr, row, cols, s_ref_b, s_ref_t, inb, valid)
             y = lp - ref
             if KL == 1:
                 kl = y
@@ -81,7 +85,7 @@ def _policy_loss_fwd_kernel(
             loss += kl_coef * kl
             acc_kl += kl * mf
         if HAS_ENT:
-            ent = _load_row_tile(ent_ptr, row, cols, s_ent_b, s_ent_t, valid, 0.0)
+            ent = _load_row_tile(ent_ptr, row, cols, s_ent_b, s_ent_t, inb, valid)
             loss -= entropy_coef * ent
             acc_ent += ent * mf
         acc_loss += loss * mf
@@ -118,12 +122,12 @@ def _policy_loss_bwd_kernel(
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     inb = cols < T
-    m = _load_row_tile(mask_ptr, row, cols, s_m_b, s_m_t, inb, 0)
+    m = tl.load(mask_ptr + row * s_m_b + cols * s_m_t, mask=inb, other=0)
     valid = inb & (m != 0)
     scale = tl.load(grad_ptr).to(tl.float32) * tl.load(w_ptr + row)
-    lp = _load_row_tile(logp_ptr, row, cols, s_lp_b, s_lp_t, valid, 0.0)
-    old = _load_row_tile(old_ptr, row, cols, s_old_b, s_old_t, valid, 0.0)
-    A = _load_row_tile(adv_ptr, row, cols, s_adv_b, s_adv_t, valid, 0.0)
+    lp = _load_row_tile(logp_ptr, row, cols, s_lp_b, s_lp_t, inb, valid)
+    old = _load_row_tile(old_ptr, row, cols, s_old_b, s_old_t, inb, valid)
+    A = _load_row_tile(adv_ptr, row, cols, s_adv_b, s_adv_t, inb, valid)
     x = lp - old
     ratio = tl.exp(_clamp(x, -lrc, lrc))
     dratio = tl.where((x >= -lrc) & (x <= lrc), ratio, 0.0)
@@ -139,7 +143,7 @@ def _policy_loss_bwd_kernel(
         through = tl.where(clip1 < pg3, 1.0, tl.where(clip1 == pg3, 0.5, 0.0))
         d = d * tl.where(A < 0, through, 1.0)
     if HAS_REF:
-        ref = _load_row_tile(ref_ptr, row, cols, s_ref_b, s_ref_t, valid, 0.0)
+        ref = _load_row_tile(ref_ptr, row, cols, s_ref_b, s_ref_t, inb, valid)
         y = lp - ref
         if KL == 1:
             dkl = tl.full([BLOCK_T], 1.0, tl.float32)
@@ -166,21 +170,18 @@ def _strides(t: torch.Tensor | None, like: torch.Tensor) -> tuple[int, int]:
     return t.stride(0), t.stride(1)
 
 
-def _mask_view(mask: torch.Tensor) -> torch.Tensor:
-    return mask.view(torch.uint8) if mask.dtype == torch.bool else mask
-
-
 def _scalars(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef):
     return (clip_low, clip_high, dual_clip if dual_clip is not None else 0.0, kl_coef, kl_clamp, log_ratio_clamp,
             entropy_coef)  # fmt: skip
 
 
+@on_tensor_device
 def policy_loss_forward(logp, old_logp, advantages, response_mask, ref_logp, entropy, clip_low, clip_high, dual_clip,
                         kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef):  # fmt: skip
     """Per-row partial sums, float32 [B, 11] (columns: ``rlvr_fast.ops.policy_loss.PARTIALS``)."""
     B, T = logp.shape
     out = torch.empty(B, N_PARTIALS, dtype=torch.float32, device=logp.device)
-    mask = _mask_view(response_mask)
+    mask = loadable_mask(response_mask)
     has_ref = bool(kl_type) and ref_logp is not None
     block_t = max(16, min(triton.next_power_of_2(max(T, 1)), 1024))
     _policy_loss_fwd_kernel[(B,)](
@@ -190,17 +191,19 @@ def policy_loss_forward(logp, old_logp, advantages, response_mask, ref_logp, ent
         *_scalars(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef),
         DUAL=dual_clip is not None, KL=KL_IDS[kl_type], HAS_REF=has_ref, HAS_ENT=entropy is not None,
         N_OUT=N_PARTIALS, BLOCK_T=block_t,
+        **LAUNCH_OPTIONS,
     )  # fmt: skip
     return out
 
 
+@on_tensor_device
 def policy_loss_backward(grad, row_w, logp, old_logp, advantages, response_mask, ref_logp, clip_low, clip_high,
                          dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef):  # fmt: skip
     """(d logp, d entropy), float32 [B, T] each, for the scalar upstream gradient ``grad``."""
     B, T = logp.shape
     glp = torch.empty(B, T, dtype=torch.float32, device=logp.device)
     gent = torch.empty_like(glp)
-    mask = _mask_view(response_mask)
+    mask = loadable_mask(response_mask)
     has_ref = bool(kl_type) and ref_logp is not None and kl_coef != 0
     block_t = max(16, min(triton.next_power_of_2(max(T, 1)), 1024))
     _policy_loss_bwd_kernel[(B, triton.cdiv(T, block_t))](
@@ -210,5 +213,6 @@ def policy_loss_backward(grad, row_w, logp, old_logp, advantages, response_mask,
         *_strides(ref_logp if has_ref else None, logp),
         *_scalars(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef),
         DUAL=dual_clip is not None, KL=KL_IDS[kl_type], HAS_REF=has_ref, BLOCK_T=block_t,
+        **LAUNCH_OPTIONS,
     )  # fmt: skip
     return glp, gent

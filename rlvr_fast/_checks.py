@@ -4,7 +4,8 @@ Each check raises ValueError / IndexError / TypeError whose message names the ar
 expected and what came. Shape/dtype/device checks are free. Value checks (token ids in range, finite
 scores) read the data and therefore synchronise with a GPU; they run inside the custom ops' eager
 implementations (so they also run under ``torch.compile``) and can be switched off with
-``RLVR_FAST_CHECK_VALUES=0`` for production loops that have already validated their inputs.
+``RLVR_FAST_CHECK_VALUES=0`` for production loops that have already validated their inputs; they are
+skipped automatically during CUDA-graph capture.
 """
 
 from __future__ import annotations
@@ -18,9 +19,14 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
-def value_checks_enabled() -> bool:
-    """True unless ``RLVR_FAST_CHECK_VALUES=0``: data-dependent checks cost a host sync on GPU."""
-    return os.environ.get("RLVR_FAST_CHECK_VALUES", "1") != "0"
+def value_checks_enabled(t: torch.Tensor | None = None) -> bool:
+    """True unless ``RLVR_FAST_CHECK_VALUES=0``: data-dependent checks cost a host sync on GPU.
+
+    Always False while ``t``'s CUDA stream is being captured into a graph, where a sync is illegal.
+    """
+    if os.environ.get("RLVR_FAST_CHECK_VALUES", "1") == "0":
+        return False
+    return not (t is not None and t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 def check_tensor(name: str, t, *, dtypes: Sequence[torch.dtype] | None = None, ndim=None) -> None:
@@ -73,7 +79,7 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None
 
 def check_ids_in_range(name: str, ids: torch.Tensor, vocab: int, ignore_index: int) -> None:
     """Raise IndexError if any id outside ``[0, vocab)`` is not ``ignore_index`` (one host sync)."""
-    if not value_checks_enabled() or ids.numel() == 0:
+    if ids.numel() == 0 or not value_checks_enabled(ids):
         return
     bad = ((ids < 0) | (ids >= vocab)) & (ids != ignore_index)
     if bool(bad.any()):
@@ -87,7 +93,7 @@ def check_ids_in_range(name: str, ids: torch.Tensor, vocab: int, ignore_index: i
 
 def check_finite(name: str, t: torch.Tensor, hint: str = "") -> None:
     """Raise ValueError if ``t`` holds NaN or Inf (one host sync)."""
-    if not value_checks_enabled() or t.numel() == 0:
+    if t.numel() == 0 or not value_checks_enabled(t):
         return
     bad = ~torch.isfinite(t)
     if bool(bad.any()):

@@ -117,6 +117,19 @@ def test_large_group_takes_generic_path(backend, device):
     torch.testing.assert_close(got.cpu().double(), want, rtol=1e-4, atol=1e-4)
 
 
+def test_strided_scores_and_ids(backend, device):
+    """scores and group ids that are views (columns of a table) are read correctly."""
+    table = torch.randn(24, 3, device=device)
+    scores = table[:, 2]
+    assert not scores.is_contiguous()
+    got = rf.group_advantages(scores, group_size=4, estimator="rloo")
+    want = hand_advantages(scores.cpu().double(), [i // 4 for i in range(24)], "rloo", 1e-6, True, "zero")
+    torch.testing.assert_close(got.cpu().double(), want, rtol=1e-5, atol=1e-5)
+    ids = torch.arange(24 * 2, device=device).view(24, 2)[:, 0] // 8  # stride 2, groups of 4
+    got = rf.group_advantages(scores, group_ids=ids, estimator="rloo")
+    torch.testing.assert_close(got.cpu().double(), want, rtol=1e-5, atol=1e-5)
+
+
 def test_empty_batch(backend, device):
     assert rf.group_advantages(torch.empty(0, device=device), group_size=4).shape == (0,)
     out = rf.group_advantages(torch.empty(0, device=device), group_size=4, response_mask=torch.ones(0, 5, device=device))

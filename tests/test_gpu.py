@@ -34,23 +34,43 @@ def test_token_logprobs_full_size(dtype, N, V):
     logp, ent = rf.token_logprobs(x, ids, return_entropy=True)
     g = torch.randn(N, device="cuda")
     (logp * g + 0.1 * ent).sum().backward()
+    # forward: against float64, and no worse than PyTorch's float32 log_softmax of the same inputs
     want_lp, want_ent = _f64_logprobs(logits, ids)
-    naive = torch.log_softmax(logits, -1).gather(-1, ids[..., None])[..., 0].double()
-    atol = 1e-5 if dtype == torch.float32 else 1e-3
-    assert (logp.double() - want_lp).abs().max() <= 2 * (naive - want_lp).abs().max() + atol
-    torch.testing.assert_close(ent.double(), want_ent, rtol=1e-4, atol=max(atol, 1e-4))
-    x64 = logits.double().requires_grad_()
-    lp64, e64 = _f64_logprobs(x64, ids)
-    (lp64 * g.double() + 0.1 * e64).sum().backward()
-    xt = logits.clone().requires_grad_()
-    lpt = torch.log_softmax(xt.float(), -1).gather(-1, ids[..., None])[..., 0]
-    et = -(torch.softmax(xt.float(), -1) * torch.log_softmax(xt.float(), -1)).sum(-1)
-    (lpt * g + 0.1 * et).sum().backward()
-    err = (x.grad.double() - x64.grad).abs().max()
-    assert err <= 2 * (xt.grad.double() - x64.grad).abs().max() + atol
-    # determinism: same inputs, same bits
-    again = rf.token_logprobs(logits, ids)
-    assert torch.equal(again, logp.detach())
+    torch_lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None])[..., 0].double()
+    assert (logp.double() - want_lp).abs().max() <= 2 * (torch_lp - want_lp).abs().max() + 1e-5
+    torch.testing.assert_close(ent.double(), want_ent, rtol=1e-5, atol=1e-4)
+    # backward on a subset of rows (the float64 autograd oracle of all rows would need ~50 GB)
+    rows = slice(0, min(N, 256))
+    x64 = logits[rows].double().requires_grad_()
+    lp64, e64 = _f64_logprobs(x64, ids[rows])
+    (lp64 * g[rows].double() + 0.1 * e64).sum().backward()
+    xt = logits[rows].float().requires_grad_()
+    lpt = torch.log_softmax(xt, -1).gather(-1, ids[rows, None])[..., 0]
+    et = -(torch.softmax(xt, -1) * torch.log_softmax(xt, -1)).sum(-1)
+    (lpt * g[rows] + 0.1 * et).sum().backward()
+    torch_err = (xt.grad.to(dtype).double() - x64.grad).abs().max()
+    assert (x.grad[rows].double() - x64.grad).abs().max() <= 2 * torch_err + 1e-6
+    # determinism: the same call twice gives the same bits (a difference is a race)
+    again_lp, again_ent = rf.token_logprobs(logits, ids, return_entropy=True)
+    assert torch.equal(again_lp, logp.detach()) and torch.equal(again_ent, ent.detach())
+
+
+def test_token_logprobs_beyond_int32_offsets():
+    """16384 x 151936 bf16 holds 2.49e9 elements: the last rows are only reachable with 64-bit offsets."""
+    N, V = 16384, 151936
+    logits = torch.randn(N, V, device="cuda", dtype=torch.bfloat16)
+    ids = torch.randint(0, V, (N,), device="cuda")
+    x = logits.requires_grad_()
+    logp = rf.token_logprobs(x, ids)
+    g = torch.zeros(N, device="cuda")
+    g[-8:] = 1.0
+    (logp * g).sum().backward()
+    tail = logits.detach()[-8:].double().requires_grad_()
+    lp64 = torch.log_softmax(tail, -1).gather(-1, ids[-8:, None])[..., 0]
+    lp64.sum().backward()
+    torch.testing.assert_close(logp[-8:].double(), lp64.detach(), rtol=0, atol=1e-4)
+    torch.testing.assert_close(x.grad[-8:].double(), tail.grad, rtol=0, atol=2e-3)
+    assert not x.grad[:-8].any()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -113,9 +133,12 @@ def test_policy_loss_matches_torch_backend(monkeypatch):
     want, wm = rf.policy_loss(lp2, old, adv, mask, **kw)
     want.backward()
     torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(lp.grad, lp2.grad, rtol=1e-5, atol=1e-9)
+    # tl.exp (ex2.approx) and torch's expf may differ by an ulp; a ratio that sits on a clip boundary
+    # then switches between clipped (zero gradient) and not: allow that for a handful of tokens
+    differ = ~torch.isclose(lp.grad, lp2.grad, rtol=1e-4, atol=1e-10)
+    assert differ.sum() <= 10, f"{int(differ.sum())} of {differ.numel()} token gradients differ"
     for k in rf.METRICS:
-        torch.testing.assert_close(m[k], wm[k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(m[k], wm[k], rtol=1e-5, atol=1e-3 if "clipfrac" in k else 1e-6)
 
 
 def test_opcheck_on_gpu():

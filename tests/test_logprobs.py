@@ -91,6 +91,32 @@ def test_other_layouts(backend, device):
     )
 
 
+def test_strided_and_expanded_token_ids(backend, device):
+    """ids that are views (a column of a 2-d tensor, a stride-2 slice, an expand) are read correctly."""
+    logits = torch.randn(6, 50, device=device, requires_grad=True)
+    table = torch.randint(0, 50, (6, 3), device=device)
+    for ids in (table[:, 1], torch.randint(0, 50, (12,), device=device)[::2],
+                torch.tensor(7, device=device).expand(6)):  # fmt: skip
+        assert not ids.is_contiguous()
+        logp, ent = rf.token_logprobs(logits, ids, return_entropy=True)
+        (logp.sum() + ent.sum()).backward()
+        x64 = logits.detach().double().cpu().requires_grad_()
+        lp64, e64 = oracle(x64, ids.cpu())
+        (lp64.sum() + e64.sum()).backward()
+        torch.testing.assert_close(logp.cpu().double(), lp64.detach(), rtol=1e-5, atol=2e-5)
+        torch.testing.assert_close(logits.grad.cpu().double(), x64.grad, rtol=1e-4, atol=1e-5)
+        logits.grad = None
+
+
+def test_entropy_of_large_logits_does_not_cancel(backend, device):
+    """Entropy is accumulated relative to the running max: no cancellation when logits are ~1e3."""
+    logits = torch.randn(4, 3000, dtype=torch.float64) * 2 + 1000.0
+    ids = torch.randint(0, 3000, (4,))
+    _, ent = rf.token_logprobs(logits.float().to(device), ids.to(device), return_entropy=True)
+    _, want = oracle(logits.float().double(), ids)
+    torch.testing.assert_close(ent.cpu().double(), want, rtol=2e-6, atol=2e-6)
+
+
 def test_fully_ignored_rows_and_empty(backend, device):
     logits = torch.randn(2, 4, 50, device=device, requires_grad=True)
     ids = torch.full((2, 4), IGNORE, device=device)

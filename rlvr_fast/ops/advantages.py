@@ -81,9 +81,10 @@ def group_advantages(
     Returns:
         float32 [B], or float32 [B, T] when ``response_mask`` is given. Never requires grad.
 
-    Backends: contiguous groups run as one Triton launch (two plus a tiny reduction for
-    ``reinforce_pp_baseline``, whose whitening needs batch statistics); ``group_ids`` computes the
-    group statistics with sort-based torch ops (no host sync) and broadcasts with the Triton kernel.
+    Backends: contiguous groups of up to 256 samples run as one Triton launch (two plus a tiny
+    reduction for ``reinforce_pp_baseline``, whose whitening needs batch statistics). ``group_ids``
+    and larger groups compute the group statistics with a stable sort and float64 prefix sums
+    (deterministic, no atomics, no host sync) and broadcast with the Triton kernel.
     """
     C.check_choice("preset", preset, PRESETS)
     C.check_choice("estimator", estimator, ESTIMATORS)
@@ -132,23 +133,37 @@ def group_advantages(
 # ----------------------------------------------------------------------------------------------
 
 
-def dense_group_index(group_ids: torch.Tensor) -> torch.Tensor:
-    """Map arbitrary labels [B] to dense indices in [0, G) without a host sync (sort + cumsum).
+def _segment_bounds(batch: int, group_ids: torch.Tensor | None, group_size: int, device):
+    """Sort order and, per sorted position, its group's [start, end) in that order.
 
-    Returns int64 [B]; the number of groups is at most B, so callers size buffers by B.
+    Contiguous groups need no sort (``perm`` is None). Arbitrary ids are stably sorted; segment
+    bounds come from cummax/cummin scans. No host sync, no atomics.
     """
-    if group_ids.numel() == 0:
-        return group_ids.to(torch.int64)
+    idx = torch.arange(batch, device=device)
+    if group_ids is None:
+        start = idx // group_size * group_size
+        return None, start, start + group_size
     sorted_ids, perm = torch.sort(group_ids.to(torch.int64), stable=True)
-    starts = torch.ones_like(sorted_ids, dtype=torch.bool)
-    starts[1:] = sorted_ids[1:] != sorted_ids[:-1]
-    dense_sorted = torch.cumsum(starts, 0) - 1
-    return torch.empty_like(dense_sorted).scatter_(0, perm, dense_sorted)
+    is_start = torch.ones(batch, dtype=torch.bool, device=device)
+    is_start[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    is_end = torch.ones_like(is_start)
+    is_end[:-1] = is_start[1:]
+    start = torch.cummax(torch.where(is_start, idx, 0), 0).values
+    last = torch.where(is_end, idx, batch - 1).flip(0).cummin(0).values.flip(0)
+    return perm, start, last + 1
+
+
+def _segment_sum(values: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """Each position's sum over its segment, from float64 prefix sums: deterministic (no atomics)."""
+    prefix = torch.zeros(values.shape[0] + 1, dtype=torch.float64, device=values.device)
+    prefix[1:] = torch.cumsum(values.to(torch.float64), 0)
+    return (prefix[end] - prefix[start]).to(values.dtype)
 
 
 def group_centered(
     scores: torch.Tensor,
-    gidx: torch.Tensor,
+    group_ids: torch.Tensor | None,
+    group_size: int,
     estimator: str,
     eps: float,
     unbiased_std: bool,
@@ -157,25 +172,23 @@ def group_centered(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample advantage before any batch whitening, and the validity mask.
 
-    ``gidx`` holds dense group indices in [0, B). Computes in ``promote(scores.dtype, float32)``.
-    Returns (advantage [B], valid bool [B]); invalid (NaN, when ``nan_as_missing``) samples get 0.
+    Groups are contiguous runs of ``group_size`` or given by ``group_ids`` [B] (any labels, any
+    order). Computes in ``promote(scores.dtype, float32)``. Returns (advantage [B], valid bool [B]);
+    invalid (NaN, when ``nan_as_missing``) samples get 0.
     """
     dtype = torch.promote_types(scores.dtype, torch.float32)
-    r = scores.to(dtype)
-    batch = r.shape[0]
+    batch = scores.shape[0]
+    perm, start, end = _segment_bounds(batch, group_ids, group_size, scores.device)
+    r = scores.to(dtype) if perm is None else scores.to(dtype)[perm]
     valid = ~torch.isnan(r) if nan_as_missing else torch.ones_like(r, dtype=torch.bool)
-    r0 = torch.where(valid, r, torch.zeros_like(r))
+    r0 = torch.where(valid, r, 0.0)
     vf = valid.to(dtype)
-    count = torch.zeros(batch, dtype=dtype, device=r.device).index_add_(0, gidx, vf)
-    total = torch.zeros_like(count).index_add_(0, gidx, r0)
-    mean = total / count.clamp_min(1.0)
-    dev = (r0 - mean[gidx]) * vf
-    m2 = torch.zeros_like(count).index_add_(0, gidx, dev * dev)
-    n = count[gidx]
-    var = m2[gidx] / ((n - 1.0) if unbiased_std else n).clamp_min(1.0)
-    std = var.sqrt()
+    n = _segment_sum(vf, start, end)
+    mean = _segment_sum(r0, start, end) / n.clamp_min(1.0)
+    dev = (r0 - mean) * vf
+    var = _segment_sum(dev * dev, start, end) / ((n - 1.0) if unbiased_std else n).clamp_min(1.0)
     if estimator == "grpo":
-        adv = dev / (std + eps)
+        adv = dev / (var.sqrt() + eps)
     elif estimator == "rloo":
         adv = dev * n / (n - 1.0).clamp_min(1.0)
     else:  # drgrpo, reinforce_pp_baseline: mean baseline only
@@ -184,8 +197,11 @@ def group_centered(
         lone = r0 / (1.0 + eps) if estimator == "grpo" else r0
         adv = torch.where(n == 1, lone, adv)
     else:
-        adv = torch.where(n <= 1, torch.zeros_like(adv), adv)
-    adv = torch.where(valid, adv, torch.zeros_like(adv))
+        adv = torch.where(n <= 1, 0.0, adv)
+    adv = torch.where(valid, adv, 0.0)
+    if perm is not None:  # back to the caller's order (a permutation: no write collisions)
+        adv = torch.empty_like(adv).index_put_((perm,), adv)
+        valid = torch.empty_like(valid).index_put_((perm,), valid)
     return adv, valid
 
 
@@ -222,12 +238,9 @@ def group_advantages_ref(
     Vectorised and free of host syncs. Computes in ``promote(scores.dtype, float32)``, so float64
     inputs give the float64 oracle used by the tests.
     """
-    batch = scores.shape[0]
-    if group_ids is None:
-        gidx = torch.arange(batch, device=scores.device) // max(group_size, 1)
-    else:
-        gidx = dense_group_index(group_ids)
-    adv, valid = group_centered(scores, gidx, estimator, eps, unbiased_std, singleton, nan_as_missing)
+    adv, valid = group_centered(
+        scores, group_ids, group_size, estimator, eps, unbiased_std, singleton, nan_as_missing
+    )
     if response_mask is not None:
         tok_valid = response_mask != 0
     if estimator == "reinforce_pp_baseline":
@@ -278,10 +291,9 @@ def _group_advantages_op(
             return adv if tok is None else tok
         valid = ~torch.isnan(scores) if nan_as_missing else torch.ones_like(adv, dtype=torch.bool)
     else:
-        gidx = dense_group_index(group_ids) if group_ids is not None else (
-            torch.arange(scores.shape[0], device=scores.device) // group_size
+        adv, valid = group_centered(
+            scores.float(), group_ids, group_size, estimator, eps, unbiased_std, singleton, nan_as_missing
         )
-        adv, valid = group_centered(scores.float(), gidx, estimator, eps, unbiased_std, singleton, nan_as_missing)
     if rpp:  # batch whitening needs global statistics: a few [B]-sized torch ops between launches
         weight = (response_mask != 0).sum(1) * valid if response_mask is not None else valid
         mean, inv_std = whiten_stats(adv, weight, unbiased_std)

@@ -316,6 +316,7 @@ def _setup_context(ctx, inputs, output):
     _, entropy, lse = output
     ctx.save_for_backward(logits, token_ids, lse, entropy if return_entropy else None)
     ctx.temperature, ctx.ignore_index, ctx.inplace = temperature, ignore_index, inplace_backward
+    ctx.mark_non_differentiable(lse)
     ctx.set_materialize_grads(False)
 
 

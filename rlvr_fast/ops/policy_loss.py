@@ -488,6 +488,7 @@ def _(grad, row_weight, logp, *rest):
 def _pl_setup(ctx, inputs, output):
     logp, old_logp, advantages, response_mask, ref_logp, entropy, *cfg = inputs
     ctx.save_for_backward(logp, old_logp, advantages, response_mask, ref_logp, output[2])
+    ctx.mark_non_differentiable(output[1], output[2])  # metrics and row weights
     ctx.cfg_tok = tuple(cfg[:8])
     ctx.dtypes = (logp.dtype, None if entropy is None else entropy.dtype)
 
@@ -551,6 +552,7 @@ def _plfl_setup(ctx, inputs, output):
     logits, token_ids, old_logp, advantages, response_mask, ref_logp, *cfg = inputs
     _, _, logp, ent, lse, w = output
     ctx.save_for_backward(logits, token_ids, old_logp, advantages, response_mask, ref_logp, logp, ent, lse, w)
+    ctx.mark_non_differentiable(output[1], logp, ent, lse, w)  # only the loss carries a gradient
     ctx.cfg_tok = tuple(cfg[:8])
     ctx.temperature, ctx.ignore_index, ctx.inplace = cfg[10], cfg[11], cfg[12]
     ctx.set_materialize_grads(False)

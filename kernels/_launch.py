@@ -1,0 +1,35 @@
+"""Helpers shared by the launchers: run on the tensors' device, and loadable mask views."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def on_tensor_device(launcher):
+    """Decorator: launch on the device of the first tensor argument.
+
+    Triton launches on ``torch.cuda.current_device()`` and its stream; tensors on another GPU would
+    otherwise be read from the wrong device (an illegal address, or a race with peer access).
+    """
+
+    @functools.wraps(launcher)
+    def wrapper(*args, **kwargs):
+        t = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if t is not None and t.is_cuda:
+            with torch.cuda.device(t.device):
+                return launcher(*args, **kwargs)
+        return launcher(*args, **kwargs)
+
+    return wrapper
+
+
+# Pin FMA contraction on (Triton's default up to 3.9, which flips in 3.10) so kernel numerics do not
+# change with a Triton upgrade. Passed to every launch.
+LAUNCH_OPTIONS = {"enable_fp_fusion": True}
+
+
+def loadable_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A view of ``mask`` that kernels can load: bool becomes uint8 (same bytes, no copy)."""
+    return mask.view(torch.uint8) if mask.dtype == torch.bool else mask
