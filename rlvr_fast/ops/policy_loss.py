@@ -171,7 +171,8 @@ def policy_loss_from_logits(
     C.check_shape("token_ids", token_ids, logits.shape[:-1], "logits.shape[:-1]")
     _check_temperature(temperature)
     _check_loss_inputs(
-        token_ids.shape, logits, old_logp, advantages, response_mask, ref_logp, None, cfg, entropy_required=False
+        token_ids.shape, logits, old_logp, advantages, response_mask, ref_logp, None, cfg, entropy_required=False,
+        like_name="logits",
     )
     with_entropy = bool(entropy_coef != 0 if compute_entropy is None else compute_entropy)
     if entropy_coef != 0 and not with_entropy:
@@ -221,8 +222,9 @@ def _loss_config(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log
 
 
 def _check_loss_inputs(
-    shape, like, old_logp, advantages, response_mask, ref_logp, entropy, cfg, entropy_required=True
+    shape, like, old_logp, advantages, response_mask, ref_logp, entropy, cfg, entropy_required=True, like_name="logp"
 ) -> None:
+    """Shapes, dtypes and devices of the per-token inputs; ``like`` is the main input (logp or logits)."""
     B = shape[0]
     C.check_tensor("old_logp", old_logp, dtypes=C.FLOAT_DTYPES)
     C.check_shape("old_logp", old_logp, shape, "like the log-probs")
@@ -243,8 +245,8 @@ def _check_loss_inputs(
     elif entropy_required and cfg[7] != 0:
         raise ValueError(f"entropy: required when entropy_coef={cfg[7]} != 0")
     C.check_same_device(
-        logp=like, old_logp=old_logp, advantages=advantages, response_mask=response_mask, ref_logp=ref_logp,
-        entropy=entropy,
+        **{like_name: like}, old_logp=old_logp, advantages=advantages, response_mask=response_mask,
+        ref_logp=ref_logp, entropy=entropy,
     )  # fmt: skip
 
 
