@@ -50,6 +50,7 @@ SHAPES = {
         dict(G=2048, n=16, T=1024, providers="vectorised"),
     ],
     "target": [dict(G=8192, n=16, T=1024, providers="all")],
+    "smoke": [dict(G=8, n=4, T=16, providers="all")],  # seconds: checks that every provider still runs
 }
 ALL = ("rlvr_fast", "torch-ref", "torch-ref-compiled", "verl-loop", "verl-vectorized", "trl-formula")
 LOOP_FREE = tuple(p for p in ALL if p != "verl-loop")
@@ -189,12 +190,7 @@ def cases(shapes: str, only: str | None = None) -> list[C.Case]:
 
 
 def main(argv=None) -> int:
-    args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
-    C.setup_threads()
-    C.run(cases(args.shapes, args.mem_provider or None), args, __file__)
-    if C.FAILURES:
-        print("# not timed (failed check or error):\n#   " + "\n#   ".join(C.FAILURES), file=sys.stderr)
-    return 1 if C.FAILURES else 0
+    return C.main(__doc__, cases, __file__, argv)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ OP, OP_ENT = "token_logprobs", "token_logprobs+entropy"
 SHAPES = {
     "small": [dict(B=8, T=512, V=32000, dtype="float32")],  # DESIGN.md section 8 CPU target
     "target": [dict(B=16, T=1024, V=151936, dtype="bfloat16")],  # DESIGN.md section 8 GPU target
+    "smoke": [dict(B=2, T=8, V=1000, dtype="float32")],  # seconds: checks that every provider still runs
 }
 
 
@@ -204,12 +205,7 @@ def cases(shapes: str, only: str | None = None) -> list[C.Case]:
 
 
 def main(argv=None) -> int:
-    args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
-    C.setup_threads()
-    C.run(cases(args.shapes, args.mem_provider or None), args, __file__)
-    if C.FAILURES:
-        print("# not timed (failed check or error):\n#   " + "\n#   ".join(C.FAILURES), file=sys.stderr)
-    return 1 if C.FAILURES else 0
+    return C.main(__doc__, cases, __file__, argv)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ OP_LOSS, OP_LOGITS = "policy_loss", "policy_loss_from_logits"
 SHAPES = {
     "small": dict(loss=[dict(B=256, T=1024)], logits=[dict(B=8, T=512, V=32000, dtype="float32")]),
     "target": dict(loss=[dict(B=1024, T=4096)], logits=[dict(B=16, T=1024, V=151936, dtype="bfloat16")]),
+    "smoke": dict(loss=[dict(B=4, T=16)], logits=[dict(B=2, T=8, V=1000, dtype="float32")]),
 }
 CLIP, DUAL_CLIP = 0.2, 3.0
 KL_COEF_LOSS, KL_COEF_LOGITS = 0.001, 0.04
@@ -359,12 +360,7 @@ def cases(shapes: str, only: str | None = None) -> list[C.Case]:
 
 
 def main(argv=None) -> int:
-    args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
-    C.setup_threads()
-    C.run(cases(args.shapes, args.mem_provider or None), args, __file__)
-    if C.FAILURES:
-        print("# not timed (failed check or error):\n#   " + "\n#   ".join(C.FAILURES), file=sys.stderr)
-    return 1 if C.FAILURES else 0
+    return C.main(__doc__, cases, __file__, argv)
 
 
 if __name__ == "__main__":

@@ -414,9 +414,10 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument(
         "--shapes",
-        choices=("small", "target"),
+        choices=("small", "target", "smoke"),
         default="target" if HAS_CUDA else "small",
-        help="target: DESIGN.md section 8 shapes (GPU); small: CPU-sized (default without CUDA)",
+        help="target: DESIGN.md section 8 shapes (GPU); small: CPU-sized (default without CUDA); "
+        "smoke: tiny shapes that only check every provider runs (use with --no-record)",
     )
     p.add_argument(
         "--providers", default="", help="comma-separated providers to time (default: all installed)"
@@ -695,3 +696,16 @@ def try_import(module: str) -> bool:
 
 def shape_name(**dims) -> str:
     return "-".join(f"{k}{v}" for k, v in dims.items())
+
+
+def main(doc: str, cases_fn: Callable, script: str, argv=None) -> int:
+    """The ``main`` of every bench script: parse flags, run ``cases_fn(shapes, mem_provider)``, report.
+
+    Returns 1 when any case failed its output check or errored (it is then not timed), else 0.
+    """
+    args = parser(doc.splitlines()[0]).parse_args(argv)
+    setup_threads()
+    run(cases_fn(args.shapes, args.mem_provider or None), args, script)
+    if FAILURES:
+        print("# not timed (failed check or error):\n#   " + "\n#   ".join(FAILURES), file=sys.stderr)
+    return 1 if FAILURES else 0

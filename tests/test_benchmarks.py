@@ -1,0 +1,28 @@
+"""The benchmark scripts run: every provider's output check passes (nothing is timed seriously or recorded)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# every provider but the torch.compile ones (compiling them takes most of a minute on 2 cores)
+PROVIDERS = {
+    "bench_advantages.py": "torch-ref,verl-loop,verl-vectorized,trl-formula",
+    "bench_logprobs.py": "torch-naive,trl,verl,floor",
+    "bench_policy_loss.py": "torch-ref,verl,verl-unfused,trl-unfused,floor",
+}
+
+
+@pytest.mark.parametrize("bench", sorted(PROVIDERS))
+def test_bench_script_checks_and_runs(bench):
+    """Each provider must agree with rlvr_fast on the smoke shapes, then be timed without error."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / bench), "--shapes", "smoke", "--providers", PROVIDERS[bench],
+           "--no-record", "--no-memory", "--max-time", "0.01", "--min-rounds", "1"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**__import__("os").environ,
+                                                                            "RLVR_FAST_BACKEND": "torch"})  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "median" in res.stdout
