@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 import rlvr_fast as rf
 
-DIGITS, SHIFT0, INC0, SEP, EOS = 0, 10, 14, 17, 18
+SHIFT0, INC0, SEP, EOS = 10, 14, 17, 18  # tokens 0..9 are the digits themselves
 VOCAB, N_REG, PROMPT_LEN = 19, 4, 7  # prompt: 4 digits, shift token, increment token, SEP
 
 

@@ -162,7 +162,7 @@ def _policy_loss_bwd_kernel(
     tl.store(gent_ptr + row * T + cols, -entropy_coef * s, mask=inb)
 
 
-def _strides(t: torch.Tensor | None, like: torch.Tensor) -> tuple[int, int]:
+def _strides(t: torch.Tensor | None) -> tuple[int, int]:
     if t is None:
         return 0, 0
     if t.dim() == 1:  # per-sequence values broadcast over tokens
@@ -186,8 +186,8 @@ def policy_loss_forward(logp, old_logp, advantages, response_mask, ref_logp, ent
     block_t = max(16, min(triton.next_power_of_2(max(T, 1)), 1024))
     _policy_loss_fwd_kernel[(B,)](
         logp, old_logp, advantages, mask, ref_logp if has_ref else logp, entropy if entropy is not None else logp, out,
-        T, *_strides(logp, logp), *_strides(old_logp, logp), *_strides(advantages, logp), *_strides(mask, logp),
-        *_strides(ref_logp if has_ref else None, logp), *_strides(entropy, logp),
+        T, *_strides(logp), *_strides(old_logp), *_strides(advantages), *_strides(mask),
+        *_strides(ref_logp if has_ref else None), *_strides(entropy),
         *_scalars(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef),
         DUAL=dual_clip is not None, KL=KL_IDS[kl_type], HAS_REF=has_ref, HAS_ENT=entropy is not None,
         N_OUT=N_PARTIALS, BLOCK_T=block_t,
@@ -209,8 +209,8 @@ def policy_loss_backward(grad, row_w, logp, old_logp, advantages, response_mask,
     _policy_loss_bwd_kernel[(B, triton.cdiv(T, block_t))](
         grad.reshape(1).float(), row_w.float().contiguous(), logp, old_logp, advantages, mask,
         ref_logp if has_ref else logp, glp, gent, B, T,
-        *_strides(logp, logp), *_strides(old_logp, logp), *_strides(advantages, logp), *_strides(mask, logp),
-        *_strides(ref_logp if has_ref else None, logp),
+        *_strides(logp), *_strides(old_logp), *_strides(advantages), *_strides(mask),
+        *_strides(ref_logp if has_ref else None),
         *_scalars(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef),
         DUAL=dual_clip is not None, KL=KL_IDS[kl_type], HAS_REF=has_ref, BLOCK_T=block_t,
         **LAUNCH_OPTIONS,
