@@ -53,6 +53,8 @@ SHAPES = {
     "smoke": dict(loss=[dict(B=4, T=16)], logits=[dict(B=2, T=8, V=1000, dtype="float32")]),
 }
 CLIP, DUAL_CLIP = 0.2, 3.0
+# the options both rlvr_fast ops are timed with (the baselines are configured to match)
+LOSS_OPTIONS = dict(clip_low=CLIP, clip_high=CLIP, dual_clip=DUAL_CLIP, kl_type="k3", agg="token-mean")
 KL_COEF_LOSS, KL_COEF_LOGITS = 0.001, 0.04
 FLOOR_NOTE = "2 reads + 1 write of the logits"
 LOGITS_NOTE = "logits[:, :-1] view; clip 0.2/0.2, dual-clip 3 (not TRL/Liger), k3 KL 0.04, token-mean"
@@ -122,17 +124,7 @@ def _loss_ours(d):
     import rlvr_fast
 
     loss, _metrics = rlvr_fast.policy_loss(
-        d["logp"],
-        d["old"],
-        d["adv"],
-        d["mask"],
-        ref_logp=d["ref"],
-        clip_low=CLIP,
-        clip_high=CLIP,
-        dual_clip=DUAL_CLIP,
-        kl_type="k3",
-        kl_coef=KL_COEF_LOSS,
-        agg="token-mean",
+        d["logp"], d["old"], d["adv"], d["mask"], ref_logp=d["ref"], kl_coef=KL_COEF_LOSS, **LOSS_OPTIONS
     )
     return loss
 
@@ -168,20 +160,24 @@ LOSS_PROVIDERS = {
 }
 
 
+def _fwd_bwd(fn, d, x):
+    """One timed call: the loss of ``fn(d)`` and its gradient w.r.t. ``x`` (cleared between calls)."""
+
+    def fwd_bwd():
+        x.grad = None
+        loss = fn(d)
+        loss.backward()
+        g = x.grad
+        x.grad = None
+        return loss.detach(), g
+
+    return fwd_bwd
+
+
 def _make_loss(fn, spec):
     def make():
         d = _loss_inputs(spec["B"], spec["T"])
-        x = d["logp"]
-
-        def fwd_bwd():
-            x.grad = None
-            loss = fn(d)
-            loss.backward()
-            g = x.grad
-            x.grad = None
-            return loss.detach(), g
-
-        return fwd_bwd
+        return _fwd_bwd(fn, d, d["logp"])
 
     return make
 
@@ -209,18 +205,8 @@ def _logits_ours(d):
     import rlvr_fast
 
     loss, _metrics = rlvr_fast.policy_loss_from_logits(
-        d["full"][:, :-1],
-        d["ids"],
-        d["old"],
-        d["adv"],
-        d["mask"],
-        ref_logp=d["ref"],
-        clip_low=CLIP,
-        clip_high=CLIP,
-        dual_clip=DUAL_CLIP,
-        kl_type="k3",
-        kl_coef=KL_COEF_LOGITS,
-        agg="token-mean",
+        d["full"][:, :-1], d["ids"], d["old"], d["adv"], d["mask"], ref_logp=d["ref"], kl_coef=KL_COEF_LOGITS,
+        **LOSS_OPTIONS,
     )
     return loss
 
@@ -299,17 +285,7 @@ def _make_logits(provider, spec):
                 return s, y
 
             return floor
-        fn = LOGITS_PROVIDERS[provider][0]
-
-        def fwd_bwd():
-            x.grad = None
-            loss = fn(d)
-            loss.backward()
-            g = x.grad
-            x.grad = None
-            return loss.detach(), g
-
-        return fwd_bwd
+        return _fwd_bwd(LOGITS_PROVIDERS[provider][0], d, x)
 
     return make
 

@@ -141,6 +141,21 @@ def _speed(rows, op, mode, shape, dtype, device_type, peer, minimum, what):
     )
 
 
+def _vs_floor(rows, op, mode, floor_op, maximum, what):
+    """Target row 'ours takes <= maximum x the measured floor' (ratio = ours median / floor median)."""
+    ours = _find(rows, op=op, provider=OURS, mode=mode, shape=GPU_LP, dtype="bfloat16")
+    floor = _find(rows, op=floor_op, provider="floor", mode=mode, shape=GPU_LP, dtype="bfloat16")
+    if ours is None or floor is None:
+        return None
+    ratio = ours["median_ms"] / floor["median_ms"]
+    return (
+        f"{_ms(ours['median_ms'])} ms",
+        f"floor ({what}, measured) {_ms(floor['median_ms'])} ms",
+        ratio,
+        "met" if ratio <= maximum else "missed",
+    )
+
+
 def _targets(rows: list[dict]) -> list[list[str]]:
     """[target, shape, criterion, device, measured, compared with, ratio, status] rows."""
     gpu = [r for r in rows if r.get("device_type") == "cuda"]
@@ -158,16 +173,7 @@ def _targets(rows: list[dict]) -> list[list[str]]:
     for op in ("token_logprobs", "token_logprobs+entropy"):
         shp = "N=16384, V=151936, bf16"
         ours = _find(gpu, op=op, provider=OURS, mode="fwd", shape=GPU_LP, dtype="bfloat16")
-        floor = _find(gpu, op="token_logprobs", provider="floor", mode="fwd", shape=GPU_LP, dtype="bfloat16")
-        res = None
-        if ours and floor:
-            ratio = ours["median_ms"] / floor["median_ms"]
-            res = (
-                f"{_ms(ours['median_ms'])} ms",
-                f"floor (one read, measured) {_ms(floor['median_ms'])} ms",
-                ratio,
-                "met" if ratio <= 1.15 else "missed",
-            )
+        res = _vs_floor(gpu, op, "fwd", "token_logprobs", 1.15, "one read")
         add(f"{op} fwd", shp, "<= 1.15x HBM floor", "H100", res)
         peers = [
             p
@@ -192,17 +198,7 @@ def _targets(rows: list[dict]) -> list[list[str]]:
     # 2. policy loss from logits fwd+bwd, H100
     op, shp = "policy_loss_from_logits", "N=16384, V=151936, bf16"
     ours = _find(gpu, op=op, provider=OURS, mode="fwd+bwd", shape=GPU_LP, dtype="bfloat16")
-    floor = _find(gpu, op=op, provider="floor", mode="fwd+bwd", shape=GPU_LP, dtype="bfloat16")
-    res = None
-    if ours and floor:
-        ratio = ours["median_ms"] / floor["median_ms"]
-        res = (
-            f"{_ms(ours['median_ms'])} ms",
-            f"floor (2 reads + 1 write, measured) {_ms(floor['median_ms'])} ms",
-            ratio,
-            "met" if ratio <= 1.25 else "missed",
-        )
-    add(f"{op} fwd+bwd", shp, "<= 1.25x floor", "H100", res)
+    add(f"{op} fwd+bwd", shp, "<= 1.25x floor", "H100", _vs_floor(gpu, op, "fwd+bwd", op, 1.25, "2 reads + 1 write"))
     add(
         f"{op} fwd+bwd",
         shp,

@@ -91,3 +91,8 @@ def select_backend(op: str, device: torch.device, supported: tuple[str, ...] = (
             _warned.add(key)
             logger.warning("%s: no GPU backend available (Triton missing?); falling back to torch", op)
     return "torch"
+
+
+def use_triton(op: str, t: torch.Tensor) -> bool:
+    """Whether ``op`` on ``t`` runs the Triton kernels; empty inputs always take the torch path."""
+    return t.numel() > 0 and select_backend(op, t.device) == "triton"

@@ -18,10 +18,6 @@ class RowLayout(NamedTuple):
     stride_outer: int
     stride_inner: int
 
-    @property
-    def rows(self) -> int:
-        return self.outer * self.inner
-
 
 def row_layout(x: torch.Tensor) -> RowLayout | None:
     """Describe the rows of ``x`` [..., V] (last dim unit-stride) as ``outer x inner``; None if impossible."""

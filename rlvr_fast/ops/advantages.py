@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import _checks as C
-from .._dispatch import select_backend
+from .._dispatch import use_triton
 
 ESTIMATORS = ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline")
 PRESETS = (None, "verl", "trl")
@@ -205,21 +205,24 @@ def group_centered(
     return adv, valid
 
 
-def whiten_stats(
-    adv: torch.Tensor, weight: torch.Tensor, unbiased_std: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and ``rsqrt(var + 1e-8)`` of ``adv`` [B] where each sample counts ``weight`` [B] times.
+def whiten(
+    adv: torch.Tensor, valid: torch.Tensor, response_mask: torch.Tensor | None, unbiased_std: bool
+) -> torch.Tensor:
+    """verl's ``masked_whiten`` of per-sample values [B]: ``(a - mean) * rsqrt(var + 1e-8)``.
 
-    ``weight`` is the number of valid tokens per sample (verl whitens over tokens), or 0/1 per sample.
-    Returns two 0-d tensors; with fewer than two weighted entries the variance is taken as 0.
+    Statistics are over valid response tokens (each sample counts once per valid token), or over
+    valid samples without a mask; with fewer than two entries the variance is taken as 0. Invalid
+    samples stay 0.
     """
-    w = weight.to(adv.dtype)
-    total = w.sum()
-    mean = (w * adv).sum() / total.clamp_min(1.0)
-    m2 = (w * (adv - mean) ** 2).sum()
+    weight = valid.to(adv.dtype)
+    if response_mask is not None:
+        weight = weight * (response_mask != 0).sum(1)
+    total = weight.sum()
+    mean = (weight * adv).sum() / total.clamp_min(1.0)
+    m2 = (weight * (adv - mean) ** 2).sum()
     denom = (total - 1.0) if unbiased_std else total
     var = torch.where(total > 1, m2 / denom.clamp_min(1.0), torch.zeros_like(m2))
-    return mean, torch.rsqrt(var + WHITEN_EPS)
+    return torch.where(valid, (adv - mean) * torch.rsqrt(var + WHITEN_EPS), 0.0)
 
 
 def group_advantages_ref(
@@ -241,16 +244,11 @@ def group_advantages_ref(
     adv, valid = group_centered(
         scores, group_ids, group_size, estimator, eps, unbiased_std, singleton, nan_as_missing
     )
-    if response_mask is not None:
-        tok_valid = response_mask != 0
     if estimator == "reinforce_pp_baseline":
-        weight = tok_valid.sum(1) if response_mask is not None else torch.ones_like(adv)
-        weight = weight * valid
-        mean, inv_std = whiten_stats(adv, weight, unbiased_std)
-        adv = torch.where(valid, (adv - mean) * inv_std, torch.zeros_like(adv))
+        adv = whiten(adv, valid, response_mask, unbiased_std)
     if response_mask is None:
         return adv
-    return torch.where(tok_valid, adv[:, None], 0.0)
+    return torch.where(response_mask != 0, adv[:, None], 0.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,7 +275,7 @@ def _group_advantages_op(
     else:
         C.check_finite("scores", scores, "; use preset='trl' to treat NaN as an unscorable sample")
     args = (scores, group_ids, group_size, response_mask, estimator, eps, unbiased_std, singleton, nan_as_missing)
-    if scores.numel() == 0 or select_backend("group_advantages", scores.device) == "torch":
+    if not use_triton("group_advantages", scores):
         return group_advantages_ref(*args).float()
     from ..kernels import advantages as K
 
@@ -295,9 +293,7 @@ def _group_advantages_op(
             scores.float(), group_ids, group_size, estimator, eps, unbiased_std, singleton, nan_as_missing
         )
     if rpp:  # batch whitening needs global statistics: a few [B]-sized torch ops between launches
-        weight = (response_mask != 0).sum(1) * valid if response_mask is not None else valid
-        mean, inv_std = whiten_stats(adv, weight, unbiased_std)
-        adv = torch.where(valid, (adv - mean) * inv_std, torch.zeros_like(adv))
+        adv = whiten(adv, valid, response_mask, unbiased_std)
     return adv if response_mask is None else K.broadcast_to_tokens(adv, response_mask)
 
 

@@ -12,7 +12,7 @@ import math
 import torch
 
 from .. import _checks as C
-from .._dispatch import select_backend
+from .._dispatch import use_triton
 from ._rows import as_rows, row_blocks, rows_view
 
 # The reference processes this many logits elements per block: bounded temporaries on CPU.
@@ -208,10 +208,6 @@ def token_logprobs_backward_ref(
 # ----------------------------------------------------------------------------------------------
 
 
-def _use_triton(op: str, t: torch.Tensor) -> bool:
-    return t.numel() > 0 and select_backend(op, t.device) == "triton"
-
-
 @torch.library.custom_op("rlvr_fast::token_logprobs", mutates_args=())
 def _token_logprobs_op(
     logits: torch.Tensor,
@@ -222,7 +218,7 @@ def _token_logprobs_op(
     inplace_backward: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     C.check_ids_in_range("token_ids", token_ids, logits.shape[-1], ignore_index)
-    if _use_triton("token_logprobs", logits):
+    if use_triton("token_logprobs", logits):
         from ..kernels import logprobs as K
 
         x, layout = as_rows(logits)
@@ -281,7 +277,7 @@ def _(logits, grad_logp, grad_entropy, token_ids, lse, entropy, temperature, ign
 def _backward_into(out, grad_logp, grad_entropy, logits, token_ids, lse, entropy, temperature, ignore_index):
     if grad_entropy is None:
         entropy = None
-    if _use_triton("token_logprobs_backward", logits):
+    if use_triton("token_logprobs_backward", logits):
         from ..kernels import logprobs as K
 
         x, layout = as_rows(logits)

@@ -37,7 +37,7 @@ import math
 import torch
 
 from .. import _checks as C
-from .._dispatch import select_backend
+from .._dispatch import use_triton
 from .logprobs import _check_temperature, logits_grad
 
 KL_TYPES = (None, "k1", "k2", "k3", "abs")
@@ -409,7 +409,7 @@ def policy_loss_backward_ref(
 
 def _forward_partials(logp, old_logp, advantages, response_mask, ref_logp, entropy, cfg_tok):
     """Row partials on the chosen backend (float32 [B, N_PARTIALS])."""
-    if logp.numel() > 0 and select_backend("policy_loss", logp.device) == "triton":
+    if use_triton("policy_loss", logp):
         from ..kernels import policy_loss as K
 
         return K.policy_loss_forward(logp, old_logp, advantages, response_mask, ref_logp, entropy, *cfg_tok)
@@ -419,7 +419,7 @@ def _forward_partials(logp, old_logp, advantages, response_mask, ref_logp, entro
 
 def _backward_tokens(grad, row_w, logp, old_logp, advantages, response_mask, ref_logp, cfg_tok):
     """(d logp, d entropy) float32 [B, T] on the chosen backend."""
-    if logp.numel() > 0 and select_backend("policy_loss_backward", logp.device) == "triton":
+    if use_triton("policy_loss_backward", logp):
         from ..kernels import policy_loss as K
 
         return K.policy_loss_backward(grad, row_w, logp, old_logp, advantages, response_mask, ref_logp, *cfg_tok)
