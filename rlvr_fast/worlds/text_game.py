@@ -1,0 +1,191 @@
+"""Loader for RLVR-World's text-game (ByteSized32 / GPT-simulator) state-prediction data.
+
+RLVR-World writes these rows in verl's RL format
+(``lang_wm/data_process/text_game/process_jsonl.py``, ``process_jsonl_train.py``), one state
+transition each:
+
+``prompt`` (required)
+    the chat messages, a list of ``{"role": ..., "content": <str>}`` (RLVR-World writes exactly one
+    user message); the contents, joined with ``"\\n"``, become :attr:`Example.prompt`. A plain
+    string is taken as the prompt itself.
+``reward_model.ground_truth`` (required)
+    ``json.dumps`` of the gold next state ``{"game_state": [object, ..., score]}``; becomes
+    :attr:`Example.ground_truth`.
+``extra_info.data_state`` (required)
+    ``json.dumps`` of the current state, same format.
+``extra_info.data_action`` (required)
+    the action text. Both go to :attr:`Example.extra` (``{"data_state", "data_action"}``).
+``extra_info.split`` (required only when ``split=`` is given)
+    ``"train"`` / ``"test"``; rows of other splits are skipped.
+``data_source`` (optional)
+    if present it must be ``"llm_simulator"`` (RLVR-World's tag for this reward).
+``answer`` (optional)
+    the SFT response (the column verl's ``fsdp_sft_trainer`` reads by default,
+    ``data.response_key=answer``). A row that has it (a non-blank str) gets it as
+    :attr:`Example.answer`, the MLE target, as written (e.g. reasoning, then the answer; the reward
+    finds the answer with :func:`rlvr_fast.rewards._json.extract_answer`). A row without it falls back
+    to the gold diff (below). RLVR-World's text-game RL files have no such column; its SFT file
+    (``thuml/bytesized32-world-model-cot/generated_cot.parquet``, written by
+    ``lang_wm/data_process/text_game/generate_sft_data.py`` and read by
+    ``lang_wm/verl/examples/sft/text_game/run_text_game_sft.sh`` with
+    ``data.response_key=reward_model``, ``+data.response_dict_keys=['ground_truth']``) stores
+    DeepSeek-R1's ``reasoning_response + response`` in ``reward_model.ground_truth`` in place of the
+    gold next state, so it does not load as RL rows (that ground truth is not a state). To train on
+    that text, put it in an ``answer`` column of the matching RL row (same ``extra_info.index``).
+
+Other fields (``ability``, ``reward_model.style``, ``extra_info.index``) are ignored. A state given as
+an object instead of a JSON string is accepted and re-serialised.
+
+Without ``answer``, :attr:`Example.answer` is ``json.dumps(state_diff(current, next))``: the bare JSON
+diff ``{"modified": [...], "removed": [...], "score": {...}}`` with nothing before it (no reasoning,
+no ``The final answer is:``; the reward parses a bare JSON answer as the whole text).
+
+Accepted files: ``.parquet`` (read with pyarrow), ``.jsonl`` (one JSON object per line, blank lines
+skipped) and ``.json`` (a JSON array of rows, or JSON lines as ``datasets.Dataset.to_json`` writes
+them), read by :mod:`._files`. :attr:`Example.source` is ``"<path>:<n>"``, n the 1-based line for JSON
+lines and the 0-based row index for parquet files and JSON arrays; every error names it and the field.
+Both states are validated at load time (see :mod:`rlvr_fast.rewards.text_game`), so a bad row fails
+here and not in the middle of training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ..rewards import text_game as _reward
+from . import Example, Task
+from ._files import describe, field, iter_rows, sft_answer
+
+DATA_SOURCE = "llm_simulator"
+
+
+def load_text_game(
+    path: str | os.PathLike, *, split: str | None = None, limit: int | None = None
+) -> list[Example]:
+    """Read RLVR-World text-game rows (fields in the module docstring) from a local file.
+
+    Args:
+        path: a ``.parquet``, ``.jsonl`` or ``.json`` file.
+        split: keep only rows whose ``extra_info.split`` equals it (None: all rows).
+        limit: keep at most this many examples (after the split filter).
+    Returns:
+        list of :class:`Example`, in file order.
+    Raises:
+        ValueError: unknown extension; a row with a missing or invalid field (message
+            ``"<path>:<n>: ..."`` naming the field); a file with no matching rows.
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be None or an int >= 0, got {limit!r}")
+    if split is not None and not isinstance(split, str):
+        raise ValueError(f"split must be None or a str, got {type(split).__name__}")
+    path = os.fspath(path)
+    rows = iter_rows(path, limit if split is None else None)  # with a split, limit counts kept rows
+    if limit == 0:
+        return []
+    out: list[Example] = []
+    for where, row in rows:
+        example = _example(row, where, split)
+        if example is None:
+            continue
+        out.append(example)
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise ValueError(f"{path}: no rows" + (f" with extra_info.split == {split!r}" if split else ""))
+    return out
+
+
+def text_game_task(
+    train_path: str | os.PathLike,
+    test_path: str | os.PathLike,
+    *,
+    train_split: str | None = None,
+    test_split: str | None = None,
+    limit: int | None = None,
+) -> Task:
+    """The text-game task: :func:`load_text_game` on both files (``limit`` applies to each), eval by
+    :func:`rlvr_fast.rewards.text_game.metrics`, reward ``"text_game/task"``, best checkpoint by
+    ``exact``."""
+    return Task(
+        name="text_game",
+        train=load_text_game(train_path, split=train_split, limit=limit),
+        test=load_text_game(test_path, split=test_split, limit=limit),
+        metrics=_reward.metrics,
+        default_reward="text_game/task",
+        select_metric="exact",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def _prompt(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if hasattr(value, "tolist"):  # a numpy array, as pandas hands list columns over
+        value = value.tolist()
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where}: field 'prompt' must be a str or a non-empty list of messages")
+    parts = []
+    for i, message in enumerate(value):
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if not isinstance(content, str):
+            raise ValueError(
+                f"{where}: field 'prompt[{i}].content' must be a str, got {describe(content)}"
+            )
+        parts.append(content)
+    return "\n".join(parts)
+
+
+def _state_text(value: Any, name: str, where: str) -> str:
+    if isinstance(value, Mapping):  # a state stored as an object: keep the reward's str contract
+        return json.dumps(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: field {name!r} must be a JSON string, got {describe(value)}")
+    return value
+
+
+def _example(row: Any, where: str, split: str | None) -> Example | None:
+    if not isinstance(row, Mapping):
+        raise ValueError(
+            f"{where}: expected an object with prompt, reward_model, extra_info; got {describe(row)}"
+        )
+    source = row.get("data_source")
+    if source is not None and source != DATA_SOURCE:
+        raise ValueError(f"{where}: field 'data_source' is {source!r}, expected {DATA_SOURCE!r} (text game)")
+    field(row, "extra_info", where, Mapping)
+    if split is not None and field(row, "extra_info.split", where) != split:
+        return None
+    prompt = _prompt(field(row, "prompt", where), where)
+    field(row, "reward_model", where, Mapping)
+    gold = _state_text(field(row, "reward_model.ground_truth", where), "reward_model.ground_truth", where)
+    state = _state_text(field(row, "extra_info.data_state", where), "extra_info.data_state", where)
+    action = field(row, "extra_info.data_action", where)
+    answer = sft_answer(row, where)  # the SFT response if the row has one
+    try:
+        curr, nxt = json.loads(state), json.loads(gold)
+    except ValueError as e:
+        raise ValueError(
+            f"{where}: extra_info.data_state or reward_model.ground_truth is not JSON ({e})"
+        ) from None
+    try:
+        diff = _reward.state_diff(curr, nxt)
+    except ValueError as e:
+        names = {"curr_state": "extra_info.data_state", "next_state": "reward_model.ground_truth"}
+        message = str(e)
+        for old, new in names.items():
+            message = message.replace(old, new)
+        raise ValueError(f"{where}: {message}") from None
+    return Example(
+        prompt=prompt,
+        answer=answer or json.dumps(diff),
+        ground_truth=gold,
+        extra={"data_state": state, "data_action": action},
+        source=where,
+    )
+
+
+__all__ = ["DATA_SOURCE", "load_text_game", "text_game_task"]

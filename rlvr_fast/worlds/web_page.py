@@ -1,0 +1,131 @@
+"""Loader for RLVR-World's web-page (WebArena) state-prediction data.
+
+RLVR-World trains on ``thuml/webarena-world-model-cot`` ``train.parquet`` / ``test.parquet``
+(``lang_wm/verl/examples/grpo_trainer/run_web_agent_rl.sh``), in verl's RL row format. Each row:
+
+``prompt`` (required)
+    the chat messages, a list holding exactly one ``{"role": "user", "content": <str>}``; its content
+    becomes :attr:`Example.prompt`. A plain string is accepted as the prompt itself.
+``reward_model`` (required)
+    a mapping with ``ground_truth``: the gold next-state text with the ``New items:`` /
+    ``Deleted items:`` / ``Updated items:`` sections (see :mod:`rlvr_fast.rewards.web_page`). It
+    becomes :attr:`Example.ground_truth`, and :attr:`Example.answer` (the MLE target) for a row
+    without ``answer``.
+``answer`` (optional)
+    the SFT response: RLVR-World's SFT run
+    (``lang_wm/verl/examples/sft/web_agent/run_web_agent_sft.sh``) trains verl's
+    ``fsdp_sft_trainer`` on the same ``train.parquet`` / ``test.parquet`` with
+    ``data.prompt_key=question`` and ``data.response_key=answer``. A row that has it (a non-blank
+    str) gets it, as written (reasoning included), as :attr:`Example.answer`; a row without it
+    (absent, None or blank) falls back to ``reward_model.ground_truth``.
+``data_source`` (optional)
+    if present it must be ``"web_agent"`` (RLVR-World's tag for this reward), so that a file of
+    another task is not scored with the wrong reward.
+``extra_info`` (optional)
+    a mapping (verl writes ``split`` / ``index``); copied into :attr:`Example.extra`.
+
+Other columns (``ability``; ``question``, the SFT prompt, which is the prompt's content) are ignored.
+
+Accepted files: ``.parquet`` (read with pyarrow), ``.jsonl`` (one JSON object per line, blank lines
+skipped) and ``.json`` (a JSON array of row objects, or JSON lines as ``datasets.Dataset.to_json``
+writes them), read by :mod:`._files`. :attr:`Example.source` is ``"<path>:<n>"``, n the 1-based line
+for JSON lines and the 0-based row index for parquet files and JSON arrays; every error names it and
+the field.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ..rewards import web_page as _reward
+from . import Example, Task
+from ._files import describe, field, iter_rows, plain, sft_answer
+
+log = logging.getLogger(__name__)
+
+DATA_SOURCE = "web_agent"
+_HEADERS = tuple(name + ":" for name in _reward.SECTIONS)
+
+
+def _prompt(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list) or len(value) != 1 or not isinstance(value[0], Mapping):
+        raise ValueError(
+            f"{where}: field 'prompt' must be a list with one {{'role': 'user', 'content': ...}} message, "
+            f"got {describe(value)}"
+        )
+    message = value[0]
+    if message.get("role") != "user":
+        raise ValueError(f"{where}: field 'prompt[0].role' must be 'user', got {message.get('role')!r}")
+    content = message.get("content")
+    if not isinstance(content, str):
+        raise ValueError(f"{where}: field 'prompt[0].content' must be a str, got {describe(content)}")
+    return content
+
+
+def _example(row: Any, where: str) -> Example:
+    if not isinstance(row, Mapping):
+        raise ValueError(f"{where}: expected an object with prompt, reward_model; got {describe(row)}")
+    row = plain(row)
+    source = row.get("data_source")
+    if source is not None and source != DATA_SOURCE:
+        raise ValueError(f"{where}: field 'data_source' is {source!r}, expected {DATA_SOURCE!r} (web pages)")
+    prompt = _prompt(field(row, "prompt", where), where)
+    field(row, "reward_model", where, Mapping)
+    gold = field(row, "reward_model.ground_truth", where, str)
+    extra = field(row, "extra_info", where, Mapping, required=False) or {}
+    answer = sft_answer(row, where) or gold  # the SFT response if the row has one
+    return Example(prompt=prompt, answer=answer, ground_truth=gold, extra=dict(extra), source=where)
+
+
+def load_web_page(path: str | os.PathLike, *, limit: int | None = None) -> list[Example]:
+    """Read RLVR-World web-page rows (fields in the module docstring) from a ``.parquet``, ``.jsonl``
+    or ``.json`` file; ``limit`` keeps the first ``limit`` rows.
+
+    Raises ValueError naming ``file:line`` (or row) and the field for a bad row, and for a file with
+    no rows. Rows whose ground truth has none of the section headers load, with one warning per file:
+    every completion scores 0 on them.
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be None or an int >= 0, got {limit!r}")
+    path = os.fspath(path)
+    rows = iter_rows(path, limit)
+    if limit == 0:
+        return []
+    out: list[Example] = []
+    headerless: list[str] = []
+    for where, row in rows:
+        ex = _example(row, where)
+        if not any(line.strip().startswith(_HEADERS) for line in ex.ground_truth.split("\n")):
+            headerless.append(ex.source)
+        out.append(ex)
+    if not out:
+        raise ValueError(f"{path}: no rows")
+    if headerless:
+        log.warning(
+            "%d row(s) of %s have a ground truth with none of the headers %s (first: %s); they score 0",
+            len(headerless), path, ", ".join(_HEADERS), headerless[0],
+        )
+    return out
+
+
+def web_page_task(
+    train_path: str | os.PathLike, test_path: str | os.PathLike, *, limit: int | None = None
+) -> Task:
+    """The web-page task: :func:`load_web_page` on both splits (``limit`` applies to each), eval by
+    :func:`rlvr_fast.rewards.web_page.metrics`, reward ``"web_page/f1"``, best checkpoint by ``f1``."""
+    return Task(
+        name="web_page",
+        train=load_web_page(train_path, limit=limit),
+        test=load_web_page(test_path, limit=limit),
+        metrics=_reward.metrics,
+        default_reward="web_page/f1",
+        select_metric="f1",
+    )
+
+
+__all__ = ["DATA_SOURCE", "load_web_page", "web_page_task"]

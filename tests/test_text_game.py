@@ -1,0 +1,654 @@
+"""Text-game reward (RLVR-World's ByteSized32 state prediction): answer extraction, tolerant JSON,
+hand-computed rewards with RLVR-World's quirks, and the data loader on files in the real format."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rlvr_fast.rewards import get_reward
+from rlvr_fast.rewards import text_game as tg
+from rlvr_fast.rewards._json import _repair, extract_answer, loads_tolerant
+from rlvr_fast.worlds import Example, Task
+from rlvr_fast.worlds.text_game import load_text_game, text_game_task
+
+# ---------------------------------------------------------------------------------------------------
+# extract_answer
+
+
+def test_extract_answer_marker_after_last_occurrence_stripped():
+    assert extract_answer('x The final answer is: A The final answer is:  {"b": 1} \n') == '{"b": 1}'
+
+
+def test_extract_answer_marker_order_beats_position():
+    # "The final answer is:" is tried first even though "the final state is:" comes later in the text
+    text = "The final answer is: A. Then the final state is: B"
+    assert extract_answer(text) == "A. Then the final state is: B"
+    assert extract_answer("the final game state is: {1}") == "{1}"
+
+
+def test_extract_answer_last_json_fence():
+    text = 'think ```json\n{"a": 11111111}\n``` more ```json\n  {"b": 22222222}  \n``` tail'
+    assert extract_answer(text) == '{"b": 22222222}'
+
+
+def test_extract_answer_short_fence_or_nothing_is_whole_text():
+    short = 'x ```json\n{"a":1}\n``` '  # 7 characters inside: ignored
+    assert extract_answer(short) == short
+    assert extract_answer("  plain text  ") == "  plain text  "  # not stripped
+    with pytest.raises(TypeError, match="text"):
+        extract_answer(None)
+
+
+_FENCE_RE = re.compile(r"```json\s*([\s\S]*?)\s*```", re.DOTALL)  # RLVR-World's pattern, as the oracle
+
+
+def _regex_extract(text: str) -> str:
+    matches = _FENCE_RE.findall(text)
+    return text if not matches or len(matches[-1]) < 10 else matches[-1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["```json", "```", "`", "json", " ", "\n", "\xa0", "\x1c", "abcde", "{}"]),
+        max_size=14,
+    )
+)
+def test_extract_answer_fence_scan_matches_regex(tokens):
+    text = "".join(tokens)
+    assert extract_answer(text) == _regex_extract(text)
+
+
+def test_extract_answer_many_unclosed_openers_is_linear():
+    # the lazy regex rescans the rest of the text from every opener (quadratic); the scan does not
+    text = "```json" * 150_000
+    assert extract_answer(text) == text
+
+
+# ---------------------------------------------------------------------------------------------------
+# loads_tolerant
+
+REPAIRS = [
+    ('{"a": 1, "b": [1, 2,],}', {"a": 1, "b": [1, 2]}),
+    ("{'a': True, 'b': False, 'c': None}", {"a": True, "b": False, "c": None}),
+    ("{modified: [], removed: [3,]}", {"modified": [], "removed": [3]}),
+    ('Sure! Here it is: {"a": 1} Hope this helps {"b": 2}', {"a": 1}),
+    ('```json\n{"a": [1, 2]}\n```', {"a": [1, 2]}),
+    ('{"a": [1, 2', {"a": [1, 2]}),
+    ('{"a": {"b": "trunc', {"a": {"b": "trunc"}}),
+    ('{"a": 1, "b": ', {"a": 1}),  # a key cut before its value is dropped
+    ('{"a": 1, "b', {"a": 1}),
+    ('{"a": "x\\', {"a": "x"}),
+    ('{"a": "\\u00', {"a": ""}),
+    ("[1 2 3]", [1, 2, 3]),
+    ('{"a": 1 "b": 2}', {"a": 1, "b": 2}),
+    ('{"a", "b": 2}', {"b": 2}),
+    ('{"a": [1, 2}', {"a": [1, 2]}),  # } closes the list and the object
+    ('{"a": {"b": 1]]}', {"a": {"b": 1}}),  # stray ] skipped
+    ('{"a": "line\nbreak\ttab"}', {"a": "line\nbreak\ttab"}),
+    ('{"a": .5, "b": 1., "c": +1, "d": -2e3}', {"a": 0.5, "b": 1.0, "c": 1, "d": -2000.0}),
+    ("{'it': 'it\\'s \"quoted\"'}", {"it": 'it\'s "quoted"'}),
+    ('{"s": "\\ud83d\\ude00 \\q \\/"}', {"s": "\U0001f600 \\q /"}),
+    ('{"a": red}', {"a": "red"}),
+    ("5", 5),
+    ("  True ", True),
+    ("'single'", "single"),
+]
+
+
+@pytest.mark.parametrize("text, expected", REPAIRS)
+def test_loads_tolerant_repairs(text, expected):
+    assert loads_tolerant(text) == expected
+
+
+def test_python_literals_replaced_only_outside_strings():
+    # RLVR-World lower-cases these inside strings too; we keep strings as written
+    assert loads_tolerant("{'name': 'None', 'x': 'Trueblood', 'y': True}") == {
+        "name": "None",
+        "x": "Trueblood",
+        "y": True,
+    }
+
+
+@pytest.mark.parametrize("text", ["", "   ", "no json here", "1 2", "'a' 'b'", "{[1]: 2}"])
+def test_loads_tolerant_unrepairable_raises(text):
+    with pytest.raises(ValueError):
+        loads_tolerant(text)
+
+
+def test_loads_tolerant_bad_arguments():
+    with pytest.raises(TypeError, match="text"):
+        loads_tolerant(b"{}")
+    with pytest.raises(ValueError, match="max_chars"):
+        loads_tolerant("{}", 0)
+    with pytest.raises(ValueError, match="max_depth"):
+        loads_tolerant("{}", max_depth=-1)
+
+
+def _depth(value) -> int:
+    depth = 0
+    while isinstance(value, list):
+        depth += 1
+        value = value[0] if value else None
+    return depth
+
+
+@pytest.mark.parametrize("closed", [True, False])
+def test_deep_nesting_raises_valueerror_not_recursionerror(closed):
+    text = "[" * 10_000 + ("]" * 10_000 if closed else "")
+    with pytest.raises(ValueError, match="max_depth"):
+        loads_tolerant(text)
+    with pytest.raises(ValueError, match="max_depth"):
+        loads_tolerant('{"a":' * 10_000 + "1")
+    # with the cap lifted the repair pass is iterative and builds it
+    assert _depth(loads_tolerant(text, max_depth=20_000)) == 10_000
+
+
+def test_strict_pass_is_depth_capped_too():
+    text = "[" * 50 + "]" * 50  # valid JSON, json.loads parses it
+    assert _depth(loads_tolerant(text)) == 50
+    with pytest.raises(ValueError, match="max_depth"):
+        loads_tolerant(text, max_depth=49)
+
+
+def test_huge_inputs_are_bounded():
+    with pytest.raises(ValueError, match="max_depth"):
+        loads_tolerant("[" * 1_000_000)
+    with pytest.raises(ValueError, match="max_chars"):
+        loads_tolerant("[" * 1_000_001)
+    with pytest.raises(ValueError, match="max_chars=100"):
+        loads_tolerant("{}" + " " * 100, max_chars=100)
+    with pytest.raises(ValueError):
+        loads_tolerant("x" * 999_000)
+    assert loads_tolerant('["' + "a\\\\" * 300_000) == ["a\\" * 300_000]  # truncated huge string
+    assert loads_tolerant("[" + "1," * 400_000 + "]") == [1] * 400_000
+    assert loads_tolerant("{" + "'k': None, " * 50_000) == {"k": None}
+    assert loads_tolerant("}" * 500_000 + "[1]") == [1]  # stray closers cost O(1) each
+    assert loads_tolerant("[" * 500 + "}" * 500_000) is not None
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(json_values, st.booleans())
+def test_json_round_trips(value, ascii_only):
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    assert loads_tolerant(text) == value
+    if isinstance(value, (dict, list)):  # the repair pass alone must read valid JSON too
+        assert _repair(text, 512) == value
+        # and Python's spelling of the same value, where repr's string escapes are JSON's
+        if not re.search(r"\\", repr(value)):
+            assert _repair(repr(value), 512) == value
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.text(
+        alphabet=st.sampled_from(list("{}[],:\"'\\ \nab1-.eTrueNoneFalsu")) | st.characters(), max_size=60
+    )
+)
+def test_random_text_raises_only_valueerror(text):
+    try:
+        loads_tolerant(text)
+    except ValueError:
+        pass
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.dictionaries(st.text(max_size=5), json_values, max_size=4))
+def test_every_prefix_of_json_parses_or_raises_valueerror(value):
+    text = json.dumps(value)[:400]  # truncation is what a token limit does to an answer
+    for cut in range(len(text) + 1):
+        try:
+            loads_tolerant(text[:cut])
+        except ValueError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------------
+# rewards: a hand-checked example
+
+SCORE0 = {"score": 0, "gameOver": False, "gameWon": False}
+SCORE1 = {"score": 1, "gameOver": False, "gameWon": False}
+
+
+def obj(uuid, name, contains=(), **props):
+    return {"uuid": uuid, "name": name, "properties": props, "contains": list(contains)}
+
+
+CURR = {
+    "game_state": [
+        obj(1, "jar", [2], isOpen=False, temperature=20),
+        obj(2, "apple", isCooked=False),
+        obj(3, "knife", sharp=True),
+        SCORE0,
+    ]
+}
+# "open jar": one property changes and the score goes up
+OPENED = {
+    "game_state": [
+        obj(1, "jar", [2], isOpen=True, temperature=20),
+        CURR["game_state"][1],
+        CURR["game_state"][2],
+        SCORE1,
+    ]
+}
+
+
+def example(curr=CURR, nxt=OPENED):
+    return Example(
+        prompt="p",
+        answer="",
+        ground_truth=json.dumps(nxt),
+        extra={"data_state": json.dumps(curr), "data_action": "open jar"},
+    )
+
+
+def answer(modified, removed=(), score=SCORE1, **extra):
+    diff = {"modified": modified, "removed": list(removed), "score": score, **extra}
+    if score is None:
+        del diff["score"]
+    return "Reasoning... The final answer is: " + json.dumps(diff)
+
+
+# 7 item checks: jar isOpen, temperature, contains; apple isCooked, contains; knife sharp, contains.
+# 3 score keys.
+
+
+def test_perfect_answer():
+    m = tg.metrics(answer([obj(1, "jar", [2], isOpen=True, temperature=20)]), example())
+    task = pytest.approx(0.09 + 0.01 + 0.2 + 1.0)
+    ones = {"item_acc": 1.0, "score_acc": 1.0, "property_acc": 1.0, "parsed": 1.0}
+    assert m == {"exact": 1.0, "task": task, **ones}
+    assert m["task"] == pytest.approx(1.3)
+
+
+def test_the_loader_answer_is_perfect():
+    ex = example()
+    gold = json.dumps(tg.state_diff(CURR, OPENED))
+    assert tg.binary_reward(gold, ex) == 1.0
+    assert tg.task_reward(gold, ex) == pytest.approx(1.3)
+
+
+def test_one_wrong_changed_property():
+    m = tg.metrics(answer([obj(1, "jar", [2], isOpen=False, temperature=20)]), example())
+    assert m["item_acc"] == pytest.approx(6 / 7) and m["score_acc"] == 1.0 and m["exact"] == 0.0
+    assert m["property_acc"] == 0.0
+    assert m["task"] == pytest.approx(0.09 * 6 / 7 + 0.01)
+
+
+def test_wrong_unchanged_property_costs_item_acc_only():
+    m = tg.metrics(answer([obj(1, "jar", [2], isOpen=True, temperature=25)]), example())
+    assert m["item_acc"] == pytest.approx(6 / 7) and m["property_acc"] == 1.0
+    assert m["task"] == pytest.approx(0.09 * 6 / 7 + 0.01 + 1.0)
+
+
+def test_wrong_score():
+    jar = obj(1, "jar", [2], isOpen=True, temperature=20)
+    m = tg.metrics(answer([jar], score={"score": 2, "gameOver": False, "gameWon": False}), example())
+    assert m["item_acc"] == 1.0 and m["score_acc"] == pytest.approx(2 / 3) and m["exact"] == 0.0
+    assert m["task"] == pytest.approx(0.09 + 0.01 * 2 / 3 + 1.0)
+    # an empty score keeps the current one (score 0: 2 of 3 keys right) ...
+    assert tg.metrics(answer([jar], score={}), example())["score_acc"] == pytest.approx(2 / 3)
+    # ... but no "score" key leaves the state without a score object (RLVR-World quirk)
+    m = tg.metrics(answer([jar], score=None), example())
+    assert m["score_acc"] == 0.0 and m["task"] == pytest.approx(0.09 + 1.0)
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        'The final answer is: {"modified": []}',  # no "removed"
+        'The final answer is: {"removed": [], "score": {}}',
+        "I do not know.",
+        "The final answer is: 42",  # `in` on a number raises: 0
+        "",
+        "The final answer is: " + "[" * 100_000,
+    ],
+)
+def test_missing_keys_and_garbage_score_zero(completion):
+    m = tg.metrics(completion, example())
+    assert m == dict.fromkeys(tg.METRIC_NAMES, 0.0)
+    assert tg.binary_reward(completion, example()) == 0.0 and tg.task_reward(completion, example()) == 0.0
+
+
+def test_hallucinated_property_zeroes_task_but_not_binary():
+    # RLVR-World: gold_stat[uuid]["color"] raises KeyError -> compute_score returns 0; the binary
+    # reward is computed before that lookup and only checks gold keys
+    m = tg.metrics(answer([obj(1, "jar", [2], isOpen=True, temperature=20, color="red")]), example())
+    assert m["exact"] == 1.0 and m["task"] == 0.0 and m["property_acc"] == 1.0
+
+
+def test_property_the_gold_dropped_is_counted_not_a_quirk():
+    # a key the current object has but the gold dropped is a changed pair: predicting it is wrong, not 0
+    nxt = copy.deepcopy(OPENED)
+    del nxt["game_state"][0]["properties"]["temperature"]
+    m = tg.metrics(answer([obj(1, "jar", [2], isOpen=True, temperature=20)]), example(nxt=nxt))
+    assert m["exact"] == 1.0 and m["property_acc"] == 0.5
+    assert m["task"] == pytest.approx(0.09 + 0.01 + 0.2 + 0.5)
+
+
+def test_contains_is_order_free():
+    nxt = copy.deepcopy(OPENED)
+    nxt["game_state"][0]["contains"] = [2, 3]
+    jar = obj(1, "jar", [3, 2], isOpen=True, temperature=20)
+    m = tg.metrics(answer([jar]), example(nxt=nxt))
+    assert m["exact"] == 1.0 and m["task"] == pytest.approx(1.3)
+    jar["contains"] = [2]
+    m = tg.metrics(answer([jar]), example(nxt=nxt))
+    assert m["item_acc"] == pytest.approx(6 / 7) and m["property_acc"] == 0.5  # isOpen right, contains wrong
+
+
+EATEN = {"game_state": [obj(1, "jar", [], isOpen=False, temperature=20), CURR["game_state"][2], SCORE0]}
+
+
+def test_removed_objects():
+    ex = example(nxt=EATEN)
+    jar = obj(1, "jar", [], isOpen=False, temperature=20)
+    # 5 item checks: jar isOpen, temperature, contains; knife sharp, contains
+    m = tg.metrics(answer([jar], removed=[2], score=SCORE0), ex)
+    assert m["exact"] == 1.0 and m["task"] == pytest.approx(1.3)
+    # RLVR-World only checks gold objects: keeping the eaten apple costs nothing
+    assert tg.metrics(answer([jar], removed=[], score=SCORE0), ex)["exact"] == 1.0
+    # removing a gold object is a missing object: 1 error instead of its 2 checks
+    m = tg.metrics(answer([jar], removed=[2, 3], score=SCORE0), ex)
+    assert m["item_acc"] == pytest.approx(3 / 4) and m["exact"] == 0.0
+    assert m["task"] == pytest.approx(0.09 * 3 / 4 + 0.01 + 1.0)
+
+
+def test_created_objects_are_dropped_so_exact_is_impossible():
+    # RLVR-World never appends a modified object with a new uuid: the gold diff itself misses it
+    sliced = {"game_state": [obj(1, "jar", [4], isOpen=False, temperature=20), CURR["game_state"][2],
+                             obj(4, "apple slice", isCooked=False), SCORE0]}  # fmt: skip
+    ex = example(nxt=sliced)
+    gold = tg.state_diff(CURR, sliced)
+    assert [o["uuid"] for o in gold["modified"]] == [1, 4] and gold["removed"] == [2]
+    m = tg.metrics(json.dumps(gold), ex)
+    # jar 3 + knife 2 checks right, the slice is a missing object
+    assert m["exact"] == 0.0 and m["item_acc"] == pytest.approx(5 / 6)
+    assert m["task"] == pytest.approx(0.09 * 5 / 6 + 0.01 + 1.0)
+
+
+def test_list_answer_naming_the_keys_is_scored():
+    # RLVR-World tests the keys with `in`: a list holding both words passes, the state stays the
+    # current one without a score object
+    m = tg.metrics('The final answer is: ["modified", "removed"]', example())
+    assert m["parsed"] == 0.0 and m["exact"] == 0.0
+    assert m["item_acc"] == pytest.approx(6 / 7) and m["score_acc"] == 0.0
+    assert m["task"] == pytest.approx(0.09 * 6 / 7)
+
+
+def test_malformed_prediction_scores_zero_or_drops_property_term():
+    # unsortable contains: RLVR-World's evaluate fails -> 0
+    bad = obj(1, "jar", [2, "x"], isOpen=True, temperature=20)
+    assert tg.metrics(answer([bad]), example())["task"] == 0.0
+    # no "properties": one item error for the jar's two properties (5 / 6), and the property-by-property
+    # diff fails so its term is left out
+    m = tg.metrics(answer([{"uuid": 1, "name": "jar", "contains": [2]}]), example())
+    assert m["item_acc"] == pytest.approx(5 / 6) and m["task"] == pytest.approx(0.09 * 5 / 6 + 0.01)
+    # True == 1 and 1.0 == 1 in Python, so RLVR-World accepts them
+    assert tg.metrics(answer([obj(1, "jar", [2.0], isOpen=1, temperature=20.0)]), example())["exact"] == 1.0
+
+
+def test_no_change_transition():
+    same = copy.deepcopy(CURR)
+    m = tg.metrics(answer([], score=SCORE0), example(nxt=same))
+    # no changed pair: RLVR-World leaves the property term out; property_acc falls back to exact
+    assert m["exact"] == 1.0 and m["task"] == pytest.approx(0.3) and m["property_acc"] == 1.0
+
+
+def test_python_literals_in_answer():
+    text = (
+        "The final answer is: {'modified': [{'uuid': 1, 'name': 'jar', 'properties': {'isOpen': True, "
+        "'temperature': 20}, 'contains': [2]}], 'removed': [], "
+        "'score': {'score': 1, 'gameOver': False, 'gameWon': False},}"
+    )
+    assert tg.metrics(text, example())["exact"] == 1.0
+
+
+def test_truncated_answer_is_scored_as_far_as_it_goes():
+    full = answer([obj(1, "jar", [2], isOpen=True, temperature=20)])
+    cut = full[: full.index('"score"')]  # "modified" and "removed" survived, the score did not
+    m = tg.metrics(cut, example())
+    assert m["parsed"] == 1.0 and m["item_acc"] == 1.0 and m["score_acc"] == 0.0
+
+
+def test_bad_examples_and_completions_raise():
+    with pytest.raises(ValueError, match="data_state"):
+        tg.metrics("x", Example(prompt="", answer="", ground_truth=json.dumps(OPENED)))
+    with pytest.raises(ValueError, match="ground_truth"):
+        tg.metrics(
+            "x", Example(prompt="", answer="", ground_truth="{oops", extra={"data_state": json.dumps(CURR)})
+        )
+    broken = {"game_state": [{"name": "jar", "properties": {}, "contains": []}, SCORE0]}
+    with pytest.raises(ValueError, match=r"game_state\[0\]: missing field 'uuid'"):
+        tg.metrics("x", example(nxt=broken))
+    with pytest.raises(ValueError, match="score object"):
+        tg.metrics("x", example(nxt={"game_state": [obj(1, "jar")]}))
+    with pytest.raises(TypeError, match="completion"):
+        tg.metrics(None, example())
+
+
+def test_examples_are_parsed_once():
+    ex = example()
+    tg.metrics("x", ex)
+    before = tg._prepare.cache_info().hits
+    for _ in range(5):
+        tg.metrics("x", ex)
+    assert tg._prepare.cache_info().hits == before + 5
+
+
+def test_registry_resolves_the_rewards():
+    assert get_reward("text_game/binary") is tg.binary_reward
+    assert get_reward("text_game/task") is tg.task_reward
+
+
+# ---------------------------------------------------------------------------------------------------
+# apply_diff / state_diff
+
+
+def test_apply_diff_rules():
+    jar = obj(1, "jar", [], isOpen=True)
+    got = tg.apply_diff(CURR, {"modified": [jar, obj(9, "new")], "removed": [2], "score": SCORE1})
+    assert got == {"game_state": [jar, CURR["game_state"][2], SCORE1]}  # uuid 9 dropped
+    got = tg.apply_diff(
+        CURR, {"modified": [jar, obj(9, "new")], "removed": [2], "score": SCORE1}, add_new=True
+    )
+    assert [o.get("uuid") for o in got["game_state"]] == [1, 3, 9, None]
+    # RLVR-World's `in` on an int raises, so removed=2 removes nothing; removed="…" with int uuids neither
+    assert len(tg.apply_diff(CURR, {"removed": 2, "score": {}})["game_state"]) == 4
+    assert (
+        tg.apply_diff(CURR, {"removed": [2], "score": {}})["game_state"][-1] == SCORE0
+    )  # empty score: current
+    assert tg.apply_diff(CURR, {"removed": [2]})["game_state"][-1] == CURR["game_state"][2]  # no score at all
+    with pytest.raises(ValueError, match="diff"):
+        tg.apply_diff(CURR, [])
+    with pytest.raises(ValueError, match="state"):
+        tg.apply_diff({"objects": []}, {})
+
+
+def _by_uuid(state):
+    return {o["uuid"]: o for o in state["game_state"][:-1]}, state["game_state"][-1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_state_diff_then_apply_diff_round_trips(data):
+    uuids = st.integers(0, 8)
+
+    def objects():
+        return st.dictionaries(
+            uuids,
+            st.tuples(
+                st.dictionaries(st.sampled_from("abc"), st.integers(0, 2), max_size=3),
+                st.lists(uuids, max_size=3),
+            ),
+            max_size=5,
+        )
+
+    def state(objs):
+        score = {"score": data.draw(st.integers(0, 3)), "gameOver": False, "gameWon": False}
+        return {"game_state": [obj(u, f"o{u}", c, **p) for u, (p, c) in objs.items()] + [score]}
+
+    curr, nxt = state(data.draw(objects())), state(data.draw(objects()))
+    diff = tg.state_diff(curr, nxt)
+    assert _by_uuid(tg.apply_diff(curr, diff, add_new=True)) == _by_uuid(nxt)
+    kept, score = _by_uuid(tg.apply_diff(curr, diff))
+    assert score == nxt["game_state"][-1]
+    assert kept == {u: o for u, o in _by_uuid(nxt)[0].items() if u in _by_uuid(curr)[0]}
+
+
+# ---------------------------------------------------------------------------------------------------
+# loader
+
+
+def rlvr_row(i, curr=CURR, nxt=OPENED, split="test"):
+    """One row as RLVR-World's process_jsonl.py writes it."""
+    return {
+        "data_source": "llm_simulator",
+        "prompt": [{"role": "user", "content": f"You are a simulator... state {i}\nPlease make sure to ..."}],
+        "ability": "next state prediction",
+        "reward_model": {"style": "rule", "ground_truth": json.dumps(nxt)},
+        "extra_info": {"split": split, "index": i, "data_state": json.dumps(curr), "data_action": "open jar"},
+    }
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_load_jsonl(tmp_path):
+    path = write_jsonl(tmp_path / "test.jsonl", [rlvr_row(0), rlvr_row(1, nxt=EATEN, split="train")])
+    exs = load_text_game(path)
+    assert len(exs) == 2
+    ex = exs[0]
+    assert ex.prompt.startswith("You are a simulator... state 0")
+    assert ex.ground_truth == json.dumps(OPENED)
+    assert dict(ex.extra) == {"data_state": json.dumps(CURR), "data_action": "open jar"}
+    assert ex.source == f"{path}:1" and exs[1].source == f"{path}:2"
+    assert json.loads(ex.answer) == tg.state_diff(CURR, OPENED)
+    for e in exs:  # the MLE target is a perfect answer
+        assert tg.task_reward(e.answer, e) == pytest.approx(1.3)
+    assert [e.source for e in load_text_game(path, split="train")] == [f"{path}:2"]
+    assert len(load_text_game(path, limit=1)) == 1
+
+
+def test_load_parquet_and_json_match_jsonl(tmp_path):
+    import pandas as pd
+
+    rows = [rlvr_row(i) for i in range(3)]
+    pd.DataFrame(rows).to_parquet(tmp_path / "test.parquet")
+    (tmp_path / "test.json").write_text(json.dumps(rows))
+    ref = load_text_game(write_jsonl(tmp_path / "test.jsonl", rows))
+    for name in ("test.parquet", "test.json"):
+        got = load_text_game(tmp_path / name)
+        assert [(e.prompt, e.answer, e.ground_truth, dict(e.extra)) for e in got] == [
+            (e.prompt, e.answer, e.ground_truth, dict(e.extra)) for e in ref
+        ]
+        assert got[2].source == f"{tmp_path / name}:2"  # 0-based rows
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_answer_is_the_sft_response_else_the_gold_diff(tmp_path, kind):
+    import pandas as pd
+
+    cot = "Opening the jar changes isOpen.\nThe final answer is: " + json.dumps(tg.state_diff(CURR, OPENED))
+    rows = [rlvr_row(0), rlvr_row(1), rlvr_row(2), rlvr_row(3)]
+    rows[0]["answer"] = cot
+    rows[2]["answer"] = None
+    rows[3]["answer"] = ""
+    path = tmp_path / f"d.{kind}"
+    write_jsonl(path, rows) if kind == "jsonl" else pd.DataFrame(rows).to_parquet(path)
+    got = load_text_game(path)
+    diff = json.dumps(tg.state_diff(CURR, OPENED))
+    assert [e.answer for e in got] == [cot, diff, diff, diff]
+    assert all(e.ground_truth == json.dumps(OPENED) for e in got)
+    assert tg.task_reward(got[0].answer, got[0]) == pytest.approx(1.3)  # the reward reads past the reasoning
+    rows[1]["answer"] = {"modified": []}
+    message = f"{tmp_path / 'd.jsonl'}:2: field 'answer' must be a str"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_text_game(write_jsonl(tmp_path / "d.jsonl", rows))
+
+
+def test_plain_string_prompt(tmp_path):
+    row = rlvr_row(0)
+    row["prompt"] = "just text"
+    assert load_text_game(write_jsonl(tmp_path / "a.jsonl", [row]))[0].prompt == "just text"
+
+
+def _without(row, dotted):
+    row = copy.deepcopy(row)
+    *parents, last = dotted.split(".")
+    target = row
+    for p in parents:
+        target = target[p]
+    del target[last]
+    return row
+
+
+@pytest.mark.parametrize("field", ["prompt", "reward_model", "reward_model.ground_truth", "extra_info",
+                                   "extra_info.data_state", "extra_info.data_action"])  # fmt: skip
+def test_missing_field_names_file_line_and_field(tmp_path, field):
+    path = write_jsonl(tmp_path / "bad.jsonl", [rlvr_row(0), _without(rlvr_row(1), field)])
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: missing field '{field}'")):
+        load_text_game(path)
+
+
+def test_bad_rows_raise_with_location(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(rlvr_row(0)) + "\n\n{not json\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path}:3: invalid JSON")):
+        load_text_game(path)
+    broken = {"game_state": [{"uuid": 1, "name": "jar", "properties": [], "contains": []}, SCORE0]}
+    path = write_jsonl(tmp_path / "bad2.jsonl", [rlvr_row(0, curr=broken)])
+    with pytest.raises(
+        ValueError, match=re.escape(f"{path}:1: extra_info.data_state: game_state[0]: 'properties'")
+    ):
+        load_text_game(path)
+    row = rlvr_row(0)
+    row["data_source"] = "web_agent"
+    with pytest.raises(ValueError, match="data_source"):
+        load_text_game(write_jsonl(tmp_path / "bad3.jsonl", [row]))
+    with pytest.raises(ValueError, match="extra_info.split"):
+        load_text_game(
+            write_jsonl(tmp_path / "bad4.jsonl", [_without(rlvr_row(0), "extra_info.split")]), split="test"
+        )
+    with pytest.raises(ValueError, match="path"):
+        load_text_game(tmp_path / "data.csv")
+    with pytest.raises(ValueError, match="limit"):
+        load_text_game(path, limit=-1)
+
+
+def test_parquet_bad_row_names_row(tmp_path):
+    import pandas as pd
+
+    rows = [rlvr_row(0), rlvr_row(1)]
+    rows[1]["reward_model"] = {"style": "rule", "ground_truth": None}
+    pd.DataFrame(rows).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(
+        ValueError,
+        match=re.escape(f"{tmp_path / 'bad.parquet'}:1: missing field 'reward_model.ground_truth'"),
+    ):
+        load_text_game(tmp_path / "bad.parquet")
+
+
+def test_text_game_task(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [rlvr_row(i, split="train") for i in range(3)])
+    test = write_jsonl(tmp_path / "test.jsonl", [rlvr_row(i) for i in range(2)])
+    task = text_game_task(train, test)
+    assert isinstance(task, Task)
+    assert (task.name, len(task.train), len(task.test)) == ("text_game", 3, 2)
+    assert (task.default_reward, task.select_metric, task.metrics) == ("text_game/task", "exact", tg.metrics)
+    assert task.metrics(task.test[0].answer, task.test[0])["exact"] == 1.0
