@@ -36,9 +36,9 @@ test: $(STAMP)
 test-gpu: $(STAMP)
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
 
-## The main job on the built-in default: RLVR (MLE then GRPO) of a tiny world model with the fused ops
+## The main job on the built-in default: MLE then GRPO of a tiny text-game world model (rlvr_fast/configs/demo.yaml)
 demo: $(STAMP)
-	$(PY) examples/grpo_world.py
+	$(VENV)/bin/rlvr-fast demo $(DEMO_ARGS)
 
 ## Benchmarks on this machine (small shapes on CPU; pass BENCH_ARGS="--shapes target" on a GPU)
 BENCH_ARGS ?= --shapes small

@@ -24,9 +24,13 @@ extras = {
         "hypothesis>=6",
         "pytest-benchmark>=4",
         "trl==1.16.0",
+        "pyarrow",
         *VERL_CORE_DEPS,
     ],
-    "bench": ["pytest-benchmark>=4", "matplotlib", "liger-kernel; platform_system == 'Linux'"],
+    "bench": ["pytest-benchmark>=4", "liger-kernel; platform_system == 'Linux'"],
+    # RLVR-World's .parquet data files; TensorBoard logging
+    "data": ["pyarrow"],
+    "tensorboard": ["tensorboard"],
     "gpu": ["flash-attn"],
 }
 
@@ -42,10 +46,19 @@ setup(
     install_requires=[
         "torch>=2.11",
         "numpy",
+        # the trainer, worlds and rewards
+        "transformers>=4.56",
+        "tokenizers",
+        "safetensors",
+        "pyyaml",
+        "tqdm",
+        "scipy",
+        "matplotlib",
         # Triton is optional at import time; installed where wheels exist so the kernels (and their
         # CPU interpreter) are available.
         "triton>=3.6,<3.10; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     extras_require=extras,
-    entry_points={"console_scripts": []},
+    package_data={"rlvr_fast.configs": ["*.yaml"]},
+    entry_points={"console_scripts": ["rlvr-fast = rlvr_fast.cli:main"]},
 )

@@ -1,5 +1,6 @@
 """The README's commands and example stay true."""
 
+import json
 import re
 from pathlib import Path
 
@@ -33,3 +34,34 @@ def test_demo_script_runs_short(tmp_path):
                            "--eval-size", "64", "--out", str(tmp_path)])  # fmt: skip
     assert set(results) == {"random init", "after MLE", "after MLE + GRPO"}
     assert (tmp_path / "summary.json").is_file()
+
+
+def test_make_demo_runs_the_cli_demo():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "rlvr-fast demo" in makefile.split("\ndemo:")[1].split("\n\n")[0]
+
+
+def test_cli_demo_runs_short_and_prints_the_table(tmp_path, capsys):
+    """`rlvr-fast demo` end to end with the demo config, shrunk to seconds."""
+    from rlvr_fast.cli import main
+
+    rc = main(["demo", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64",
+               "data.n_train=200", "data.n_test=16", "mle.steps=3", "trainer.steps=2", "trainer.eval_size=8",
+               "rollout.prompts_per_step=2", "rollout.max_new_tokens=8", "trainer.progress=false",
+               f"trainer.out_dir={tmp_path}"])  # fmt: skip
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "exact-match accuracy" in out and "task reward" in out and "changed-property accuracy" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {"mle", "rlvr", "seconds"} <= set(summary)
+    assert {"exact", "task", "property_acc"} <= set(summary["mle"]) == set(summary["rlvr"])
+    assert (tmp_path / "curves.png").is_file()
+
+
+def test_cli_reports_config_errors(capsys):
+    from rlvr_fast.cli import main
+
+    assert main(["train", "trainer.nope=1"]) == 2
+    assert "unknown key 'trainer.nope'" in capsys.readouterr().err
+    assert main(["config", "rollout.n=4"]) == 0
+    assert "n = 4" in capsys.readouterr().out

@@ -1,0 +1,144 @@
+"""``rlvr-fast``: the command line.
+
+    rlvr-fast demo [key=value ...]                      the built-in main job (MLE then GRPO, before/after table)
+    rlvr-fast train [--config x.yaml] [--resume] [key=value ...]
+    rlvr-fast eval --checkpoint DIR [--config x.yaml] [key=value ...]
+    rlvr-fast config [--config x.yaml] [key=value ...]  print the resolved configuration (with help text)
+    rlvr-fast bench [run_all.py options]                 the benchmark suite of a source checkout
+
+Overrides are ``section.key=value`` (values read as YAML), e.g. ``trainer.lr=1e-5 rollout.n=8``.
+Multi-GPU: ``torchrun --nproc_per_node=N -m rlvr_fast.cli train ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+DEMO_CONFIG = "demo.yaml"
+TABLE_METRICS = (
+    ("exact", "exact-match accuracy"),
+    ("task", "task reward"),
+    ("property_acc", "changed-property accuracy"),
+    ("item_acc", "item accuracy"),
+    ("f1", "item F1"),
+    ("parsed", "parsed answers"),
+)
+
+
+def _config(path: str | None, overrides: list[str], default: str | None = None):
+    from .trainer.config import load_config
+
+    if path is None and default is not None:
+        with resources.as_file(resources.files("rlvr_fast.configs") / default) as p:
+            return load_config(p, overrides)
+    return load_config(path, overrides)
+
+
+def format_table(summary: dict) -> str:
+    """The before/after table of a run summary: one row per task metric, MLE vs MLE + GRPO."""
+    mle, rl = summary.get("mle", {}), summary.get("rlvr", {})
+    rows = [(key, label) for key, label in TABLE_METRICS if key in mle or key in rl]
+    lines = [f"{'held-out metric':<28}{'MLE':>10}{'MLE + GRPO':>14}{'change':>10}"]
+    for key, label in rows:
+        a, b = mle.get(key, float("nan")), rl.get(key, float("nan"))
+        lines.append(f"{label:<28}{a:>10.3f}{b:>14.3f}{b - a:>+10.3f}")
+    return "\n".join(lines)
+
+
+def _report(summary: dict, out_dir: str) -> None:
+    n = summary.get("eval_examples", "?")
+    print(f"\n{summary.get('task', '')}: {n} held-out examples, greedy decoding")
+    print(format_table(summary))
+    if summary.get("best"):
+        b = summary["best"]
+        print(f"best checkpoint by {summary['select_metric']}: GRPO step {b['step']} "
+              f"({summary['select_metric']} {b.get(summary['select_metric'], float('nan')):.3f}) in {out_dir}/best")  # fmt: skip
+    print(f"{summary['seconds']:.0f} s; metrics {out_dir}/metrics.jsonl, curves {summary.get('plot')}, "
+          f"summary {out_dir}/summary.json, checkpoint {out_dir}/checkpoint")  # fmt: skip
+
+
+def cmd_train(args, default_config: str | None = None) -> int:
+    from .trainer import train
+
+    cfg = _config(args.config, args.overrides, default_config)
+    try:
+        summary = train(cfg, resume=args.resume)
+    except KeyboardInterrupt:
+        return 130
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one report
+        _report(summary, cfg.trainer.out_dir)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .trainer import GRPOTrainer
+    from .trainer.checkpoint import load_checkpoint
+
+    cfg = _config(args.config, args.overrides)
+    trainer = GRPOTrainer(cfg)
+    load_checkpoint(args.checkpoint, trainer.module)
+    metrics = trainer.evaluate()
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_config(args) -> int:
+    from .trainer.config import describe
+
+    print(describe(_config(args.config, args.overrides)))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    script = Path.cwd() / "benchmarks" / "run_all.py"
+    if not script.is_file():
+        print("rlvr-fast bench runs benchmarks/run_all.py of a source checkout: run it from the repository root",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    return subprocess.call([sys.executable, str(script), *args.rest])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rlvr-fast", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)  # fmt: skip
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name, helptext in (("demo", "the built-in main job"), ("train", "MLE + GRPO training"),
+                           ("eval", "evaluate a checkpoint"), ("config", "print the resolved configuration")):  # fmt: skip
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("--config", help="YAML file (sections as in `rlvr-fast config`)")
+        s.add_argument("overrides", nargs="*", help="section.key=value")
+        if name in ("train", "demo"):
+            s.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint")
+        if name == "eval":
+            s.add_argument("--checkpoint", required=True, help="checkpoint directory (out_dir/best or out_dir/checkpoint)")
+    b = sub.add_parser("bench", help="run the benchmark suite (source checkout)")
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .trainer.config import ConfigError
+
+    try:
+        if args.cmd == "demo":
+            return cmd_train(args, default_config=DEMO_CONFIG)
+        if args.cmd == "train":
+            return cmd_train(args)
+        if args.cmd == "eval":
+            return cmd_eval(args)
+        if args.cmd == "config":
+            return cmd_config(args)
+        return cmd_bench(args)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"rlvr-fast: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

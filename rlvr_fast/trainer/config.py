@@ -1,0 +1,293 @@
+"""One configuration tree for the trainer: dataclasses with help text, YAML files and ``a.b=value``
+overrides from the command line.
+
+    cfg = load_config("x.yaml", ["trainer.lr=1e-5", "rollout.n=8"])
+
+Unknown keys, values of the wrong type, values outside their choices and inconsistent combinations
+raise :class:`ConfigError` with a message that lists what is valid. ``describe()`` prints the tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message says what is valid."""
+
+
+def _f(default, help: str, choices: tuple | None = None):
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = _f(None, "local Hugging Face causal-LM directory; empty: a tiny Llama built from scratch")
+    hidden_size: int = _f(128, "tiny model: hidden size")
+    num_layers: int = _f(3, "tiny model: transformer layers")
+    num_heads: int = _f(4, "tiny model: attention heads")
+    intermediate_size: int = _f(384, "tiny model: MLP width")
+    max_position_embeddings: int = _f(512, "tiny model: longest sequence")
+    attn_implementation: str = _f(
+        "auto", "attention kernel; auto = flash_attention_2 when importable on GPU, else sdpa",
+        ("auto", "sdpa", "eager", "flash_attention_2"),
+    )
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
+
+
+@dataclass
+class DataConfig:
+    world: str = _f("synthetic_text_game", "which task", ("synthetic_text_game", "text_game", "web_page"))
+    train_path: str | None = _f(None, "text_game / web_page: local .parquet or .jsonl training file")
+    test_path: str | None = _f(None, "text_game / web_page: local held-out file")
+    n_train: int = _f(6000, "synthetic world: training transitions")
+    n_test: int = _f(500, "synthetic world: held-out transitions")
+    limit: int | None = _f(None, "loaded data: read at most this many rows per file")
+    max_prompt_tokens: int = _f(1024, "prompts longer than this are dropped (counted in the log)")
+    chat_template: bool = _f(True, "loaded data: wrap prompts in the tokenizer's chat template if it has one")
+
+
+@dataclass
+class RolloutConfig:
+    n: int = _f(8, "responses sampled per prompt (the GRPO group size)")
+    prompts_per_step: int = _f(16, "prompts per GRPO step (over all ranks)")
+    temperature: float = _f(1.0, "sampling temperature (> 0)")
+    top_p: float = _f(1.0, "nucleus sampling mass in (0, 1]")
+    top_k: int = _f(0, "top-k sampling; 0 disables")
+    max_new_tokens: int = _f(96, "longest response; longer ones are cut (and get no EOS)")
+
+
+@dataclass
+class RewardConfig:
+    name: str | None = _f(None, "registered reward or 'module:function'; empty: the task's default")
+    timeout_s: float = _f(10.0, "a reward call running longer gets failure_reward")
+    failure_reward: float = _f(0.0, "reward for a call that raises, times out or returns NaN")
+    workers: int = _f(4, "threads scoring a batch")
+
+
+@dataclass
+class AlgoConfig:
+    estimator: str = _f("grpo", "group advantage estimator", ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline"))
+    ppo_epochs: int = _f(1, "passes over each rollout batch")
+    mini_batch_size: int | None = _f(None, "sequences per optimizer step; empty: the whole rollout batch")
+    micro_batch_size: int = _f(32, "sequences per forward/backward (gradient accumulation)")
+    clip_low: float = _f(0.2, "PPO clip: ratio >= 1 - clip_low")
+    clip_high: float = _f(0.28, "PPO clip: ratio <= 1 + clip_high (DAPO clip-higher)")
+    dual_clip: float | None = _f(None, "dual-clip constant c > 1 for negative advantages; empty: off")
+    kl_coef: float = _f(0.0, "KL penalty to the frozen reference model; 0: no reference model")
+    kl_type: str = _f("k3", "KL estimator", ("k1", "k2", "k3", "abs"))
+    entropy_coef: float = _f(0.0, "entropy bonus")
+    agg: str = _f(
+        "token-mean", "loss aggregation",
+        ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
+    )
+
+
+@dataclass
+class MLEConfig:
+    steps: int = _f(0, "supervised (maximum-likelihood) steps before RL; 0: none")
+    batch_size: int = _f(32, "sequences per MLE step")
+    lr: float = _f(1e-3, "MLE peak learning rate (cosine decay to 10% over mle.steps)")
+    warmup_steps: int = _f(20, "MLE linear warmup steps")
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = _f(100, "GRPO steps")
+    lr: float = _f(1e-5, "GRPO peak learning rate (AdamW)")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    betas: list = _f([0.9, 0.999], "AdamW betas")
+    warmup_steps: int = _f(0, "linear warmup steps, then constant")
+    grad_clip: float = _f(1.0, "max global gradient norm; 0: no clipping")
+    seed: int = _f(0, "seed for data order, sampling and initialisation")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    bf16: str = _f("auto", "bf16 autocast: auto = on for CUDA", ("auto", "on", "off"))
+    parallel: str = _f("auto", "multi-process wrapper under torchrun; auto: DDP below 1B params, else FSDP2",
+                       ("auto", "ddp", "fsdp"))
+    eval_every: int = _f(25, "evaluate on the held-out split every this many GRPO steps; 0: only at the end")
+    eval_size: int = _f(256, "held-out examples per evaluation (greedy decoding)")
+    eval_batch_size: int = _f(64, "prompts per evaluation generate call")
+    save_every: int = _f(50, "write a checkpoint every this many steps; 0: only at the end")
+    out_dir: str = _f("runs/rlvr", "run directory: checkpoints, metrics.jsonl, plots, summary.json")
+    tensorboard: bool = _f(False, "also log to TensorBoard (needs the tensorboard package)")
+    progress: bool = _f(True, "show a progress bar")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    mle: MLEConfig = field(default_factory=MLEConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def _fields(obj) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(obj)}
+
+
+def _coerce(value: Any, ann: Any, key: str) -> Any:
+    """Check ``value`` against a field's resolved type hint; ints are accepted for floats."""
+    args = typing.get_args(ann)
+    optional = (typing.get_origin(ann) in (typing.Union, types.UnionType)) and type(None) in args
+    base = next((a for a in args if a is not type(None)), ann) if optional else ann
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key}: may not be empty (expected {base.__name__})")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif base is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif base is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    raise ConfigError(f"{key}: expected {base.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _apply(node, data: dict, prefix: str = "") -> None:
+    fields = _fields(node)
+    hints = typing.get_type_hints(type(node))  # annotations are strings under `from __future__`
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"unknown key {path!r}; valid keys{' under ' + prefix[:-1] if prefix else ''}: {sorted(fields)}")
+        current = getattr(node, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: expected a section (mapping) with keys {sorted(_fields(current))}")
+            _apply(current, value, path + ".")
+            continue
+        value = _coerce(value, hints[key], path)
+        choices = fields[key].metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{path}: {value!r} is not one of {list(choices)}")
+        setattr(node, key, value)
+
+
+def parse_override(text: str) -> dict:
+    """``"a.b=1e-5"`` -> ``{"a": {"b": 1e-05}}``; the value is read as YAML (numbers, bools, null, lists)."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    key, _, raw = text.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: cannot read the value ({e})") from e
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: Config | None = None) -> Config:
+    """Build a :class:`Config`: defaults (or ``base``), then the YAML file, then each override."""
+    import copy
+
+    import yaml
+
+    cfg = copy.deepcopy(base) if base is not None else Config()
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+        _apply(cfg, data)
+    for text in overrides:
+        _apply(cfg, parse_override(text))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks: raise :class:`ConfigError` naming the keys and what would be valid."""
+    r, a, t = cfg.rollout, cfg.algo, cfg.trainer
+    checks = [
+        (r.n >= 1, f"rollout.n must be >= 1, got {r.n}"),
+        (r.n >= 2 or a.estimator not in ("grpo", "drgrpo", "rloo"),
+         f"rollout.n = {r.n}: estimator {a.estimator!r} compares samples within a group, use rollout.n >= 2"),
+        (r.prompts_per_step >= 1, f"rollout.prompts_per_step must be >= 1, got {r.prompts_per_step}"),
+        (r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}"),
+        (0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}"),
+        (r.top_k >= 0, f"rollout.top_k must be >= 0, got {r.top_k}"),
+        (r.max_new_tokens >= 1, f"rollout.max_new_tokens must be >= 1, got {r.max_new_tokens}"),
+        (a.ppo_epochs >= 1, f"algo.ppo_epochs must be >= 1, got {a.ppo_epochs}"),
+        (a.micro_batch_size >= 1, f"algo.micro_batch_size must be >= 1, got {a.micro_batch_size}"),
+        (a.clip_low >= 0 and a.clip_high >= 0, "algo.clip_low and algo.clip_high must be >= 0"),
+        (a.dual_clip is None or a.dual_clip > 1, f"algo.dual_clip must be > 1 or empty, got {a.dual_clip}"),
+        (a.kl_coef >= 0, f"algo.kl_coef must be >= 0, got {a.kl_coef}"),
+        (t.steps >= 0 and cfg.mle.steps >= 0, "trainer.steps and mle.steps must be >= 0"),
+        (t.lr > 0 and cfg.mle.lr > 0, "trainer.lr and mle.lr must be > 0"),
+        (t.grad_clip >= 0, f"trainer.grad_clip must be >= 0, got {t.grad_clip}"),
+        (len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), f"trainer.betas must be two numbers in [0, 1), got {t.betas}"),
+        (t.eval_size >= 1 and t.eval_batch_size >= 1, "trainer.eval_size and trainer.eval_batch_size must be >= 1"),
+        (cfg.data.world == "synthetic_text_game" or (cfg.data.train_path and cfg.data.test_path),
+         f"data.world = {cfg.data.world!r} reads local files: set data.train_path and data.test_path"),
+    ]
+    batch = r.prompts_per_step * r.n
+    mini = a.mini_batch_size or batch
+    checks += [
+        (mini >= 1 and batch % mini == 0,
+         f"algo.mini_batch_size = {mini} must divide the rollout batch rollout.prompts_per_step x rollout.n = {batch}"),
+        (mini % r.n == 0 or a.estimator == "reinforce_pp_baseline",
+         f"algo.mini_batch_size = {mini} must be a multiple of rollout.n = {r.n} (whole groups per mini-batch)"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def describe(node=None, prefix: str = "") -> str:
+    """The configuration tree as text: ``key = default  # help [choices]``."""
+    node = node if node is not None else Config()
+    lines = []
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{prefix}{f.name}:")
+            lines.append(describe(value, prefix + "  "))
+            continue
+        choices = f.metadata.get("choices")
+        extra = f" {list(choices)}" if choices else ""
+        lines.append(f"{prefix}{f.name} = {value!r}  # {f.metadata.get('help', '')}{extra}")
+    return "\n".join(lines)

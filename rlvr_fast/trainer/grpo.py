@@ -1,0 +1,470 @@
+"""GRPO post-training of a world model on a verifiable reward (RLVR-World's recipe), with an MLE stage.
+
+Algorithm (GRPO, DeepSeekMath arXiv 2402.03300; as RLVR-World, Wu et al. NeurIPS 2025, uses it):
+
+0. MLE (optional, ``mle.steps``): teacher-forced cross-entropy on the gold answers of the training
+   split, then a held-out evaluation: the "mle" row of the summary. The reference model for the KL
+   term is a frozen copy of the policy at this point (RLVR-World: the SFT model).
+1. Per GRPO step, take ``prompts_per_step`` training prompts and sample ``n`` responses for each with
+   the current policy (KV-cached ``generate``, temperature / top-p / top-k).
+2. Score every response with the verifiable reward ``r_i`` (a failure gets ``reward.failure_reward``).
+3. Group advantages ``A_i = (r_i - mean_group) / (std_group + eps)`` (``rlvr_fast.group_advantages``;
+   other estimators by ``algo.estimator``), the same for every token of response i.
+4. Log-probs of the sampled tokens under the sampling policy (``old``) and the reference (``ref``).
+5. ``ppo_epochs`` passes over the batch in mini-batches (one optimizer step each, gradients
+   accumulated over micro-batches) of the clipped surrogate with the KL penalty
+   (``rlvr_fast.policy_loss_from_logits``: selective log-softmax, ratio, clip, KL and aggregation
+   fused over the logits), AdamW with warmup and global-norm clipping.
+6. Every ``eval_every`` steps: greedy decoding on the held-out split, the task's metrics, and the best
+   checkpoint by ``select_metric``.
+
+Simplifications, all deliberate: rollouts use the training model itself (no vLLM engine), so the
+batch is generated and trained on the same device in turn; with one PPO epoch and one mini-batch
+the "old" log-probs are the current ones (ratio 1, no extra forward), as in verl; the reward is
+computed on the host (text rewards parse strings); sequences are padded, not packed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import ops as rf
+from .. import rewards
+from ..models import count_parameters, load_model
+from ..worlds import Task, load_task
+from . import distributed as D
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import Config
+from .logger import RunLogger
+from .rollout import Rollout, encode_answer, encode_prompt, response_logits, sample, teacher_batch
+
+log = logging.getLogger(__name__)
+
+
+class DataStream:
+    """Endless shuffled indices over ``n`` examples; a fresh permutation per epoch from ``seed``.
+    Its whole state is (epoch, position), so a checkpoint resumes the exact order."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self.pos = n, seed, 0, 0
+        self._perm = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)).tolist()
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.pos == self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._perm = self._permutation()
+            m = min(k - len(out), self.n - self.pos)
+            out += self._perm[self.pos : self.pos + m]
+            self.pos += m
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.epoch, self.pos = s["epoch"], s["pos"]
+        self._perm = self._permutation()
+
+
+class GRPOTrainer:
+    """MLE then GRPO on one task; ``run()`` returns the summary (also written to ``summary.json``).
+
+    cfg: the :class:`~rlvr_fast.trainer.config.Config` tree. task: defaults to ``load_task(cfg.data)``.
+    Launch under ``torchrun --nproc_per_node=N`` for data parallelism (prompts split over ranks).
+    """
+
+    def __init__(self, cfg: Config, task: Task | None = None):
+        self.cfg = cfg
+        self.dist, self.device = D.init(cfg.trainer.device)
+        torch.manual_seed(cfg.trainer.seed)  # the same initial weights on every rank
+        self.task = task if task is not None else load_task(cfg.data, seed=cfg.trainer.seed)
+        module, self.tok = load_model(cfg.model, self.task.tokenizer, self.device)
+        self.module = module
+        self.model = D.wrap(module, self.dist, cfg.trainer.parallel, self.device)
+        self.ref: torch.nn.Module | None = None
+        self.reward_fn = rewards.get_reward(cfg.reward.name or self.task.default_reward)
+        self.bf16 = cfg.trainer.bf16 == "on" or (cfg.trainer.bf16 == "auto" and self.device.type == "cuda")
+        self.out = Path(cfg.trainer.out_dir)
+        self.logger = RunLogger(self.out, enabled=self.dist.main, tensorboard=cfg.trainer.tensorboard,
+                                progress=cfg.trainer.progress)  # fmt: skip
+        self.train_set = self._encode(self.task.train, "train")
+        self.test_set = self._encode(self.task.test[: cfg.trainer.eval_size], "test")
+        self.stream = DataStream(len(self.train_set), cfg.trainer.seed)
+        self.stage, self.mle_step, self.rl_step = "mle", 0, 0
+        self.results: dict[str, Any] = {}
+        self.best: dict[str, Any] = {}
+        self.counters = {"nan_skipped": 0, "reward_errors": 0, "reward_timeouts": 0}
+        self.elapsed = 0.0
+        self._stop = False
+        if cfg.mle.steps:
+            self._new_optimizer(cfg.mle.lr, cfg.mle.warmup_steps, decay_steps=cfg.mle.steps)
+        else:
+            self._new_optimizer(cfg.trainer.lr, cfg.trainer.warmup_steps)
+
+    # ---------------------------------------------------------------- setup helpers
+    def _encode(self, examples, split: str) -> list[tuple[Any, list[int], list[int]]]:
+        """(example, prompt ids, answer ids) for every example whose prompt fits max_prompt_tokens."""
+        out, dropped = [], 0
+        for ex in examples:
+            p = encode_prompt(self.tok, ex.prompt, self.cfg.data.chat_template)
+            if len(p) > self.cfg.data.max_prompt_tokens:
+                dropped += 1
+                continue
+            out.append((ex, p, encode_answer(self.tok, ex.answer)))
+        if dropped:
+            log.warning("%s split: dropped %d prompt(s) longer than data.max_prompt_tokens=%d", split, dropped,
+                        self.cfg.data.max_prompt_tokens)  # fmt: skip
+        if not out:
+            raise ValueError(f"{split} split is empty after dropping prompts longer than data.max_prompt_tokens")
+        return out
+
+    def _new_optimizer(self, lr: float, warmup: int, decay_steps: int = 0) -> None:
+        """AdamW with linear warmup, then constant (GRPO, as verl) or, with ``decay_steps``, cosine to 10%
+        of the peak (the MLE stage, as usual for supervised fine-tuning)."""
+        t = self.cfg.trainer
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+
+        def factor(s: int) -> float:
+            if s < warmup:
+                return (s + 1) / warmup
+            if not decay_steps:
+                return 1.0
+            frac = min(1.0, (s - warmup) / max(1, decay_steps - warmup))
+            return 0.1 + 0.45 * (1 + math.cos(math.pi * frac))
+
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, factor)
+
+    def _autocast(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _rank_slice(self, items: list) -> list:
+        k = len(items) // self.dist.world
+        return items[self.dist.rank * k : (self.dist.rank + 1) * k]
+
+    # ---------------------------------------------------------------- the two stages
+    def mle_update(self) -> dict[str, float]:
+        """One teacher-forced cross-entropy step on gold answers (the MLE baseline of RLVR-World)."""
+        rows = [self.train_set[i] for i in self._rank_slice(self.stream.take(self.cfg.mle.batch_size))]
+        batch = teacher_batch([p for _, p, _ in rows], [a for _, _, a in rows], self.tok.pad_token_id, self.device)
+        with self._autocast():
+            logits = response_logits(self.model, batch)
+        logp = rf.token_logprobs(logits, batch.responses)
+        mask = batch.response_mask
+        loss = -(logp * mask).sum() / mask.sum()
+        ok = not D.any_rank(not torch.isfinite(loss).item(), self.dist, self.device)
+        if ok:
+            loss.backward()
+        return {"loss": loss.item(), **self._optimizer_step(ok)}
+
+    def grpo_step(self) -> dict[str, float]:
+        """Sample, score, compute advantages, then ``ppo_epochs`` passes of clipped policy updates."""
+        cfg, n = self.cfg, self.cfg.rollout.n
+        t0 = time.perf_counter()
+        rows = [self.train_set[i] for i in self._rank_slice(self.stream.take(cfg.rollout.prompts_per_step))]
+        with self._autocast():
+            batch = sample(D.unwrap(self.model), self.tok, [p for _, p, _ in rows], n, cfg.rollout)
+        t_gen = time.perf_counter() - t0
+        examples = [ex for ex, _, _ in rows for _ in range(n)]
+        scores, stats = rewards.score(self.reward_fn, batch.completions, examples, timeout_s=cfg.reward.timeout_s,
+                                      failure_reward=cfg.reward.failure_reward, workers=cfg.reward.workers)  # fmt: skip
+        self.counters["reward_errors"] += stats.errors + stats.non_finite
+        self.counters["reward_timeouts"] += stats.timeouts
+        scores = torch.tensor(scores, dtype=torch.float32, device=self.device)
+        pp = cfg.algo.estimator == "reinforce_pp_baseline"
+        adv = rf.group_advantages(scores, group_size=n, estimator=cfg.algo.estimator,
+                                  response_mask=batch.response_mask if pp else None)  # fmt: skip
+
+        B = len(examples)
+        mini = (cfg.algo.mini_batch_size or B * self.dist.world) // self.dist.world
+        on_policy = cfg.algo.ppo_epochs == 1 and mini == B
+        old_logp = None if on_policy else self._logprobs(self.model, batch)
+        ref_logp = self._logprobs(self.ref, batch) if self.ref is not None else None
+
+        agg: dict[str, list[torch.Tensor]] = {}
+        step_metrics: dict[str, float] = {}
+        for _ in range(cfg.algo.ppo_epochs):
+            # whole groups in a shuffled order, so every mini-batch holds complete groups
+            order = (torch.randperm(B // n)[:, None] * n + torch.arange(n)).flatten() if mini < B else torch.arange(B)
+            for m0 in range(0, B, mini):
+                idx = order[m0 : m0 + mini].to(self.device)
+                ok = self._policy_update(batch, idx, adv, old_logp, ref_logp, agg)
+                step_metrics = {**step_metrics, **self._optimizer_step(ok)}
+        valid = batch.response_mask.sum(1).float()
+        totals = D.all_reduce_sum(torch.stack([scores.sum(), scores.new_tensor(B), valid.sum()]), self.dist)
+        out = {
+            "reward": (totals[0] / totals[1]).item(),
+            "reward_std": scores.std().item() if B > 1 else 0.0,
+            "response_len": (totals[2] / totals[1]).item(),
+            "reward_failures": stats.errors + stats.non_finite + stats.timeouts,
+            "gen_s": t_gen,
+            "step_s": time.perf_counter() - t0,
+            "tokens_per_s": totals[2].item() / (time.perf_counter() - t0),
+            **{k: torch.stack(v).mean().item() for k, v in agg.items()},
+            **step_metrics,
+        }
+        return out
+
+    @torch.no_grad()
+    def _logprobs(self, model, batch: Rollout) -> torch.Tensor:
+        """float32 [B, R] log-probs of the response tokens under ``model``, in micro-batches."""
+        mb = self.cfg.algo.micro_batch_size
+        outs = []
+        for s in range(0, batch.input_ids.shape[0], mb):
+            part = batch.select(slice(s, s + mb))
+            with self._autocast():
+                logits = response_logits(model, part)
+            outs.append(rf.token_logprobs(logits, part.responses, temperature=self.cfg.rollout.temperature))
+        return torch.cat(outs)
+
+    def _policy_update(self, batch, idx, adv, old_logp, ref_logp, agg) -> bool:
+        """Accumulate the gradient of one mini-batch over micro-batches; False if a loss was not finite."""
+        a, mbs = self.cfg.algo, self.cfg.algo.micro_batch_size
+        mask = batch.response_mask[idx]
+        # normalise by the mini-batch's counts so accumulated micro-batch losses equal the mini-batch loss
+        counts = mask.sum(1)
+        norm = {"token-mean": counts.sum().item(), "seq-mean-token-sum": (counts > 0).sum().item(),
+                "seq-mean-token-mean": (counts > 0).sum().item(),
+                "seq-mean-token-sum-norm": float(self.cfg.rollout.max_new_tokens)}[a.agg]  # fmt: skip
+        n_seq = max(1, (counts > 0).sum().item())
+        for s in range(0, len(idx), mbs):
+            sub = idx[s : s + mbs]
+            part = batch.select(sub)
+            last = s + mbs >= len(idx)
+            with D.grad_sync(self.model, last):  # DDP: forward and backward inside, all-reduce on the last
+                with self._autocast():
+                    logits = response_logits(self.model, part)
+                old = (rf.token_logprobs(logits.detach(), part.responses, temperature=self.cfg.rollout.temperature)
+                       if old_logp is None else old_logp[sub])  # fmt: skip
+                loss, m = rf.policy_loss_from_logits(
+                    logits, part.responses, old, adv[sub], part.response_mask,
+                    ref_logp=ref_logp[sub] if ref_logp is not None else None,
+                    kl_type=a.kl_type if ref_logp is not None else None, kl_coef=a.kl_coef,
+                    clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, entropy_coef=a.entropy_coef,
+                    agg=a.agg, norm_const=norm, temperature=self.cfg.rollout.temperature,
+                )  # fmt: skip
+                if a.agg == "seq-mean-token-sum-norm":
+                    loss = loss * (part.response_mask.sum(1) > 0).sum() / n_seq
+                if D.any_rank(not torch.isfinite(loss).item(), self.dist, self.device):
+                    return False
+                loss.backward()
+            for k in ("pg_loss", "clipfrac", "kl", "entropy"):
+                if k in m:
+                    agg.setdefault(k, []).append(m[k])
+        return True
+
+    def _optimizer_step(self, ok: bool) -> dict[str, float]:
+        """Clip, step and zero; a non-finite loss or gradient norm skips the update (warned, counted)."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        gn = float("nan")
+        if ok and params:
+            clip = self.cfg.trainer.grad_clip
+            gn = float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf")))
+            ok = math.isfinite(gn)
+        if ok:
+            self.opt.step()
+            self.sched.step()
+        else:
+            self.counters["nan_skipped"] += 1
+            log.warning("non-finite loss or gradient: update skipped (%d so far)", self.counters["nan_skipped"])
+        self.opt.zero_grad(set_to_none=True)
+        return {"grad_norm": gn, "lr": self.sched.get_last_lr()[0]}
+
+    # ---------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Greedy decoding on the held-out examples (split over ranks); the mean of each task metric."""
+        rows = self.test_set[self.dist.rank :: self.dist.world]
+        per_example: list[dict[str, float]] = []
+        bs = self.cfg.trainer.eval_batch_size
+        for s in range(0, len(rows), bs):
+            chunk = rows[s : s + bs]
+            with self._autocast():
+                batch = sample(D.unwrap(self.model), self.tok, [p for _, p, _ in chunk], 1, self.cfg.rollout, greedy=True)
+            for text, (ex, _, _) in zip(batch.completions, chunk):
+                try:
+                    per_example.append({k: float(v) for k, v in self.task.metrics(text, ex).items()})
+                except Exception as e:  # noqa: BLE001 - a metric failure scores 0, like a reward failure
+                    log.debug("metric failed on %s: %r", ex.source, e)
+                    per_example.append({})
+        everything = [m for part in D.gather_objects(per_example, self.dist) for m in part]
+        keys = sorted({k for m in everything for k in m})
+        return {k: sum(m.get(k, 0.0) for m in everything) / max(1, len(everything)) for k in keys}
+
+    def _eval_and_select(self) -> dict[str, float]:
+        metrics = self.evaluate()
+        self.logger.write({"stage": "eval", "step": self.rl_step, "rl_step": self.rl_step,
+                           **{f"eval/{k}": v for k, v in metrics.items()}})  # fmt: skip
+        key = self.task.select_metric
+        if self.stage == "rl" and metrics.get(key, -math.inf) > self.best.get(key, -math.inf):
+            self.best = {"step": self.rl_step, **metrics}
+            self.save("best")
+        return metrics
+
+    # ---------------------------------------------------------------- checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage, "mle_step": self.mle_step, "rl_step": self.rl_step, "stream": self.stream.state_dict(),
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "results": self.results,
+            "best": self.best, "counters": self.counters, "elapsed": self.elapsed + time.perf_counter() - self._t0,
+            "ref": {k: v.cpu() for k, v in self.ref.state_dict().items()} if self.ref is not None else None,
+            "config": self.cfg.to_dict(),
+        }  # fmt: skip
+
+    def save(self, name: str = "checkpoint", rngs: list | None = None) -> None:
+        """Checkpoint into ``out_dir/name`` (collective: all ranks call it; rank 0 writes)."""
+        weights = D.full_state_dict(self.model)
+        rngs = rngs if rngs is not None else D.gather_objects(rng_state(), self.dist)
+        if self.dist.main:
+            state = self._state()
+            state["rng"] = rngs
+            save_checkpoint(self.out / name, D.unwrap(self.model), self.tok, state, weights=weights)
+
+    def resume(self, path: Path) -> None:
+        state = load_checkpoint(path, D.unwrap(self.model))
+        self.stage, self.mle_step, self.rl_step = state["stage"], state["mle_step"], state["rl_step"]
+        self.stream.load_state_dict(state["stream"])
+        self.results, self.best, self.counters, self.elapsed = state["results"], state["best"], state["counters"], state["elapsed"]
+        if self.stage == "rl":
+            self._new_optimizer(self.cfg.trainer.lr, self.cfg.trainer.warmup_steps)
+            if state["ref"] is not None:
+                self._make_ref(state["ref"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        rngs = state["rng"]
+        set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
+        # the log continues from the checkpoint: drop records an interrupted run wrote after it
+        s, m, r = self.stage, self.mle_step, self.rl_step
+        self.logger.truncate(lambda rec: (rec["stage"] == "mle" and rec["step"] <= m) or
+                             (rec["stage"] in ("rl", "eval") and s == "rl" and rec["step"] <= r))  # fmt: skip
+        log.info("resumed from %s at stage %s (MLE step %d, GRPO step %d)", path, s, m, r)
+
+    def _make_ref(self, weights: dict | None = None) -> None:
+        ref = copy.deepcopy(D.unwrap(self.model)) if not D.is_fsdp(self.model) else None
+        if ref is None:  # FSDP: rebuild an unsharded copy from the gathered weights
+            ref, _ = load_model(self.cfg.model, self.tok, self.device)
+            weights = weights if weights is not None else D.full_state_dict(self.model)
+        if weights is not None:
+            ref.load_state_dict(weights, strict=False)
+        self.ref = ref.eval().requires_grad_(False)
+
+    # ---------------------------------------------------------------- the run
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        """MLE stage, evaluation, GRPO stage with periodic evaluation and checkpoints; the summary."""
+        cfg, t = self.cfg, self.cfg.trainer
+        self._t0 = time.perf_counter()
+        if resume:
+            self.resume(self.out / "checkpoint")
+        elif self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        if self.dist.main:
+            log.info("model: %.2fM parameters on %s; %d train / %d held-out examples", count_parameters(self.module) / 1e6,
+                     self.device, len(self.train_set), len(self.test_set))  # fmt: skip
+        previous = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, self._on_interrupt)
+        try:
+            if self.stage == "mle":
+                self.logger.start_bar(cfg.mle.steps, self.mle_step, "MLE")
+                while self.mle_step < cfg.mle.steps and not self._should_stop():
+                    self.mle_step_logged()
+                    self._maybe_save(self.mle_step)
+                self.logger.close_bar()
+                if self._stop:
+                    return self._interrupted()
+                self.results["mle"] = self._eval_and_select()
+                self.stage = "rl"
+                self._new_optimizer(t.lr, t.warmup_steps)
+                if cfg.algo.kl_coef > 0:
+                    self._make_ref()
+            self.logger.start_bar(t.steps, self.rl_step, "GRPO")
+            while self.rl_step < t.steps and not self._should_stop():
+                m = self.grpo_step()
+                self.rl_step += 1
+                self.logger.write({"stage": "rl", "step": self.rl_step, **m, **self.counters})
+                self.logger.advance(reward=m["reward"], kl=m.get("kl", 0.0), clip=m.get("clipfrac", 0.0))
+                if t.eval_every and self.rl_step % t.eval_every == 0 and self.rl_step < t.steps:
+                    self._eval_and_select()
+                self._maybe_save(self.rl_step)
+            self.logger.close_bar()
+            if self._stop:
+                return self._interrupted()
+            # no GRPO step taken: the "after" model is the "before" one, no need to decode it again
+            self.results["rlvr"] = self._eval_and_select() if self.rl_step else dict(self.results.get("mle", {}))
+            self.save()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            self.logger.close()
+        return self._finish()
+
+    def mle_step_logged(self) -> None:
+        m = self.mle_update()
+        self.mle_step += 1
+        if self.mle_step % 10 == 0 or self.mle_step == self.cfg.mle.steps:
+            self.logger.write({"stage": "mle", "step": self.mle_step, **m})
+        self.logger.advance(loss=m["loss"])
+
+    def _maybe_save(self, step: int) -> None:
+        every = self.cfg.trainer.save_every
+        if every and step % every == 0:
+            self.save()
+
+    def _on_interrupt(self, signum, frame) -> None:
+        if self._stop:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._stop = True
+        log.warning("interrupted: finishing the current step, then writing a checkpoint (Ctrl-C again to abort)")
+
+    def _should_stop(self) -> bool:
+        # every rank must stop at the same step boundary, so the flag is agreed collectively
+        self._stop = D.any_rank(self._stop, self.dist, self.device)
+        return self._stop
+
+    def _interrupted(self) -> dict[str, Any]:
+        self.logger.close_bar()
+        self.save()
+        if self.dist.main:
+            print(f"checkpoint written to {self.out / 'checkpoint'}; continue with --resume")
+        raise KeyboardInterrupt
+
+    def _finish(self) -> dict[str, Any]:
+        elapsed = self.elapsed + time.perf_counter() - self._t0
+        # data parallelism must leave every rank with the same weights; check it rather than assume it
+        checksum = float(sum(p.detach().double().sum().item() for p in D.unwrap(self.model).parameters()))
+        sums = D.gather_objects(checksum, self.dist)
+        summary = {
+            "ranks": self.dist.world, "ranks_agree": all(c == sums[0] for c in sums),
+            "mle": self.results.get("mle", {}), "rlvr": self.results.get("rlvr", {}), "seconds": round(elapsed, 1),
+            "best": self.best, "select_metric": self.task.select_metric, "task": self.task.name,
+            "eval_examples": len(self.test_set), "counters": self.counters,
+        }  # fmt: skip
+        if self.dist.main:
+            summary["plot"] = str(self.logger.plot(self.task.select_metric))
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def train(cfg: Config, *, resume: bool = False, task: Task | None = None) -> dict[str, Any]:
+    """Run :class:`GRPOTrainer` on ``cfg``; returns the summary dict."""
+    trainer = GRPOTrainer(cfg, task)
+    try:
+        return trainer.run(resume=resume)
+    finally:
+        D.shutdown(trainer.dist)

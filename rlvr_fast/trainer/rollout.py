@@ -1,0 +1,134 @@
+"""Prompt encoding, sampling with Hugging Face ``generate`` (KV cache) and the padded rollout batch.
+
+Layout of a batch of B = prompts x n sequences (groups contiguous, as TRL and ``group_size`` expect)::
+
+    input_ids       [B, P + R]   left-padded prompt | response, padded after its EOS
+    attention_mask  [B, P + R]   1 on real prompt tokens and on response tokens up to and incl. EOS
+    response_mask   [B, R] bool  the response tokens the policy chose (incl. EOS; a cut response has none)
+
+Position ids are ``cumsum(attention_mask) - 1`` both in ``generate`` and in the training forward, so
+left padding does not shift positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def encode_prompt(tokenizer, text: str, chat_template: bool) -> list[int]:
+    """Token ids of a prompt: through the chat template when asked and available, else plain
+    ``tokenizer(text)``; a BOS distinct from EOS is prepended when the tokenizer did not add it."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers 5 may return a BatchEncoding
+            ids = ids["input_ids"]
+        ids = list(ids)
+    else:
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and bos != tokenizer.eos_token_id and (not ids or ids[0] != bos):
+        ids = [bos, *ids]
+    return ids
+
+
+def encode_answer(tokenizer, text: str) -> list[int]:
+    """Token ids of a gold response followed by EOS (the MLE target)."""
+    return [*tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids [B, L], attention_mask [B, L])`` with the sequences right-aligned."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, L - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, L - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+
+
+@dataclass
+class Rollout:
+    """A padded batch of prompt+response sequences (module docstring for the layout)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    prompt_len: int
+    completions: list[str]
+
+    @property
+    def responses(self) -> torch.Tensor:
+        return self.input_ids[:, self.prompt_len:]
+
+    def select(self, idx: torch.Tensor | slice) -> "Rollout":
+        rows = range(len(self.completions))[idx] if isinstance(idx, slice) else idx.tolist()
+        return Rollout(self.input_ids[idx], self.attention_mask[idx], self.response_mask[idx], self.prompt_len,
+                       [self.completions[i] for i in rows])  # fmt: skip
+
+
+def response_mask_from(responses: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Bool [B, R]: tokens up to and including the first EOS (all tokens when there is none)."""
+    is_eos = responses == eos_id
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # strictly after the first EOS
+    return ~after_eos
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[list[int]], n: int, cfg, *, greedy: bool = False) -> Rollout:
+    """Sample ``n`` responses per prompt (greedy: one each) with KV-cached ``generate``.
+
+    cfg: :class:`~rlvr_fast.trainer.config.RolloutConfig` (temperature, top_p, top_k, max_new_tokens).
+    Sampling draws from the global torch RNG, which the trainer seeds and checkpoints.
+    """
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id, device)
+    kwargs = dict(do_sample=False, num_return_sequences=1) if greedy else dict(
+        do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, num_return_sequences=n,  # top_k=0: off
+    )  # fmt: skip
+    out = model.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, use_cache=True, **kwargs,
+    )  # fmt: skip
+    P = ids.shape[1]
+    resp = out[:, P:]
+    rmask = response_mask_from(resp, tokenizer.eos_token_id)
+    resp = resp.masked_fill(~rmask, tokenizer.pad_token_id)
+    reps = 1 if greedy else n
+    attn = torch.cat([mask.repeat_interleave(reps, 0), rmask.long()], 1)
+    texts = []
+    for row, m in zip(resp.tolist(), rmask.tolist()):
+        toks = [t for t, keep in zip(row, m) if keep and t != tokenizer.eos_token_id]
+        texts.append(tokenizer.decode(toks, skip_special_tokens=True))
+    return Rollout(torch.cat([ids.repeat_interleave(reps, 0), resp], 1), attn, rmask, P, texts)
+
+
+def response_logits(model, batch: Rollout) -> torch.Tensor:
+    """Logits [B, R, V] predicting each response token (only the last R positions go through lm_head)."""
+    R = batch.response_mask.shape[1]
+    pos = position_ids(batch.attention_mask)
+    out = model(
+        input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1], position_ids=pos[:, :-1],
+        logits_to_keep=R, use_cache=False,
+    )  # fmt: skip
+    return out.logits
+
+
+def teacher_batch(prompts: list[list[int]], answers: list[list[int]], pad_id: int, device) -> Rollout:
+    """Prompt + gold answer sequences in the rollout layout (for MLE and for scoring gold answers)."""
+    ids, mask = left_pad(prompts, pad_id, device)
+    R = max(len(a) for a in answers)
+    resp = torch.full((len(answers), R), pad_id, dtype=torch.long)
+    rmask = torch.zeros((len(answers), R), dtype=torch.bool)
+    for i, a in enumerate(answers):
+        resp[i, : len(a)] = torch.tensor(a, dtype=torch.long)
+        rmask[i, : len(a)] = True
+    resp, rmask = resp.to(device), rmask.to(device)
+    return Rollout(torch.cat([ids, resp], 1), torch.cat([mask, rmask.long()], 1), rmask, ids.shape[1], [""] * len(answers))

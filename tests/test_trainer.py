@@ -1,0 +1,324 @@
+"""The GRPO trainer: config validation, rollout layout, reward scoring, a short end-to-end run, exact
+resume after Ctrl-C, NaN-step skipping and a 2-process gloo run whose ranks must agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlvr_fast import rewards
+from rlvr_fast.trainer import config as C
+from rlvr_fast.trainer.grpo import DataStream, GRPOTrainer
+from rlvr_fast.trainer.rollout import (
+    Rollout, left_pad, position_ids, response_logits, response_mask_from, sample, teacher_batch,
+)  # fmt: skip
+from rlvr_fast.worlds import Example
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A model and run small enough for seconds on 2 CPU cores.
+TINY = [
+    "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64",
+    "data.n_train=200", "data.n_test=16", "rollout.n=4", "rollout.prompts_per_step=4", "rollout.max_new_tokens=12",
+    "mle.steps=4", "mle.batch_size=8", "trainer.steps=4", "trainer.eval_every=2", "trainer.eval_size=8",
+    "trainer.save_every=0", "trainer.progress=false", "algo.micro_batch_size=8",
+]  # fmt: skip
+TIMING_KEYS = {"gen_s", "step_s", "tokens_per_s"}
+
+
+def tiny_config(tmp_path: Path, *extra: str) -> C.Config:
+    return C.load_config(None, [*TINY, f"trainer.out_dir={tmp_path}", *extra])
+
+
+# ------------------------------------------------------------------------------------------ config
+def test_config_yaml_and_overrides(tmp_path):
+    f = tmp_path / "x.yaml"
+    f.write_text("trainer:\n  lr: 3.0e-4\n  steps: 7\nrollout:\n  n: 4\n  prompts_per_step: 2\n")
+    cfg = C.load_config(f, ["trainer.lr=1e-5", "algo.dual_clip=3", "model.path=null", "trainer.betas=[0.9, 0.95]"])
+    assert cfg.trainer.lr == 1e-5 and cfg.trainer.steps == 7 and cfg.rollout.n == 4
+    assert cfg.algo.dual_clip == 3.0 and isinstance(cfg.algo.dual_clip, float)
+    assert cfg.trainer.betas == [0.9, 0.95]
+    assert "lr = 0.0001" not in C.describe(cfg) and "lr = 1e-05" in C.describe(cfg)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.lrr=1", "valid keys under trainer: ['betas'"),
+        ("nosection.x=1", "valid keys: ['algo', 'data'"),
+        ("algo.estimator=foo", "is not one of ['grpo', 'drgrpo', 'rloo', 'reinforce_pp_baseline']"),
+        ("rollout.n=x", "rollout.n: expected int, got 'x'"),
+        ("rollout.n=true", "rollout.n: expected int"),
+        ("trainer=3", "expected a section"),
+        ("algo.mini_batch_size=7", "must divide the rollout batch"),
+        ("algo.mini_batch_size=4", "must be a multiple of rollout.n = 8"),
+        ("rollout.n=1", "use rollout.n >= 2"),
+        ("rollout.top_p=0", "rollout.top_p must be in (0, 1]"),
+        ("rollout.temperature=0", "rollout.temperature must be > 0"),
+        ("algo.dual_clip=0.5", "algo.dual_clip must be > 1"),
+        ("data.world=text_game", "set data.train_path and data.test_path"),
+        ("trainer.lr", "not of the form section.key=value"),
+    ],
+)
+def test_config_errors_name_the_valid_choices(override, message):
+    with pytest.raises(C.ConfigError) as e:
+        C.load_config(None, [override])
+    assert message in str(e.value)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(C.ConfigError, match="does not exist"):
+        C.load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("- a list\n")
+    with pytest.raises(C.ConfigError, match="must hold a mapping"):
+        C.load_config(tmp_path / "bad.yaml")
+
+
+def test_demo_config_is_valid():
+    cfg = C.load_config(ROOT / "rlvr_fast" / "configs" / "demo.yaml")
+    assert cfg.data.world == "synthetic_text_game" and cfg.mle.steps > 0 and cfg.trainer.steps > 0
+
+
+# ------------------------------------------------------------------------------------------ data order
+def test_data_stream_is_deterministic_and_resumable():
+    a = DataStream(10, seed=3)
+    first = a.take(7) + a.take(7)  # crosses an epoch boundary
+    assert sorted(first[:10]) == list(range(10))
+    b = DataStream(10, seed=3)
+    b.take(7)
+    state = b.state_dict()
+    c = DataStream(10, seed=3)
+    c.load_state_dict(state)
+    assert c.take(7) == first[7:]
+
+
+# ------------------------------------------------------------------------------------------ rollout layout
+def test_response_mask_and_padding():
+    resp = torch.tensor([[5, 6, 2, 0], [5, 2, 2, 0], [7, 7, 7, 7]])
+    assert response_mask_from(resp, eos_id=2).tolist() == [
+        [True, True, True, False], [True, True, False, False], [True, True, True, True]]  # fmt: skip
+    ids, mask = left_pad([[1, 2, 3], [4]], pad_id=0, device="cpu")
+    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert position_ids(mask).tolist() == [[0, 1, 2], [0, 0, 0]]
+    tb = teacher_batch([[1, 2], [3]], [[7, 8, 2], [9, 2]], 0, "cpu")
+    assert tb.input_ids.tolist() == [[1, 2, 7, 8, 2], [0, 3, 9, 2, 0]]
+    assert tb.response_mask.tolist() == [[True, True, True], [True, True, False]]
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from rlvr_fast.models import tiny_llama
+    from rlvr_fast.worlds.synthetic import synthetic_text_game_task
+
+    task = synthetic_text_game_task(seed=0, n_train=50, n_test=10)
+    cfg = C.ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    torch.manual_seed(0)
+    return tiny_llama(cfg, task.tokenizer).eval(), task
+
+
+def test_response_logits_match_full_forward_with_left_padding(tiny_model):
+    """Only the response positions go through lm_head; left padding must not shift positions."""
+    model, task = tiny_model
+    tok = task.tokenizer
+    prompts = [tok(e.prompt)["input_ids"][: 5 + 3 * i] for i, e in enumerate(task.train[:3])]
+    answers = [tok(e.answer)["input_ids"][:6] for e in task.train[:3]]
+    batch = teacher_batch(prompts, answers, tok.pad_token_id, "cpu")
+    got = torch.log_softmax(response_logits(model, batch).float(), -1)
+    for i, (p, a) in enumerate(zip(prompts, answers)):  # each sequence alone, unpadded
+        full = model(input_ids=torch.tensor([p + a])).logits.float().log_softmax(-1)[0, len(p) - 1 : -1]
+        torch.testing.assert_close(got[i, : len(a)], full, atol=2e-5, rtol=2e-5)
+
+
+def test_sample_groups_and_masks(tiny_model):
+    model, task = tiny_model
+    tok = task.tokenizer
+    cfg = C.RolloutConfig(n=3, max_new_tokens=8)
+    prompts = [tok(e.prompt)["input_ids"] for e in task.train[:2]]
+    torch.manual_seed(0)
+    r = sample(model, tok, prompts, 3, cfg)
+    assert r.input_ids.shape[0] == 6 and r.response_mask.shape == (6, r.input_ids.shape[1] - r.prompt_len)
+    for g in range(2):  # groups are contiguous and share their prompt
+        assert all(torch.equal(r.input_ids[g * 3, : r.prompt_len], r.input_ids[g * 3 + k, : r.prompt_len]) for k in range(3))
+    # tokens after EOS are padding and masked out
+    assert torch.all(r.responses[~r.response_mask] == tok.pad_token_id)
+    assert len(r.completions) == 6 and isinstance(r.select(torch.tensor([1, 4])), Rollout)
+
+
+# ------------------------------------------------------------------------------------------ rewards
+def _ok(c, e):
+    return len(c)
+
+
+def _boom(c, e):
+    raise RuntimeError("user reward bug")
+
+
+def _slow(c, e):
+    time.sleep(5)
+    return 1.0
+
+
+def test_reward_registry_and_module_paths():
+    assert {"text_game/binary", "text_game/task", "web_page/f1"} <= set(rewards.reward_names())
+    assert rewards.get_reward(f"{__name__}:_ok") is _ok
+    with pytest.raises(ValueError, match="unknown reward 'nope'; choose one of"):
+        rewards.get_reward("nope")
+    with pytest.raises(ValueError, match="cannot import"):
+        rewards.get_reward("no_such_module_xyz:f")
+    rewards.register_reward("test/len", _ok)
+    assert rewards.get_reward("test/len") is _ok
+    with pytest.raises(ValueError, match="already registered"):
+        rewards.register_reward("test/len", _ok)
+
+
+def _mixed(c, e):
+    if c == "raise":
+        raise KeyError(c)
+    return {"ok": 2.0, "nan": float("nan"), "str": "x", "none": None}[c]
+
+
+def test_reward_failures_are_counted_never_raised():
+    ex = Example("p", "a", "g")
+    out, stats = rewards.score(_mixed, ["ok", "nan", "str", "none", "raise"], [ex] * 5, failure_reward=-1.0)
+    assert out == [2.0, -1.0, -1.0, -1.0, -1.0]
+    assert (stats.errors, stats.non_finite, stats.timeouts) == (3, 1, 0)
+    with pytest.raises(ValueError, match="differ in length"):
+        rewards.score(_mixed, ["ok"], [ex, ex])
+
+
+def test_reward_timeouts_do_not_stall_the_batch():
+    ex = Example("p", "a", "g")
+    t0 = time.monotonic()
+    out, stats = rewards.score(lambda c, e: _slow(c, e) if c == "slow" else 1.0, ["a", "slow", "b", "slow", "c"],
+                               [ex] * 5, timeout_s=0.3, failure_reward=-2.0, workers=2)  # fmt: skip
+    assert time.monotonic() - t0 < 3.0
+    assert out == [1.0, -2.0, 1.0, -2.0, 1.0] and stats.timeouts == 2
+    out, stats = rewards.score(_boom, ["a"], [ex], failure_reward=0.25)
+    assert out == [0.25] and stats.errors == 1
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def _records(out: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
+            for line in (out / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+
+
+def test_end_to_end_run_writes_everything(tmp_path):
+    summary = GRPOTrainer(tiny_config(tmp_path, "algo.kl_coef=0.01", "algo.ppo_epochs=2", "algo.mini_batch_size=8")).run()
+    assert set(summary["mle"]) >= {"exact", "task", "property_acc", "parsed"}
+    assert set(summary["rlvr"]) == set(summary["mle"]) and summary["ranks_agree"]
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["mle"] == summary["mle"] and on_disk["rlvr"] == summary["rlvr"] and on_disk["seconds"] > 0
+    recs = _records(tmp_path)
+    rl = [r for r in recs if r["stage"] == "rl"]
+    assert [r["step"] for r in rl] == [1, 2, 3, 4]
+    assert all(0.0 <= r["clipfrac"] <= 1.0 and r["kl"] >= 0 and r["response_len"] > 0 for r in rl)
+    assert [r["rl_step"] for r in recs if r["stage"] == "eval"] == [0, 2, 4]
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    for d in ("checkpoint", "best"):
+        assert (tmp_path / d / "model.safetensors").is_file() and (tmp_path / d / "config.json").is_file()
+    # the checkpoint is a loadable Hugging Face model directory
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint")
+    AutoTokenizer.from_pretrained(tmp_path / "checkpoint")
+
+
+def test_resume_after_interrupt_is_exact(tmp_path):
+    """Ctrl-C after GRPO step 2 writes a checkpoint; --resume then gives the uninterrupted run's metrics."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    extra = ("algo.kl_coef=0.01", f"reward.name={__name__}:_ok")
+    ref = GRPOTrainer(tiny_config(full, *extra))
+    ref.run()
+
+    t = GRPOTrainer(tiny_config(cut, *extra))
+    step = t.grpo_step
+
+    def interrupt_after_two():
+        out = step()
+        if t.rl_step == 1:  # the counter moves after this returns: this is step 2
+            t._on_interrupt(None, None)
+        return out
+
+    t.grpo_step = interrupt_after_two
+    with pytest.raises(KeyboardInterrupt):
+        t.run()
+    assert json.loads(json.dumps(_records(cut)))[-1]["step"] == 2
+    GRPOTrainer(tiny_config(cut, *extra)).run(resume=True)
+
+    assert _records(cut) == _records(full)
+    a = (full / "checkpoint" / "model.safetensors").read_bytes()
+    b = (cut / "checkpoint" / "model.safetensors").read_bytes()
+    assert a == b
+
+
+def test_resume_during_mle_stage(tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    GRPOTrainer(tiny_config(full, "trainer.steps=2")).run()
+    t = GRPOTrainer(tiny_config(cut, "trainer.steps=2"))
+    upd = t.mle_update
+
+    def interrupt():
+        out = upd()
+        if t.mle_step == 1:
+            t._on_interrupt(None, None)
+        return out
+
+    t.mle_update = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        t.run()
+    GRPOTrainer(tiny_config(cut, "trainer.steps=2")).run(resume=True)
+    assert _records(cut) == _records(full)
+
+
+def test_nan_loss_skips_the_step(tmp_path, monkeypatch, caplog):
+    import rlvr_fast.trainer.grpo as G
+
+    real = G.rf.policy_loss_from_logits
+    poison = {"on": False}
+
+    def sometimes_nan(*a, **k):
+        loss, m = real(*a, **k)
+        return (loss * float("nan"), m) if poison["on"] else (loss, m)
+
+    monkeypatch.setattr(G.rf, "policy_loss_from_logits", sometimes_nan)
+    t = GRPOTrainer(tiny_config(tmp_path, "mle.steps=0", "trainer.steps=3", "trainer.eval_every=0", f"reward.name={__name__}:_ok"))
+    before = {k: v.clone() for k, v in t.module.state_dict().items()}
+    t.stage = "rl"
+    t._t0 = time.perf_counter()
+    t.grpo_step()
+    after_first = {k: v.clone() for k, v in t.module.state_dict().items()}
+    assert any(not torch.equal(before[k], after_first[k]) for k in before)
+    poison["on"] = True
+    with caplog.at_level("WARNING"):
+        m = t.grpo_step()  # the NaN step: no update
+    assert t.counters["nan_skipped"] == 1 and "update skipped" in caplog.text and m["grad_norm"] != m["grad_norm"]
+    assert all(torch.equal(after_first[k], v) for k, v in t.module.state_dict().items())
+
+
+def test_failing_user_reward_is_counted_in_the_log(tmp_path):
+    summary = GRPOTrainer(tiny_config(tmp_path, "mle.steps=0", "trainer.steps=2", f"reward.name={__name__}:_boom",
+                                      "reward.failure_reward=-1")).run()  # fmt: skip
+    rl = [r for r in _records(tmp_path) if r["stage"] == "rl"]
+    assert [r["reward"] for r in rl] == [-1.0, -1.0]
+    assert rl[-1]["reward_errors"] == 2 * 16 and summary["counters"]["reward_errors"] == 32
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_ranks_agree(tmp_path):
+    """torchrun with 2 CPU processes (gloo): prompts split over ranks, DDP keeps the weights identical."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rlvr_fast.cli",
+           "train", *TINY, f"trainer.out_dir={tmp_path}", "trainer.parallel=ddp"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["ranks"] == 2 and summary["ranks_agree"] is True
+    assert [r["step"] for r in _records(tmp_path) if r["stage"] == "rl"] == [1, 2, 3, 4]
