@@ -137,19 +137,20 @@ def environment() -> dict[str, Any]:
     except ImportError:
         triton_version = None
     sha = _git("rev-parse", "--short", "HEAD")
-    # rlvr_fast's own sources differ from HEAD? (read-only diff, index untouched)
+    # rlvr_fast's own sources differ from HEAD, or new untracked ones exist? (read-only, index untouched)
     dirty = None
     if sha is not None:
         env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")
-        rc = subprocess.run(
-            ["git", "diff", "--quiet", "HEAD", "--", "rlvr_fast", "kernels", "csrc"],
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=normal", "--", "rlvr_fast", "kernels", "csrc"],
             cwd=REPO_ROOT,
             env=env,
             capture_output=True,
+            text=True,
             timeout=20,
             check=False,
-        ).returncode
-        dirty = rc != 0
+        ).stdout
+        dirty = bool(out.strip())
     return {
         "device": device_name(),
         "device_slug": device_slug(),

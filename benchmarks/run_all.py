@@ -23,7 +23,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
-BENCHES = ("advantages", "logprobs", "policy_loss")
+BENCHES = ("advantages", "logprobs", "policy_loss", "trainer")
 OURS = "rlvr_fast"
 NO_GPU = "not measured (no GPU lent yet)"
 
@@ -124,6 +124,35 @@ GPU_LP = dict(N=16384, V=151936)
 CPU_LP = dict(N=4096, V=32000)
 GPU_ADV = dict(G=8192, n=16, T=1024)
 CPU_ADV = dict(G=256, n=16, T=1024)
+GPU_GRPO = dict(P=64, n=8, T=256)  # bench_trainer.py --shapes target
+CPU_GRPO = dict(P=16, n=8, T=64)  # bench_trainer.py --shapes small
+
+
+def _grpo_step(rows, shape, device_type):
+    """(speed result, memory result) of rlvr_fast vs TRL on one GRPO-step shape, or (None, None)."""
+    ours = _find(rows, op="grpo_step", provider=OURS, mode="step", shape=shape, device_type=device_type)
+    trl = _find(rows, op="grpo_step", provider="trl", mode="step", shape=shape, device_type=device_type)
+    if ours is None or trl is None:
+        return None, None
+    s = ours["shape"]
+    tokens = s["B"] * s["T"]
+    ratio = trl["median_ms"] / ours["median_ms"]  # = tokens/s ratio (both generate B x T tokens per step)
+    speed = (
+        f"{tokens / ours['median_ms'] * 1e3:,.0f} tok/s",
+        f"TRL GRPOTrainer {tokens / trl['median_ms'] * 1e3:,.0f} tok/s",
+        ratio,
+        "met" if ratio >= 1.5 else "missed",
+    )
+    memory = None
+    if ours.get("peak_bytes") is not None and trl.get("peak_bytes"):
+        mratio = ours["peak_bytes"] / trl["peak_bytes"]
+        memory = (
+            f"peak {_mib(ours['peak_bytes'])} MiB",
+            f"TRL GRPOTrainer {_mib(trl['peak_bytes'])} MiB",
+            mratio,
+            "met" if mratio <= 0.6 else "missed",
+        )
+    return speed, memory
 
 
 def _speed(rows, op, mode, shape, dtype, device_type, peer, minimum, what):
@@ -251,7 +280,7 @@ def _targets(rows: list[dict]) -> list[list[str]]:
             res = (*res[:3], f"info only (CPU analogue of the H100 target; would be {res[3]})")
             add(op, "256 x 16, T=1024 (CPU small)", f">= {minimum}x {peer}", "CPU", res)
 
-    # 5-7. pixel metrics, video reward pipeline, GRPO step: no op or benchmark yet
+    # 5-6. pixel metrics, video reward pipeline: no op or benchmark yet
     add(
         "pixel metrics MSE+MAE+PSNR+SSIM",
         "2048 x 3x256x320 bf16, 128 targets",
@@ -268,14 +297,19 @@ def _targets(rows: list[dict]) -> list[list[str]]:
         None,
         "not measured (no rlvr_fast op or benchmark yet)",
     )
-    add(
-        "GRPO step, end to end",
-        "same model and batch, 1 GPU",
-        ">= 1.5x TRL tokens/s, <= 0.6x its peak memory",
-        "H100",
-        None,
-        "not measured (no trainer benchmark yet)",
-    )
+    # 7. GRPO step end to end (bench_trainer.py): H100 target, and the CPU small shape for information
+    shp = "~85M Llama, 64 prompts x 8 x 256 tokens"
+    speed, memory = _grpo_step(gpu, GPU_GRPO, "cuda")
+    add("GRPO step, end to end", shp, ">= 1.5x TRL GRPOTrainer tokens/s", "H100", speed)
+    add("GRPO step, end to end", shp, "<= 0.6x TRL GRPOTrainer peak memory", "H100", memory)
+    speed, memory = _grpo_step(cpu, CPU_GRPO, "cpu")
+    for crit, res in (
+        (">= 1.5x TRL GRPOTrainer tokens/s", speed),
+        ("<= 0.6x TRL GRPOTrainer peak memory", memory),
+    ):
+        if res is not None:
+            res = (*res[:3], f"info only (CPU analogue of the H100 target; would be {res[3]})")
+            add("GRPO step, end to end", "demo model, 16 x 8 x 64 tokens (CPU small)", crit, "CPU", res)
 
     # 8. CPU token log-probs
     shp = "N=4096, V=32000, fp32, 2 cores"
