@@ -99,7 +99,7 @@ def test_gold_diffs_are_valid(examples: list[Example]) -> None:
         assert after <= before  # never adds objects
         assert list(nxt["game_state"][-1]) == ["score", "gameOver", "gameWon"]
         for o in state["game_state"][:-1] + diff["modified"]:
-            assert list(o) == ["uuid", "name", "properties", "contains"]
+            assert list(o) == ["name", "uuid", "properties", "contains"]  # name first: see _with
         n_noop += not diff["modified"] and not diff["removed"] and nxt == state
         n_removed += bool(diff["removed"])
     # A mix of effects and no-ops.
@@ -264,3 +264,18 @@ def test_gold_answers_score_exact(task: Task, examples: list[Example]) -> None:
         bad = json.loads(e.answer)
         bad["modified"] = []
         assert task.metrics(dumps(bad), e)["exact"] == 0.0
+
+
+def test_uuids_by_name_are_fixed_per_object_and_still_distinct() -> None:
+    world = SyntheticTextGame(seed=0, uuids="by_name")
+    train, test = world.splits(3000, 300)
+    seen: dict[str, int] = {}
+    for ex in train + test:
+        for obj in json.loads(ex.extra["data_state"])["game_state"][:-1]:
+            assert seen.setdefault(obj["name"], obj["uuid"]) == obj["uuid"]
+    assert len(seen) > 10 and len(set(seen.values())) == len(seen)
+    assert len({ex.prompt for ex in train}) == len(train)  # distinct transitions remain
+    tok = synthetic_text_game_task(seed=0, n_train=50, n_test=10, uuids="by_name").tokenizer
+    assert all(tok.unk_token_id not in tok(ex.prompt + " " + ex.answer)["input_ids"] for ex in train[:200])
+    with pytest.raises(ValueError, match="uuids must be"):
+        SyntheticTextGame(uuids="sequential")

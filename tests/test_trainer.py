@@ -322,3 +322,21 @@ def test_two_process_gloo_run_ranks_agree(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["ranks"] == 2 and summary["ranks_agree"] is True
     assert [r["step"] for r in _records(tmp_path) if r["stage"] == "rl"] == [1, 2, 3, 4]
+
+
+def test_sampling_ignores_settings_saved_with_the_model(tiny_model):
+    """A checkpoint's generation_config (repetition_penalty, ...) must not change GRPO sampling."""
+    model, task = tiny_model
+    tok = task.tokenizer
+    cfg = C.RolloutConfig(n=2, max_new_tokens=10)
+    prompts = [tok(e.prompt)["input_ids"] for e in task.train[:2]]
+    torch.manual_seed(1)
+    clean = sample(model, tok, prompts, 2, cfg)
+    saved = model.generation_config
+    try:
+        model.generation_config = type(saved).from_dict({**saved.to_dict(), "repetition_penalty": 50.0, "top_k": 3})
+        torch.manual_seed(1)
+        poisoned = sample(model, tok, prompts, 2, cfg)
+    finally:
+        model.generation_config = saved
+    assert torch.equal(clean.input_ids, poisoned.input_ids)

@@ -123,7 +123,9 @@ def score(
                 pool.shutdown(wait=False, cancel_futures=True)
                 pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reward")
                 stuck = 0
-                live = {pool.submit(call, i): i for i in live.values() if i not in started}
+                # calls already running keep their futures; the rest are resubmitted
+                live = {f: i for f, i in live.items() if i in started} | {
+                    pool.submit(call, i): i for i in live.values() if i not in started}
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     if stats.timeouts:

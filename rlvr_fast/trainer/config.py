@@ -52,6 +52,8 @@ class DataConfig:
     test_path: str | None = _f(None, "text_game / web_page: local held-out file")
     n_train: int = _f(6000, "synthetic world: training transitions")
     n_test: int = _f(500, "synthetic world: held-out transitions")
+    synthetic_uuids: str = _f("random", "synthetic world: random uuids per state, or a fixed uuid per object name",
+                              ("random", "by_name"))
     limit: int | None = _f(None, "loaded data: read at most this many rows per file")
     max_prompt_tokens: int = _f(1024, "prompts longer than this are dropped (counted in the log)")
     chat_template: bool = _f(True, "loaded data: wrap prompts in the tokenizer's chat template if it has one")

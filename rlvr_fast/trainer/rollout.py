@@ -90,13 +90,23 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, cfg, *, greedy: b
     """
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, tokenizer.pad_token_id, device)
-    kwargs = dict(do_sample=False, num_return_sequences=1) if greedy else dict(
-        do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, num_return_sequences=n,  # top_k=0: off
-    )  # fmt: skip
-    out = model.generate(
-        input_ids=ids, attention_mask=mask, max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, use_cache=True, **kwargs,
-    )  # fmt: skip
+    from transformers import GenerationConfig
+
+    # a fresh GenerationConfig: settings saved with a checkpoint (repetition_penalty, min_p, ...) would
+    # otherwise leak into sampling and make it differ from the policy whose ratio the loss computes
+    common = dict(max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, use_cache=True)  # fmt: skip
+    if greedy:
+        gen = GenerationConfig(do_sample=False, num_return_sequences=1, **common)
+    else:  # top_k=0 and top_p=1 switch those filters off
+        gen = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                               num_return_sequences=n, **common)  # fmt: skip
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()  # transformers fills unset fields from the model's config
+    try:
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+    finally:
+        model.generation_config = saved
     P = ids.shape[1]
     resp = out[:, P:]
     rmask = response_mask_from(resp, tokenizer.eos_token_id)

@@ -62,7 +62,7 @@ def load_task(cfg, seed: int = 0) -> Task:
     if cfg.world == "synthetic_text_game":
         from .synthetic import synthetic_text_game_task
 
-        return synthetic_text_game_task(seed=seed, n_train=cfg.n_train, n_test=cfg.n_test)
+        return synthetic_text_game_task(seed=seed, n_train=cfg.n_train, n_test=cfg.n_test, uuids=cfg.synthetic_uuids)
     if cfg.world == "text_game":
         from .text_game import text_game_task
 

@@ -7,7 +7,7 @@ parameter model can learn on a CPU in minutes, scored by the same code as the re
 Format (exactly RLVR-World's text-game simulator format)
 ---------------------------------------------------------
 A state is ``{"game_state": [obj, ..., score_obj]}``; an object is
-``{"uuid": int, "name": str, "properties": {...}, "contains": [uuids]}`` and the last element is
+``{"name": str, "uuid": int, "properties": {...}, "contains": [uuids]}`` and the last element is
 ``{"score": int, "gameOver": bool, "gameWon": bool}``. The gold answer is the state diff
 ``{"modified": [full objects that changed], "removed": [uuids], "score": score_obj}``; the reward
 applies it to ``extra["data_state"]`` and compares with ``ground_truth`` (the next state). No
@@ -55,10 +55,10 @@ object); the rest are no-ops (preconditions not met, or ``look``), whose gold di
 
 Text
 ----
-JSON is written with one space between all JSON tokens (``{ "uuid" : 3 , ... }``, still valid JSON)
+JSON is written with one space between all JSON tokens (``{ "name" : "egg" , "uuid" : 3 , ... }``, valid JSON)
 so a word-level tokenizer round-trips it exactly. Prompt: ``state : <state> action : <words>
 diff :``; answer: ``<diff>``. With the defaults (2-3 objects) and the :func:`build_tokenizer`
-vocabulary (102 tokens incl. 4 special), over 6000 transitions (seed 0): prompt mean 89 / max 109
+vocabulary (114 tokens incl. 4 special), over 6000 transitions (seed 0): prompt mean 89 / max 109
 tokens, answer mean 38 / max 53 tokens (no special tokens added; add 1 for ``<eos>``).
 ``max_objects=4`` gives prompt mean 101 / max 138. Generating 5000 transitions takes ~0.5 s.
 
@@ -101,6 +101,7 @@ KIND_OF: dict[str, str] = {
     **{n: "container" for n in CONTAINERS},
     **{n: "food" for n in FOODS},
 }
+_NAME_INDEX = {name: i for i, name in enumerate(KIND_OF)}  # fixed uuids for uuids="by_name"
 MAX_TEMPERATURE = 5
 COOKED_AT = 3
 # Kind weights for sampling objects: food-heavy, since most interesting actions involve food.
@@ -161,8 +162,8 @@ def _container_of(objs: list[dict], uuid: int) -> dict | None:
 def _with(obj: dict, properties: dict | None = None, contains: list[int] | None = None) -> dict:
     """A copy of ``obj`` with updated properties / contains (never mutates ``obj``)."""
     return {
-        "uuid": obj["uuid"],
         "name": obj["name"],
+        "uuid": obj["uuid"],
         "properties": {**obj["properties"], **(properties or {})},
         "contains": list(obj["contains"] if contains is None else contains),
     }
@@ -268,7 +269,11 @@ class SyntheticTextGame:
 
     seed:          RNG seed; the same arguments always give the same examples.
     min_objects, max_objects: objects per state (the score object not counted).
-    max_uuid:      uuids are drawn without replacement from ``1..max_uuid``.
+    max_uuid:      uuids are drawn without replacement from ``1..max_uuid`` (``uuids="random"``).
+    uuids:         ``"random"`` (per state, as in ByteSized32) or ``"by_name"``: every object name has a
+                   fixed uuid (its catalogue index + 1). Copying a random uuid needs an induction
+                   (look-up-and-copy) circuit that a model of the demo's size does not learn within a
+                   CPU-minutes budget; with ``by_name`` the world's dynamics are what is left to learn.
     p_effect:      probability that the sampled action changes the state (if any action would).
     p_game_over:   probability that a state is already over (then every action is a no-op).
     test_fraction: share of the (state, action) hash space that belongs to the held-out split.
@@ -283,7 +288,10 @@ class SyntheticTextGame:
         p_effect: float = 0.75,
         p_game_over: float = 0.05,
         test_fraction: float = 0.25,
+        uuids: str = "random",
     ) -> None:
+        if uuids not in ("random", "by_name"):
+            raise ValueError(f"uuids must be 'random' or 'by_name', got {uuids!r}")
         if not 1 <= min_objects <= max_objects:
             raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
         if max_objects > len(KIND_OF):
@@ -302,6 +310,7 @@ class SyntheticTextGame:
         self.p_effect = p_effect
         self.p_game_over = p_game_over
         self.test_fraction = test_fraction
+        self.uuids = uuids
 
     # -- sampling
 
@@ -315,7 +324,10 @@ class SyntheticTextGame:
             name = rng.choice(_NAMES_BY_KIND[rng.choices(kinds, weights)[0]])
             if name not in names:
                 names.append(name)
-        uuids = rng.sample(range(1, self.max_uuid + 1), k)
+        if self.uuids == "by_name":
+            uuids = [_NAME_INDEX[name] + 1 for name in names]
+        else:
+            uuids = rng.sample(range(1, self.max_uuid + 1), k)
         objs = []
         for name, uuid in zip(names, uuids):
             kind = KIND_OF[name]
@@ -326,7 +338,9 @@ class SyntheticTextGame:
             else:
                 t = rng.randint(0, MAX_TEMPERATURE - 1)
                 props = {"temperature": t, "is_cooked": t >= COOKED_AT}
-            objs.append({"uuid": uuid, "name": name, "properties": props, "contains": []})
+            # name before uuid: a causal model copies an object's uuid by finding its name, so the name
+            # must come first (JSON key order carries no meaning for the reward)
+            objs.append({"name": name, "uuid": uuid, "properties": props, "contains": []})
         containers = [o for o in objs if KIND_OF[o["name"]] == "container"]
         if containers:
             for o in objs:
@@ -431,7 +445,7 @@ class SyntheticTextGame:
         words = ["{", "}", "[", "]", ":", ",", "true", "false", *_PROMPT_WORDS]
         words += [f'"{k}"' for k in _KEYS] + [f'"{n}"' for n in KIND_OF] + list(KIND_OF)
         # Scores span -1 (lost) .. 3 (start at 2, +1); uuids 1..max_uuid; temperatures 0..5.
-        words += [str(i) for i in range(-1, max(self.max_uuid, MAX_TEMPERATURE, 3) + 1)]
+        words += [str(i) for i in range(-1, max(self.max_uuid, len(KIND_OF), MAX_TEMPERATURE, 3) + 1)]
         return words
 
 
