@@ -79,12 +79,10 @@ def cmd_train(args, default_config: str | None = None) -> int:
 
 def cmd_eval(args) -> int:
     from .trainer import GRPOTrainer
-    from .trainer.checkpoint import load_checkpoint
 
-    cfg = _config(args.config, args.overrides)
-    trainer = GRPOTrainer(cfg)
-    load_checkpoint(args.checkpoint, trainer.module)
-    metrics = trainer.evaluate()
+    # a checkpoint directory is a Hugging Face model directory (weights, config, tokenizer)
+    cfg = _config(args.config, [*args.overrides, f"model.path={args.checkpoint}"])
+    metrics = GRPOTrainer(cfg).evaluate()
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -56,6 +56,11 @@ def test_cli_demo_runs_short_and_prints_the_table(tmp_path, capsys):
     assert {"mle", "rlvr", "seconds"} <= set(summary)
     assert {"exact", "task", "property_acc"} <= set(summary["mle"]) == set(summary["rlvr"])
     assert (tmp_path / "curves.png").is_file()
+    # the checkpoint evaluates through `rlvr-fast eval` to the numbers the run reported
+    assert main(["eval", "--checkpoint", str(tmp_path / "checkpoint"), "data.n_train=200", "data.n_test=16",
+                 "trainer.eval_size=8", "trainer.progress=false", f"trainer.out_dir={tmp_path / 'eval'}"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{"):]) == summary["rlvr"]
 
 
 def test_cli_reports_config_errors(capsys):
