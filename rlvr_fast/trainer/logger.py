@@ -99,7 +99,11 @@ class RunLogger:
             axes[0].plot([r["step"] for r in mle], [r["loss"] for r in mle], lw=1)
         axes[0].set(title="MLE loss", xlabel="MLE step", yscale="log")
         if rl:
-            axes[1].plot([r["step"] for r in rl], [r["reward"] for r in rl], lw=1, label="mean reward")
+            xs, ys = [r["step"] for r in rl], [r["reward"] for r in rl]
+            axes[1].plot(xs, ys, lw=0.8, alpha=0.5, label="mean reward per step")
+            w = max(1, len(ys) // 10)  # each step sees few prompts: smooth to show the trend
+            smooth = [sum(ys[max(0, i - w + 1) : i + 1]) / len(ys[max(0, i - w + 1) : i + 1]) for i in range(len(ys))]
+            axes[1].plot(xs, smooth, lw=2, label=f"moving mean ({w} steps)")
             axes[1].legend()
         axes[1].set(title="GRPO training reward", xlabel="GRPO step")
         if ev:
@@ -108,7 +112,8 @@ class RunLogger:
             for k in keys:
                 axes[2].plot(xs, [r.get(k, float("nan")) for r in ev], marker="o", label=k[5:],
                              lw=2.5 if k == f"eval/{select_metric}" else 1)  # fmt: skip
-            axes[2].legend(fontsize=8)
+            if keys:
+                axes[2].legend(fontsize=8)
         axes[2].set(title="held-out metrics (greedy)", xlabel="GRPO step (0 = after MLE)")
         fig.tight_layout()
         path = self.out_dir / "curves.png"
