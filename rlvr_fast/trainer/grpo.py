@@ -234,7 +234,7 @@ class GRPOTrainer:
         return torch.cat(outs)
 
     def _policy_update(self, batch, idx, adv, old_logp, ref_logp, agg) -> bool:
-        """Accumulate the gradient of one mini-batch over micro-batches; False if a loss was not finite."""
+        """Accumulate the gradient of one mini-batch over micro-batches (one host sync for the counts)."""
         a, mbs = self.cfg.algo, self.cfg.algo.micro_batch_size
         mask = batch.response_mask[idx]
         # normalise by the mini-batch's counts so accumulated micro-batch losses equal the mini-batch loss
@@ -261,8 +261,8 @@ class GRPOTrainer:
                 )  # fmt: skip
                 if a.agg == "seq-mean-token-sum-norm":
                     loss = loss * (part.response_mask.sum(1) > 0).sum() / n_seq
-                if D.any_rank(not torch.isfinite(loss).item(), self.dist, self.device):
-                    return False
+                # no per-micro-batch finiteness sync: a NaN loss makes the gradient norm NaN, which
+                # _optimizer_step sees once per step (identically on every rank after the all-reduce)
                 loss.backward()
             for k in ("pg_loss", "clipfrac", "kl", "entropy"):
                 if k in m:
