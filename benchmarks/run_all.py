@@ -128,6 +128,11 @@ GPU_GRPO = dict(P=64, n=8, T=256)  # bench_trainer.py --shapes target
 CPU_GRPO = dict(P=16, n=8, T=64)  # bench_trainer.py --shapes small
 
 
+def _result(measured: str, compared: str, ratio: float, ok: bool) -> tuple:
+    """(measured, compared with, ratio, status) of one target row."""
+    return measured, compared, ratio, "met" if ok else "missed"
+
+
 def _grpo_step(rows, shape, device_type):
     """(speed result, memory result) of rlvr_fast vs TRL on one GRPO-step shape, or (None, None)."""
     ours = _find(rows, op="grpo_step", provider=OURS, mode="step", shape=shape, device_type=device_type)
@@ -137,22 +142,18 @@ def _grpo_step(rows, shape, device_type):
     s = ours["shape"]
     tokens = s["B"] * s["T"]
     ratio = trl["median_ms"] / ours["median_ms"]  # = tokens/s ratio (both generate B x T tokens per step)
-    speed = (
-        f"{tokens / ours['median_ms'] * 1e3:,.0f} tok/s",
-        f"TRL GRPOTrainer {tokens / trl['median_ms'] * 1e3:,.0f} tok/s",
-        ratio,
-        "met" if ratio >= 1.5 else "missed",
-    )
-    memory = None
-    if ours.get("peak_bytes") is not None and trl.get("peak_bytes"):
-        mratio = ours["peak_bytes"] / trl["peak_bytes"]
-        memory = (
-            f"peak {_mib(ours['peak_bytes'])} MiB",
-            f"TRL GRPOTrainer {_mib(trl['peak_bytes'])} MiB",
-            mratio,
-            "met" if mratio <= 0.6 else "missed",
-        )
-    return speed, memory
+    speed = _result(f"{tokens / ours['median_ms'] * 1e3:,.0f} tok/s",
+                    f"TRL GRPOTrainer {tokens / trl['median_ms'] * 1e3:,.0f} tok/s", ratio, ratio >= 1.5)
+    return speed, _peak_vs(ours, trl, "TRL GRPOTrainer", 0.6)
+
+
+def _peak_vs(ours, peer, peer_label, limit):
+    """Target row 'ours' peak memory <= limit x peer's', or None when either peak is missing."""
+    if not ours or not peer or ours.get("peak_bytes") is None or not peer.get("peak_bytes"):
+        return None
+    ratio = ours["peak_bytes"] / peer["peak_bytes"]
+    return _result(f"peak {_mib(ours['peak_bytes'])} MiB", f"{peer_label} {_mib(peer['peak_bytes'])} MiB", ratio,
+                   ratio <= limit)
 
 
 def _speed(rows, op, mode, shape, dtype, device_type, peer, minimum, what):
@@ -162,12 +163,7 @@ def _speed(rows, op, mode, shape, dtype, device_type, peer, minimum, what):
     if ours is None or other is None:
         return None
     ratio = other["median_ms"] / ours["median_ms"]
-    return (
-        f"{_ms(ours['median_ms'])} ms",
-        f"{what} {_ms(other['median_ms'])} ms",
-        ratio,
-        "met" if ratio >= minimum else "missed",
-    )
+    return _result(f"{_ms(ours['median_ms'])} ms", f"{what} {_ms(other['median_ms'])} ms", ratio, ratio >= minimum)
 
 
 def _vs_floor(rows, op, mode, floor_op, maximum, what):
@@ -177,12 +173,8 @@ def _vs_floor(rows, op, mode, floor_op, maximum, what):
     if ours is None or floor is None:
         return None
     ratio = ours["median_ms"] / floor["median_ms"]
-    return (
-        f"{_ms(ours['median_ms'])} ms",
-        f"floor ({what}, measured) {_ms(floor['median_ms'])} ms",
-        ratio,
-        "met" if ratio <= maximum else "missed",
-    )
+    return _result(f"{_ms(ours['median_ms'])} ms", f"floor ({what}, measured) {_ms(floor['median_ms'])} ms", ratio,
+                   ratio <= maximum)
 
 
 def _targets(rows: list[dict]) -> list[list[str]]:
@@ -330,15 +322,7 @@ def _targets(rows: list[dict]) -> list[list[str]]:
         naive = _find(
             cpu, op="token_logprobs", provider="torch-naive", mode=mode, shape=CPU_LP, dtype="float32"
         )
-        res = None
-        if ours and naive and ours.get("peak_bytes") is not None and naive.get("peak_bytes"):
-            ratio = ours["peak_bytes"] / naive["peak_bytes"]
-            res = (
-                f"peak {_mib(ours['peak_bytes'])} MiB",
-                f"naive log_softmax+gather {_mib(naive['peak_bytes'])} MiB",
-                ratio,
-                "met" if ratio <= 0.3 else "missed",
-            )
+        res = _peak_vs(ours, naive, "naive log_softmax+gather", 0.3)
         add(
             f"CPU token_logprobs {mode}",
             shp,

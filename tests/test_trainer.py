@@ -136,13 +136,16 @@ def test_response_logits_match_full_forward_with_left_padding(tiny_model):
         torch.testing.assert_close(got[i, : len(a)], full, atol=2e-5, rtol=2e-5)
 
 
-def test_sample_groups_and_masks(tiny_model):
+def _sample_two_prompts(tiny_model, n: int, max_new_tokens: int, seed: int) -> Rollout:
     model, task = tiny_model
-    tok = task.tokenizer
-    cfg = C.RolloutConfig(n=3, max_new_tokens=8)
-    prompts = [tok(e.prompt)["input_ids"] for e in task.train[:2]]
-    torch.manual_seed(0)
-    r = sample(model, tok, prompts, 3, cfg)
+    prompts = [task.tokenizer(e.prompt)["input_ids"] for e in task.train[:2]]
+    torch.manual_seed(seed)
+    return sample(model, task.tokenizer, prompts, n, C.RolloutConfig(n=n, max_new_tokens=max_new_tokens))
+
+
+def test_sample_groups_and_masks(tiny_model):
+    tok = tiny_model[1].tokenizer
+    r = _sample_two_prompts(tiny_model, 3, 8, seed=0)
     assert r.input_ids.shape[0] == 6 and r.response_mask.shape == (6, r.input_ids.shape[1] - r.prompt_len)
     for g in range(2):  # groups are contiguous and share their prompt
         assert all(torch.equal(r.input_ids[g * 3, : r.prompt_len], r.input_ids[g * 3 + k, : r.prompt_len]) for k in range(3))
@@ -326,17 +329,12 @@ def test_two_process_gloo_run_ranks_agree(tmp_path):
 
 def test_sampling_ignores_settings_saved_with_the_model(tiny_model):
     """A checkpoint's generation_config (repetition_penalty, ...) must not change GRPO sampling."""
-    model, task = tiny_model
-    tok = task.tokenizer
-    cfg = C.RolloutConfig(n=2, max_new_tokens=10)
-    prompts = [tok(e.prompt)["input_ids"] for e in task.train[:2]]
-    torch.manual_seed(1)
-    clean = sample(model, tok, prompts, 2, cfg)
+    model = tiny_model[0]
+    clean = _sample_two_prompts(tiny_model, 2, 10, seed=1)
     saved = model.generation_config
     try:
         model.generation_config = type(saved).from_dict({**saved.to_dict(), "repetition_penalty": 50.0, "top_k": 3})
-        torch.manual_seed(1)
-        poisoned = sample(model, tok, prompts, 2, cfg)
+        poisoned = _sample_two_prompts(tiny_model, 2, 10, seed=1)
     finally:
         model.generation_config = saved
     assert torch.equal(clean.input_ids, poisoned.input_ids)

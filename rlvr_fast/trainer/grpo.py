@@ -168,10 +168,8 @@ class GRPOTrainer:
         logp = rf.token_logprobs(logits, batch.responses)
         mask = batch.response_mask
         loss = -(logp * mask).sum() / mask.sum()
-        ok = not D.any_rank(not torch.isfinite(loss).item(), self.dist, self.device)
-        if ok:
-            loss.backward()
-        return {"loss": loss.item(), **self._optimizer_step(ok)}
+        loss.backward()  # a NaN loss is caught by _optimizer_step through the gradient norm
+        return {"loss": loss.item(), **self._optimizer_step()}
 
     def grpo_step(self) -> dict[str, float]:
         """Sample, score, compute advantages, then ``ppo_epochs`` passes of clipped policy updates."""
@@ -204,22 +202,22 @@ class GRPOTrainer:
             order = (torch.randperm(B // n)[:, None] * n + torch.arange(n)).flatten() if mini < B else torch.arange(B)
             for m0 in range(0, B, mini):
                 idx = order[m0 : m0 + mini].to(self.device)
-                ok = self._policy_update(batch, idx, adv, old_logp, ref_logp, agg)
-                step_metrics = {**step_metrics, **self._optimizer_step(ok)}
+                self._policy_update(batch, idx, adv, old_logp, ref_logp, agg)
+                step_metrics = self._optimizer_step()
         valid = batch.response_mask.sum(1).float()
         totals = D.all_reduce_sum(torch.stack([scores.sum(), scores.new_tensor(B), valid.sum()]), self.dist)
-        out = {
+        step_s = time.perf_counter() - t0
+        return {
             "reward": (totals[0] / totals[1]).item(),
             "reward_std": scores.std().item() if B > 1 else 0.0,
             "response_len": (totals[2] / totals[1]).item(),
             "reward_failures": stats.errors + stats.non_finite + stats.timeouts,
             "gen_s": t_gen,
-            "step_s": time.perf_counter() - t0,
-            "tokens_per_s": totals[2].item() / (time.perf_counter() - t0),
+            "step_s": step_s,
+            "tokens_per_s": totals[2].item() / step_s,
             **{k: torch.stack(v).mean().item() for k, v in agg.items()},
             **step_metrics,
         }
-        return out
 
     @torch.no_grad()
     def _logprobs(self, model, batch: Rollout) -> torch.Tensor:
@@ -233,16 +231,18 @@ class GRPOTrainer:
             outs.append(rf.token_logprobs(logits, part.responses, temperature=self.cfg.rollout.temperature))
         return torch.cat(outs)
 
-    def _policy_update(self, batch, idx, adv, old_logp, ref_logp, agg) -> bool:
-        """Accumulate the gradient of one mini-batch over micro-batches (one host sync for the counts)."""
+    def _policy_update(self, batch, idx, adv, old_logp, ref_logp, agg) -> None:
+        """Accumulate the gradient of one mini-batch over micro-batches (one host sync for its counts)."""
         a, mbs = self.cfg.algo, self.cfg.algo.micro_batch_size
-        mask = batch.response_mask[idx]
         # normalise by the mini-batch's counts so accumulated micro-batch losses equal the mini-batch loss
-        counts = mask.sum(1)
-        norm = {"token-mean": counts.sum().item(), "seq-mean-token-sum": (counts > 0).sum().item(),
-                "seq-mean-token-mean": (counts > 0).sum().item(),
-                "seq-mean-token-sum-norm": float(self.cfg.rollout.max_new_tokens)}[a.agg]  # fmt: skip
-        n_seq = max(1, (counts > 0).sum().item())
+        counts = batch.response_mask[idx].sum(1)
+        n_seq = 1
+        if a.agg == "token-mean":
+            norm = counts.sum().item()
+        else:
+            n_seq = max(1, (counts > 0).sum().item())
+            # Dr. GRPO's constant T, or the number of sequences
+            norm = float(self.cfg.rollout.max_new_tokens) if a.agg == "seq-mean-token-sum-norm" else n_seq
         for s in range(0, len(idx), mbs):
             sub = idx[s : s + mbs]
             part = batch.select(sub)
@@ -267,17 +267,14 @@ class GRPOTrainer:
             for k in ("pg_loss", "clipfrac", "kl", "entropy"):
                 if k in m:
                     agg.setdefault(k, []).append(m[k])
-        return True
 
-    def _optimizer_step(self, ok: bool) -> dict[str, float]:
-        """Clip, step and zero; a non-finite loss or gradient norm skips the update (warned, counted)."""
+    def _optimizer_step(self) -> dict[str, float]:
+        """Clip, step and zero. A non-finite loss makes the gradient norm non-finite (on every rank,
+        after DDP's all-reduce): that update is skipped, warned about and counted."""
         params = [p for p in self.model.parameters() if p.grad is not None]
-        gn = float("nan")
-        if ok and params:
-            clip = self.cfg.trainer.grad_clip
-            gn = float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf")))
-            ok = math.isfinite(gn)
-        if ok:
+        clip = self.cfg.trainer.grad_clip
+        gn = float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))) if params else float("nan")
+        if math.isfinite(gn):
             self.opt.step()
             self.sched.step()
         else:
@@ -327,10 +324,10 @@ class GRPOTrainer:
             "config": self.cfg.to_dict(),
         }  # fmt: skip
 
-    def save(self, name: str = "checkpoint", rngs: list | None = None) -> None:
+    def save(self, name: str = "checkpoint") -> None:
         """Checkpoint into ``out_dir/name`` (collective: all ranks call it; rank 0 writes)."""
         weights = D.full_state_dict(self.model)
-        rngs = rngs if rngs is not None else D.gather_objects(rng_state(), self.dist)
+        rngs = D.gather_objects(rng_state(), self.dist)
         if self.dist.main:
             state = self._state()
             state["rng"] = rngs
@@ -356,10 +353,12 @@ class GRPOTrainer:
         log.info("resumed from %s at stage %s (MLE step %d, GRPO step %d)", path, s, m, r)
 
     def _make_ref(self, weights: dict | None = None) -> None:
-        ref = copy.deepcopy(D.unwrap(self.model)) if not D.is_fsdp(self.model) else None
-        if ref is None:  # FSDP: rebuild an unsharded copy from the gathered weights
+        """The frozen reference: a copy of the policy, or of ``weights`` (from a checkpoint)."""
+        if D.is_fsdp(self.model):  # a sharded module cannot be deep-copied: rebuild from gathered weights
             ref, _ = load_model(self.cfg.model, self.tok, self.device)
             weights = weights if weights is not None else D.full_state_dict(self.model)
+        else:
+            ref = copy.deepcopy(D.unwrap(self.model))
         if weights is not None:
             ref.load_state_dict(weights, strict=False)
         self.ref = ref.eval().requires_grad_(False)

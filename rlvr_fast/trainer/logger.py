@@ -35,8 +35,7 @@ class RunLogger:
         """Keep only the records for which ``keep(record)`` is true (used when resuming)."""
         if not self.enabled or not self.path.exists():
             return
-        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)))
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records() if keep(r)))
 
     def records(self) -> list[dict[str, Any]]:
         if not self.path.exists():
