@@ -3,15 +3,69 @@
 `kernels/` (Triton kernels) lives at the top level of the repository but installs as
 `rlvr_fast.kernels`: a top-level `kernels` module would clash with Hugging Face's `kernels` package.
 
+The extension `rlvr_fast._C` (sources in `csrc/`) is built with torch.utils.cpp_extension and ninja:
+- CUDAExtension (C++ CPU kernels + CUDA kernels) when torch is a CUDA build (`torch.version.cuda`) and
+  a CUDA toolchain is found (`CUDA_HOME`); an attached GPU is not needed;
+- CppExtension (C++ CPU kernels only) otherwise.
+Environment:
+- RLVR_FAST_CUDA_ARCHS: compute capabilities to compile for, ";"-separated (default "80;90"; a "+PTX"
+  suffix also embeds PTX for newer GPUs);
+- RLVR_FAST_SKIP_EXT=1: pure-Python install (the video ops then run their torch references);
+- MAX_JOBS: parallel compile jobs (read by torch's ninja build).
+
 Install torch first (CPU or CUDA build), then build without isolation so that build uses it:
     pip install torch==2.13.0 && pip install --no-build-isolation -e ".[test]"
 """
 
+import os
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
+
+
+def _extension():
+    """(ext_modules, cmdclass) for rlvr_fast._C, or empty ones with RLVR_FAST_SKIP_EXT=1."""
+    if os.environ.get("RLVR_FAST_SKIP_EXT", "0") not in ("", "0"):
+        print("rlvr_fast: RLVR_FAST_SKIP_EXT is set, building without the C++/CUDA extension", file=sys.stderr)
+        return [], {}
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError as e:
+        raise RuntimeError(
+            "rlvr_fast's extension is built against the installed torch: install torch first, then "
+            "`pip install --no-build-isolation .` (or set RLVR_FAST_SKIP_EXT=1 for a pure-Python install)"
+        ) from e
+
+    sources = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "csrc").glob("*.cpp"))]
+    sources += [str(p.relative_to(ROOT)) for p in sorted((ROOT / "csrc" / "cpu").glob("*.cpp"))]
+    cu_sources = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "csrc" / "cuda").glob("*.cu"))]
+    cxx = ["-O3"]  # the C++ standard is torch's choice (its headers need C++17 or newer)
+    with_cuda = bool(torch.version.cuda) and cpp_extension.CUDA_HOME is not None and bool(cu_sources)
+    if with_cuda:
+        nvcc = ["-O3", "-DRLVR_FAST_WITH_CUDA", "-lineinfo"]
+        for arch in filter(None, os.environ.get("RLVR_FAST_CUDA_ARCHS", "80;90").replace(",", ";").split(";")):
+            num = arch.strip().replace(".", "").removesuffix("+PTX")
+            nvcc += [f"-gencode=arch=compute_{num},code=sm_{num}"]
+            if arch.strip().endswith("+PTX"):
+                nvcc += [f"-gencode=arch=compute_{num},code=compute_{num}"]
+        ext = cpp_extension.CUDAExtension(
+            "rlvr_fast._C",
+            sources + cu_sources,
+            extra_compile_args={"cxx": cxx + ["-DRLVR_FAST_WITH_CUDA"], "nvcc": nvcc},
+        )
+    else:
+        ext = cpp_extension.CppExtension("rlvr_fast._C", sources, extra_compile_args={"cxx": cxx})
+    kind = "CUDAExtension" if with_cuda else "CppExtension"
+    print(f"rlvr_fast: building rlvr_fast._C as {kind}"
+          f" (torch {torch.__version__}, CUDA_HOME={cpp_extension.CUDA_HOME})", file=sys.stderr)
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+
+EXT_MODULES, CMDCLASS = _extension()
 
 # Test oracles. verl's own requirement list pulls vLLM, Ray clusters, wandb, ...; we only import
 # `verl.trainer.ppo.core_algos` and `verl.utils.torch_functional`, so the Makefile installs verl with
@@ -25,6 +79,10 @@ extras = {
         "pytest-benchmark>=4",
         "trl==1.16.0",
         "pyarrow",
+        # pixel-metric oracles; piqa is installed --no-deps by the Makefile (its torchvision
+        # requirement would replace the CPU torch: see tests/_oracles.py)
+        "pytorch-msssim",
+        "torchmetrics",
         *VERL_CORE_DEPS,
     ],
     "bench": ["pytest-benchmark>=4", "liger-kernel; platform_system == 'Linux'"],
@@ -60,5 +118,7 @@ setup(
     ],
     extras_require=extras,
     package_data={"rlvr_fast.configs": ["*.yaml"]},
+    ext_modules=EXT_MODULES,
+    cmdclass=CMDCLASS,
     entry_points={"console_scripts": ["rlvr-fast = rlvr_fast.cli:main"]},
 )

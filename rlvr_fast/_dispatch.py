@@ -1,11 +1,18 @@
 """The one place that chooses a backend for each op call (DESIGN.md section 3).
 
+Backends:
+- ``torch``: the pure-PyTorch reference, any device;
+- ``triton``: the Triton kernels (``kernels/``), CUDA tensors (or CPU ones under ``TRITON_INTERPRET=1``);
+- ``cuda``: the compiled extension ``rlvr_fast._C`` on CUDA tensors (needs a CUDA build of it);
+- ``cpp``: the same extension's C++ kernels on CPU tensors.
+
 Rules:
-- ``RLVR_FAST_BACKEND=torch|triton|cuda`` forces a backend. A forced backend that cannot run the call
+- ``RLVR_FAST_BACKEND=torch|triton|cuda|cpp`` forces a backend. A forced backend that cannot run the call
   raises RuntimeError saying why (Triton not installed, CPU tensors without ``TRITON_INTERPRET=1``,
   an op without that backend).
-- Otherwise CUDA tensors go to ``triton`` when Triton imports, and everything else to ``torch`` (the
-  pure-PyTorch reference). When an automatic choice has to fall back, it is logged once per op.
+- Otherwise CUDA tensors go to ``triton`` (or ``cuda`` for the ops that only the extension implements)
+  and CPU tensors to ``cpp`` for the extension's ops, else to ``torch``. When an automatic choice has
+  to fall back (Triton or the extension missing), it is logged once per op.
 - ``TRITON_INTERPRET=1`` lets the triton backend take CPU tensors: the real kernels run in Triton's
   interpreter (float32, small shapes), which is how the CPU test tier exercises them.
 
@@ -24,8 +31,29 @@ import torch
 
 logger = logging.getLogger("rlvr_fast")
 
-BACKENDS = ("torch", "triton", "cuda")
+BACKENDS = ("torch", "triton", "cuda", "cpp")
 _warned: set[tuple[str, str]] = set()
+
+
+@functools.lru_cache(maxsize=None)
+def _load_extension():
+    """(module, None) for ``rlvr_fast._C``, or (None, why it cannot be imported)."""
+    try:
+        from . import _C  # type: ignore[attr-defined]
+    except ImportError as e:
+        return None, (
+            f"the extension rlvr_fast._C is not built ({e}); build it with "
+            "`pip install --no-build-isolation -e .` (not with RLVR_FAST_SKIP_EXT=1)"
+        )
+    return _C, None
+
+
+def extension():
+    """The compiled extension module ``rlvr_fast._C``; RuntimeError saying how to build it if missing."""
+    module, why = _load_extension()
+    if module is None:
+        raise RuntimeError(why)
+    return module
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,9 +89,15 @@ def _why_not(backend: str, device: torch.device, supported: tuple[str, ...]) -> 
         if device.type == "cuda" or (device.type == "cpu" and triton_interpret()):
             return None
         return f"Triton kernels need CUDA tensors (got {device.type}); set TRITON_INTERPRET=1 to run them on CPU"
-    if backend == "cuda":
-        if device.type != "cuda":
-            return f"the CUDA extension needs CUDA tensors (got {device.type})"
+    if backend in ("cuda", "cpp"):
+        want = "cuda" if backend == "cuda" else "cpu"
+        if device.type != want:
+            return f"the {backend} backend needs {want.upper()} tensors (got {device.type})"
+        module, why = _load_extension()
+        if module is None:
+            return why
+        if backend == "cuda" and not module.with_cuda():
+            return "rlvr_fast._C was built without CUDA (a CPU build of torch or no CUDA toolchain at build time)"
         return None
     return f"unknown backend {backend!r}"
 
@@ -82,14 +116,19 @@ def select_backend(op: str, device: torch.device, supported: tuple[str, ...] = (
         if reason is not None:
             raise RuntimeError(f"{op}: RLVR_FAST_BACKEND={forced} cannot be honoured: {reason}")
         return forced
-    if device.type == "cuda":
-        for candidate in ("triton", "cuda"):
-            if candidate in supported and _why_not(candidate, device, supported) is None:
+    candidates = ("triton", "cuda") if device.type == "cuda" else ("cpp",)
+    reasons = []
+    for candidate in candidates:
+        if candidate in supported:
+            reason = _why_not(candidate, device, supported)
+            if reason is None:
                 return candidate
-        key = (op, "cuda-fallback")
+            reasons.append(f"{candidate}: {reason}")
+    if reasons:
+        key = (op, device.type)
         if key not in _warned:
             _warned.add(key)
-            logger.warning("%s: no GPU backend available (Triton missing?); falling back to torch", op)
+            logger.warning("%s: falling back to the torch reference (%s)", op, "; ".join(reasons))
     return "torch"
 
 

@@ -45,3 +45,15 @@ def device(backend):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def import_piqa():
+    """piqa, or skip. Its package __init__ imports torchvision (for LPIPS only) and there is no CPU
+    build of torchvision here, so an empty stand-in module is registered when torchvision is absent;
+    SSIM and PSNR never touch it."""
+    import sys
+    import types
+
+    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+        sys.modules["torchvision"] = types.ModuleType("torchvision")
+    return pytest.importorskip("piqa")

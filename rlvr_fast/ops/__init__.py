@@ -6,6 +6,15 @@ Importing this package registers the ops; it never initialises CUDA and never im
 
 from .advantages import group_advantages, group_advantages_ref
 from .logprobs import token_logprobs, token_logprobs_backward_ref, token_logprobs_ref
+from .pixel_metrics import (
+    aggregate_frames,
+    default_invalid_reward,
+    pixel_metrics,
+    pixel_metrics_ref,
+    pixel_reward,
+    scatter_sequence_reward,
+    scatter_sequence_reward_ref,
+)
 from .policy_loss import (
     AGG_MODES,
     KL_TYPES,
@@ -14,6 +23,15 @@ from .policy_loss import (
     policy_loss_backward_ref,
     policy_loss_from_logits,
     policy_loss_ref,
+)
+from .video import (
+    Quantizer,
+    VideoTokenLayout,
+    codes_to_latents,
+    codes_to_latents_ref,
+    fsq_codebook,
+    unpack_video_tokens,
+    unpack_video_tokens_ref,
 )
 
 __all__ = [
@@ -29,4 +47,18 @@ __all__ = [
     "AGG_MODES",
     "KL_TYPES",
     "METRICS",
+    "VideoTokenLayout",
+    "Quantizer",
+    "fsq_codebook",
+    "unpack_video_tokens",
+    "unpack_video_tokens_ref",
+    "codes_to_latents",
+    "codes_to_latents_ref",
+    "pixel_metrics",
+    "pixel_metrics_ref",
+    "aggregate_frames",
+    "pixel_reward",
+    "default_invalid_reward",
+    "scatter_sequence_reward",
+    "scatter_sequence_reward_ref",
 ]

@@ -1,0 +1,386 @@
+"""Pixel-metric rewards for video world models, computed where the frames are.
+
+RLVR-World scores a predicted frame with ``reward = -(w_mae * MAE + w_lpips * LPIPS - w_ssim * SSIM
+- w_psnr * PSNR + w_mse * MSE)`` against the real next frame. Their path repeats the real frames n times
+per group (``repeat_interleave``), copies frames to the host and scores with piqa, whose input checks
+synchronise the GPU. Here:
+
+- :func:`pixel_metrics` computes MSE, MAE, PSNR and SSIM in one pass over the predictions, reading
+  target ``b // group_size`` in place (never repeated in memory); per-sample float32 outputs;
+- :func:`pixel_reward` combines them (and LPIPS, :mod:`rlvr_fast.models.lpips`, when its weight is
+  non-zero) with RLVR-World's signs, per frame with ``mean | last | discount`` aggregation for
+  multi-step predictions, and gives invalid generations the configured penalty;
+- :func:`scatter_sequence_reward` places each sequence reward on its last response token (verl's
+  token-level reward layout), without a Python loop or host sync.
+
+Conventions (piqa, DESIGN.md section 4): Gaussian window 11, sigma 1.5, valid padding (no border),
+C1 = (0.01 L)^2, C2 = (0.03 L)^2, mean over channels; PSNR = 10 log10(L^2 / (MSE + 1e-8)), so
+identical images give 80 dB; inputs are clamped to [0, L] (RLVR-World clamps the decoded prediction;
+piqa asserts the range instead, a host sync).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .. import _checks as C
+from .._dispatch import extension, select_backend
+
+_BACKENDS = ("torch", "cpp", "cuda")
+METRIC_NAMES = ("mse", "mae", "psnr", "ssim")
+REWARD_TERMS = ("mse", "mae", "psnr", "ssim", "lpips")
+# The sign each metric's weight enters the loss with (reward = -loss): higher PSNR/SSIM is better.
+_LOSS_SIGN = {"mse": 1.0, "mae": 1.0, "lpips": 1.0, "psnr": -1.0, "ssim": -1.0}
+AGGREGATES = ("mean", "last", "discount")
+_PIXEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@functools.lru_cache(maxsize=16)
+def gaussian_window(size: int, sigma: float) -> torch.Tensor:
+    """The normalised 1-D Gaussian window, float32 [size] on the CPU (piqa's ``gaussian_kernel``)."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    w = torch.exp(-(x**2) / (2 * sigma**2))
+    return (w / w.sum()).float()
+
+
+def _check_pair(pred: torch.Tensor, target: torch.Tensor, group_size: int) -> int:
+    """Validate pred [B, (T,) C, H, W] against target [G, (T,) C, H, W]; returns T (1 for 4-d inputs)."""
+    C.check_tensor("pred", pred, dtypes=_PIXEL_DTYPES, ndim=(4, 5))
+    C.check_tensor("target", target, dtypes=_PIXEL_DTYPES, ndim=pred.dim())
+    C.check_same_device(pred=pred, target=target)
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size: expected a positive int, got {group_size!r}")
+    if target.shape[1:] != pred.shape[1:]:
+        raise ValueError(
+            f"target: expected frames of shape {tuple(pred.shape[1:])} like pred, got {tuple(target.shape[1:])}"
+        )
+    if target.shape[0] * group_size != pred.shape[0]:
+        raise ValueError(
+            f"pred: expected batch = target batch x group_size = {target.shape[0]} x {group_size} = "
+            f"{target.shape[0] * group_size}, got {pred.shape[0]}"
+        )
+    return 1 if pred.dim() == 4 else pred.shape[1]
+
+
+def pixel_metrics(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    group_size: int = 1,
+    metrics: Sequence[str] = METRIC_NAMES,
+    data_range: float = 1.0,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    aggregate: str | None = None,
+    gamma: float = 0.9,
+) -> dict[str, torch.Tensor]:
+    """Per-sample MSE, MAE, PSNR and SSIM of predictions against their group's real frame.
+
+    Args:
+        pred: [B, C, H, W] or per-frame [B, T, C, H, W], float32 / bfloat16 / float16.
+        target: [G, C, H, W] or [G, T, C, H, W] with B = G * group_size; prediction b is compared with
+            target ``b // group_size``, read in place.
+        group_size: predictions per target (GRPO's n).
+        metrics: any of ``("mse", "mae", "psnr", "ssim")``; SSIM costs the filtering, the rest is free.
+        data_range: L, the value range [0, L] (inputs are clamped to it).
+        window_size, sigma, k1, k2: SSIM's Gaussian window and constants (piqa's defaults).
+        aggregate: for 5-d inputs, None keeps per-frame values [B, T]; ``mean``, ``last`` or
+            ``discount`` (``sum_t gamma^t v_t / sum_t gamma^t``, RLVR-World's ``msp_reward_aggregate``)
+            reduce them to [B].
+        gamma: the discount of ``aggregate="discount"``.
+
+    Returns:
+        {metric: float32 [B] (or [B, T])}, in the order asked; no autograd history (a reward).
+
+    Formulas: piqa's ``psnr`` and ``ssim`` (Wang et al. 2004) with the conventions in the module
+    docstring; MSE/MAE are means over C, H, W as in RLVR-World's ``_compute_loss``.
+    """
+    frames = _check_pair(pred, target, group_size)
+    metrics = tuple(metrics)
+    for m in metrics:
+        C.check_choice("metrics", m, METRIC_NAMES)
+    if not metrics:
+        raise ValueError("metrics: expected at least one of " + ", ".join(METRIC_NAMES))
+    C.check_positive("data_range", data_range)
+    C.check_positive("sigma", sigma)
+    if not isinstance(window_size, int) or window_size % 2 == 0 or not 1 <= window_size <= 31:
+        raise ValueError(f"window_size: expected an odd int in [1, 31], got {window_size!r}")
+    if aggregate is not None:
+        if pred.dim() != 5:
+            raise ValueError("aggregate: only per-frame inputs [B, T, C, H, W] have frames to aggregate")
+        C.check_choice("aggregate", aggregate, AGGREGATES)
+    want_ssim = "ssim" in metrics
+    height, width = pred.shape[-2:]
+    if want_ssim and (height < window_size or width < window_size):
+        raise ValueError(
+            f"pred: frames of {height}x{width} are smaller than the SSIM window ({window_size}x{window_size}); "
+            "use larger frames or a smaller window_size"
+        )
+    # metrics are rewards, not losses: no gradient flows back into the decoder
+    flat_pred = pred.detach().reshape(-1, *pred.shape[-3:]).contiguous()
+    flat_target = target.detach().reshape(-1, *target.shape[-3:]).contiguous()
+    table = torch.ops.rlvr_fast.pixel_metrics(
+        flat_pred, flat_target, frames, group_size, float(data_range), float(k1), float(k2), want_ssim,
+        window_size, float(sigma),
+    )
+    out = {}
+    for m in metrics:
+        value = table[METRIC_NAMES.index(m)]
+        if pred.dim() == 5:
+            value = value.view(pred.shape[0], frames)
+            if aggregate is not None:
+                value = aggregate_frames(value, aggregate, gamma)
+        out[m] = value
+    return out
+
+
+def aggregate_frames(values: torch.Tensor, how: str, gamma: float = 0.9) -> torch.Tensor:
+    """Reduce per-frame values [B, T] to [B]: ``mean``, ``last``, or ``discount`` = sum_t g^t v_t / sum_t g^t.
+
+    Source: RLVR-World ``msp_reward_fn`` (``trainer.msp_reward_aggregate``; their discount is 0.9).
+    """
+    C.check_tensor("values", values, ndim=2)
+    C.check_choice("aggregate", how, AGGREGATES)
+    if how == "mean":
+        return values.mean(1)
+    if how == "last":
+        return values[:, -1]
+    if not 0 < gamma <= 1:
+        raise ValueError(f"gamma: expected 0 < gamma <= 1, got {gamma}")
+    weight = gamma ** torch.arange(values.shape[1], device=values.device, dtype=values.dtype)
+    return (values * weight).sum(1) / weight.sum()
+
+
+def pixel_metrics_ref(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    frames: int,
+    group_size: int,
+    data_range: float,
+    k1: float,
+    k2: float,
+    want_ssim: bool,
+    window_size: int,
+    sigma: float,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Pure-PyTorch reference: pred [N, C, H, W], target [M, C, H, W] -> float32 [4, N] (mse, mae, psnr, ssim).
+
+    Computes in ``dtype`` (float64 in tests). Builds the repeated targets and the five filtered maps
+    explicitly, as piqa does; the kernels avoid both.
+    """
+    n = pred.shape[0]
+    i = torch.arange(n, device=pred.device)
+    j = ((i // frames) // group_size) * frames + i % frames
+    x = pred.to(dtype).clamp(0, data_range)
+    y = target.to(dtype).index_select(0, j).clamp(0, data_range)
+    mse = ((x - y) ** 2).flatten(1).mean(1)
+    mae = (x - y).abs().flatten(1).mean(1)
+    psnr = 10 * torch.log10(data_range**2 / (mse + 1e-8))
+    if want_ssim:
+        ch = x.shape[1]
+        w = gaussian_window(window_size, sigma).to(device=x.device, dtype=dtype)
+        wh = w.view(1, 1, 1, -1).expand(ch, 1, 1, -1)
+        wv = w.view(1, 1, -1, 1).expand(ch, 1, -1, 1)
+
+        def blur(t):
+            return F.conv2d(F.conv2d(t, wh, groups=ch), wv, groups=ch)
+
+        mx, my = blur(x), blur(y)
+        sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+        c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+        cs = (2 * sxy + c2) / (sxx + syy + c2)
+        lum = (2 * mx * my + c1) / (mx * mx + my * my + c1)
+        ssim = (lum * cs).flatten(2).mean(2).mean(1)
+    else:
+        ssim = torch.full_like(mse, math.nan)
+    return torch.stack([mse, mae, psnr, ssim]).float()
+
+
+@torch.library.custom_op("rlvr_fast::pixel_metrics", mutates_args=())
+def _pixel_metrics_op(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    frames: int,
+    group_size: int,
+    data_range: float,
+    k1: float,
+    k2: float,
+    want_ssim: bool,
+    window_size: int,
+    sigma: float,
+) -> torch.Tensor:
+    args = (pred, target, frames, group_size, data_range, k1, k2, want_ssim, window_size, sigma)
+    if select_backend("pixel_metrics", pred.device, _BACKENDS) == "torch" or pred.numel() == 0:
+        return pixel_metrics_ref(*args)
+    window = gaussian_window(window_size, sigma)
+    return extension().pixel_metrics(pred, target, frames, group_size, data_range, k1, k2, want_ssim, window)
+
+
+@_pixel_metrics_op.register_fake
+def _(pred, target, frames, group_size, data_range, k1, k2, want_ssim, window_size, sigma):
+    return pred.new_empty((4, pred.shape[0]), dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# pixel_reward
+# ----------------------------------------------------------------------------------------------
+
+
+def default_invalid_reward(weights: Mapping[str, float], data_range: float = 1.0) -> float:
+    """The penalty for an invalid generation when none is given: the worst reward of a valid one.
+
+    Each term at its worst: MSE = L^2, MAE = L, SSIM = -1, PSNR >= 0 (clamped inputs), and LPIPS = 1
+    (LPIPS is unbounded in principle; distances of natural images stay below 1).
+    """
+    worst = {"mse": data_range**2, "mae": data_range, "ssim": 1.0, "psnr": 0.0, "lpips": 1.0}
+    return -sum(abs(w) * worst[k] for k, w in weights.items())
+
+
+def pixel_reward(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    weights: Mapping[str, float],
+    *,
+    group_size: int = 1,
+    valid: torch.Tensor | None = None,
+    invalid_reward: float | None = None,
+    lpips: torch.nn.Module | None = None,
+    data_range: float = 1.0,
+    aggregate: str = "mean",
+    gamma: float = 0.9,
+    return_metrics: bool = False,
+):
+    """Sequence rewards ``-(sum of weighted losses)`` of predicted frames, RLVR-World's video reward.
+
+    Args:
+        pred: decoded predictions [B, C, H, W] or [B, T, C, H, W] (float32 / bfloat16 / float16).
+        target: real frames [G, ...] with B = G * group_size (read in place, never repeated).
+        weights: {term: weight} over ``mse, mae, psnr, ssim, lpips``; loss = sum w * m with SSIM and
+            PSNR entering with a minus (RLVR-World ``_compute_loss``). Zero weights cost nothing.
+        group_size: predictions per real frame.
+        valid: optional bool [B] from :func:`~rlvr_fast.ops.unpack_video_tokens`; invalid samples get
+            ``invalid_reward``.
+        invalid_reward: the penalty; default :func:`default_invalid_reward` of the weights.
+        lpips: an :class:`rlvr_fast.models.lpips.LPIPS` on pred's device, required when
+            ``weights["lpips"] != 0``; it computes each real frame's features once per group.
+        data_range: L (frames in [0, L]).
+        aggregate, gamma: per-frame loss -> sample loss for 5-d inputs (see :func:`aggregate_frames`).
+        return_metrics: also return {term: float32 [B]} of the unweighted, frame-aggregated terms.
+
+    Returns:
+        float32 [B] rewards (and the metrics dict when ``return_metrics``), without autograd history.
+        No host synchronisation.
+    """
+    if not isinstance(weights, Mapping) or not weights:
+        raise ValueError(f"weights: expected a non-empty mapping over {list(REWARD_TERMS)}, got {weights!r}")
+    for key, w in weights.items():
+        C.check_choice("weights", key, REWARD_TERMS)
+        if not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise ValueError(f"weights[{key!r}]: expected a finite number, got {w!r}")
+    frames = _check_pair(pred, target, group_size)
+    C.check_choice("aggregate", aggregate, AGGREGATES)
+    if valid is not None:
+        C.check_tensor("valid", valid, dtypes=(torch.bool,), ndim=1)
+        C.check_shape("valid", valid, (pred.shape[0],), "one flag per prediction")
+        C.check_same_device(pred=pred, valid=valid)
+    active = {k: float(w) for k, w in weights.items() if w != 0}
+    if "lpips" in active and lpips is None:
+        raise ValueError("lpips: weights['lpips'] is non-zero, so an LPIPS network is needed "
+                         "(rlvr_fast.models.lpips.LPIPS.from_files(vgg16_path, lin_path))")
+    batch = pred.shape[0]
+    per_frame: dict[str, torch.Tensor] = {}
+    pixel = [m for m in METRIC_NAMES if m in active or (return_metrics and m in weights)]
+    if pixel:
+        per_frame.update(pixel_metrics(pred, target, group_size=group_size, metrics=pixel, data_range=data_range))
+    if "lpips" in active or (return_metrics and "lpips" in weights and lpips is not None):
+        per_frame["lpips"] = _lpips_per_frame(lpips, pred, target, group_size, frames, data_range)
+    loss = torch.zeros(batch, frames, device=pred.device, dtype=torch.float32)
+    for key, w in active.items():
+        loss = loss + (w * _LOSS_SIGN[key]) * per_frame[key].view(batch, frames)
+    loss = aggregate_frames(loss, aggregate, gamma) if pred.dim() == 5 else loss[:, 0]
+    reward = -loss
+    if valid is not None:
+        penalty = default_invalid_reward(weights, data_range) if invalid_reward is None else float(invalid_reward)
+        reward = torch.where(valid, reward, torch.full_like(reward, penalty))
+    if not return_metrics:
+        return reward
+    metrics = {}
+    for key, v in per_frame.items():
+        metrics[key] = aggregate_frames(v.view(batch, frames), aggregate, gamma) if pred.dim() == 5 else v
+    return reward, metrics
+
+
+def _lpips_per_frame(lpips, pred, target, group_size, frames, data_range) -> torch.Tensor:
+    """LPIPS [B, T] (or [B]) with each real frame's features computed once per group."""
+    scale = 1.0 / data_range
+    pred, target = pred.detach(), target.detach()
+    with torch.no_grad():
+        if pred.dim() == 4:
+            return lpips(pred.clamp(0, data_range) * scale, target.clamp(0, data_range) * scale,
+                         group_size=group_size).float()
+        # [G*g, T] -> [G, T, g] so the n predictions of one real frame are contiguous
+        g = target.shape[0]
+        p = pred.view(g, group_size, frames, *pred.shape[2:]).transpose(1, 2).reshape(-1, *pred.shape[2:])
+        t = target.reshape(-1, *target.shape[2:])
+        d = lpips(p.clamp(0, data_range) * scale, t.clamp(0, data_range) * scale, group_size=group_size).float()
+        return d.view(g, frames, group_size).transpose(1, 2).reshape(g * group_size, frames)
+
+
+# ----------------------------------------------------------------------------------------------
+# scatter_sequence_reward
+# ----------------------------------------------------------------------------------------------
+
+
+def scatter_sequence_reward(reward: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Token-level rewards with each sequence reward on its last valid response token.
+
+    Args:
+        reward: float [B] sequence rewards (any float dtype; computed in float32).
+        response_mask: bool or 0/1 integers [B, T].
+
+    Returns:
+        float32 [B, T]: ``reward[b]`` at the last t with ``response_mask[b, t]``, 0 elsewhere. A row
+        without any valid token is all zeros (verl's loop would write it at index -1, the last padding
+        position, where the masked loss ignores it anyway).
+
+    Source: verl's reward managers (``reward_tensor[i, valid_response_length - 1] = score``), with the
+    last *valid* position rather than the count of valid ones, which also handles masks with holes.
+    """
+    C.check_tensor("reward", reward, dtypes=C.FLOAT_DTYPES, ndim=1)
+    C.check_tensor("response_mask", response_mask, dtypes=(torch.bool, *C.INT_DTYPES), ndim=2)
+    C.check_same_device(reward=reward, response_mask=response_mask)
+    if response_mask.shape[0] != reward.shape[0]:
+        raise ValueError(f"response_mask: expected {reward.shape[0]} rows like reward, got {response_mask.shape[0]}")
+    return torch.ops.rlvr_fast.scatter_sequence_reward(
+        reward.detach().float().contiguous(), response_mask.bool().contiguous()
+    )
+
+
+def scatter_sequence_reward_ref(reward: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Reference: float32 [B] and bool [B, T] -> float32 [B, T] (no loop, no sync)."""
+    t = torch.arange(response_mask.shape[1], device=response_mask.device)
+    last = torch.where(response_mask, t, -1).amax(1, keepdim=True) if response_mask.shape[1] else None
+    if last is None:
+        return torch.zeros(response_mask.shape, dtype=torch.float32, device=reward.device)
+    return torch.where(t == last, reward.float()[:, None], 0.0)
+
+
+@torch.library.custom_op("rlvr_fast::scatter_sequence_reward", mutates_args=())
+def _scatter_op(reward: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    C.check_finite("reward", reward)
+    if select_backend("scatter_sequence_reward", reward.device, _BACKENDS) == "torch" or response_mask.numel() == 0:
+        return scatter_sequence_reward_ref(reward, response_mask)
+    return extension().scatter_sequence_reward(reward, response_mask)
+
+
+@_scatter_op.register_fake
+def _(reward, response_mask):
+    return reward.new_empty(response_mask.shape, dtype=torch.float32)

@@ -1,0 +1,369 @@
+"""Generated video tokens -> frame codes -> decoder latents, batched on the device.
+
+In RLVR-World's video world model (iVideoGPT layout) the policy generates discrete frame tokens; the
+tokenizer's decoder turns them back into frames for the pixel reward. Their path slices the response,
+*clamps* every id into the visual range (so a malformed generation is silently scored as some other
+frame), and decodes in micro-batches. Here:
+
+- :class:`VideoTokenLayout` says where each frame's visual tokens sit in a response (single-step:
+  320 visual tokens then EOS; multi-step: frames interleaved with action tokens);
+- :func:`unpack_video_tokens` picks those slots for the whole batch in one kernel, subtracts the
+  visual offset, and marks a sample invalid when any slot is outside the visual range or masked out
+  (early EOS). Invalid samples are never clamped: their slots hold code 0 so the batch still
+  decodes, and the reward replaces them with the configured penalty;
+- :func:`codes_to_latents` turns codes into the decoder's input latents with one gather from a
+  per-code table [K, C]: FSQ's mixed-radix digits -> centred levels, or a VQ codebook, optionally
+  folded with the tokenizer's post-quantisation linear / 1x1-conv projections (exact: they act on
+  each position independently).
+
+Backends (``rlvr_fast._dispatch``): ``cpp`` (the extension's C++ kernels, CPU tensors), ``cuda``
+(its CUDA kernels), ``torch`` (the references below, also the fallback without the extension).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .. import _checks as C
+from .._dispatch import extension, select_backend
+
+_BACKENDS = ("torch", "cpp", "cuda")
+
+
+# ----------------------------------------------------------------------------------------------
+# Token layout
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoTokenLayout:
+    """Where a response's visual tokens are, and the id ranges of the token vocabulary.
+
+    Defaults are RLVR-World / iVideoGPT single-step: visual ids 0..4374 (FSQ levels [7,5,5,5,5] give
+    4375 codes), 256 action-bin ids 4375..4630 (each of the 13 action dimensions is one token taking
+    one of those bins), BOS 4631, EOS = pad 4632; a frame is 16 x 20 = 320 visual tokens; the
+    response is the predicted frame's 320 tokens then EOS.
+
+    Multi-step responses (RLVR-World ``msp_reward_fn``) hold ``frames`` predicted frames, each as
+    ``tokens_per_frame`` visual tokens followed by ``action_tokens_per_frame`` action tokens, e.g.
+    ``VideoTokenLayout(frames=4, frame_shape=(8, 10), action_tokens_per_frame=13, eos_after=False)``.
+
+    Attributes:
+        frames: predicted frames per response.
+        frame_shape: (h, w) of the latent token grid of one frame.
+        visual_offset, visual_vocab: visual ids are ``visual_offset .. visual_offset + visual_vocab - 1``.
+        action_tokens_per_frame: action tokens after each frame's visual tokens in the response.
+        action_offset, action_bins: action ids are ``action_offset .. action_offset + action_bins - 1``.
+        action_dims: dimensions of the action vector (one token each in the prompt layout).
+        bos_id, eos_id, pad_id: special ids.
+        eos_after: whether the response ends with ``eos_id`` after the last frame.
+    """
+
+    frames: int = 1
+    frame_shape: tuple[int, int] = (16, 20)
+    visual_offset: int = 0
+    visual_vocab: int = 4375
+    action_tokens_per_frame: int = 0
+    action_offset: int = 4375
+    action_bins: int = 256
+    action_dims: int = 13
+    bos_id: int = 4631
+    eos_id: int = 4632
+    pad_id: int = 4632
+    eos_after: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "frame_shape", tuple(int(s) for s in self.frame_shape))
+        for name in ("frames", "visual_vocab", "action_bins", "action_dims"):
+            C.check_positive(f"VideoTokenLayout.{name}", getattr(self, name))
+        if len(self.frame_shape) != 2 or min(self.frame_shape) < 1:
+            raise ValueError(f"VideoTokenLayout.frame_shape: expected (h, w) >= 1, got {self.frame_shape}")
+        C.check_positive("VideoTokenLayout.action_tokens_per_frame", self.action_tokens_per_frame, allow_zero=True)
+        visual = range(self.visual_offset, self.visual_offset + self.visual_vocab)
+        actions = range(self.action_offset, self.action_offset + self.action_bins)
+        if self.visual_offset < 0 or (visual.start < actions.stop and actions.start < visual.stop):
+            raise ValueError(f"VideoTokenLayout: visual ids {visual} and action ids {actions} must be disjoint, >= 0")
+        for name in ("bos_id", "eos_id", "pad_id"):
+            value = getattr(self, name)
+            if value in visual or value in actions or value < 0:
+                raise ValueError(f"VideoTokenLayout.{name}={value} lies inside the visual or action id range")
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.frame_shape[0] * self.frame_shape[1]
+
+    @property
+    def response_length(self) -> int:
+        """Tokens in a complete response (frames, their action tokens, and EOS when ``eos_after``)."""
+        return self.frames * (self.tokens_per_frame + self.action_tokens_per_frame) + int(self.eos_after)
+
+    @property
+    def vocab_size(self) -> int:
+        return max(self.visual_offset + self.visual_vocab, self.action_offset + self.action_bins,
+                   self.bos_id + 1, self.eos_id + 1, self.pad_id + 1)
+
+    def slot_positions(self) -> list[int]:
+        """Response positions of the visual tokens, frame by frame, row-major within a frame."""
+        stride = self.tokens_per_frame + self.action_tokens_per_frame
+        return [f * stride + p for f in range(self.frames) for p in range(self.tokens_per_frame)]
+
+
+def _slot_tensor(layout: VideoTokenLayout, device: torch.device) -> torch.Tensor:
+    """:meth:`VideoTokenLayout.slot_positions` as int32 [F * h * w], built with arange (traceable)."""
+    stride = layout.tokens_per_frame + layout.action_tokens_per_frame
+    frame = torch.arange(layout.frames, dtype=torch.int32, device=device)[:, None] * stride
+    return (frame + torch.arange(layout.tokens_per_frame, dtype=torch.int32, device=device)).flatten()
+
+
+# ----------------------------------------------------------------------------------------------
+# unpack_video_tokens
+# ----------------------------------------------------------------------------------------------
+
+
+def unpack_video_tokens(
+    responses: torch.Tensor, response_mask: torch.Tensor, layout: VideoTokenLayout = VideoTokenLayout()
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frame codes of every generated response, and which responses are well-formed.
+
+    Args:
+        responses: int [B, T] generated token ids (any integer dtype; T may be shorter than
+            ``layout.response_length``: the missing slots count as invalid).
+        response_mask: bool or 0/1 integers [B, T]; 0 marks padding after an early EOS.
+        layout: the token layout.
+
+    Returns:
+        codes: int32 [B, F, h, w], ``id - visual_offset`` for each visual slot, 0 where the slot is invalid.
+        valid: bool [B], True when all F*h*w slots hold an unmasked visual id.
+        n_invalid: int32 [B], the number of invalid slots (out-of-range or negative ids, masked slots).
+
+    Formula: RLVR-World's ``responses[:, -tokens_per_frame - 1:-1]`` (single step) and the
+    per-frame slice of ``msp_reward_fn`` (multi-step), without their ``clamp(0, visual_vocab - 1)``.
+    No host synchronisation.
+    """
+    C.check_tensor("responses", responses, dtypes=C.INT_DTYPES, ndim=2)
+    C.check_tensor("response_mask", response_mask, dtypes=(torch.bool, *C.INT_DTYPES))
+    C.check_shape("response_mask", response_mask, responses.shape, "like responses")
+    C.check_same_device(responses=responses, response_mask=response_mask)
+    if not isinstance(layout, VideoTokenLayout):
+        raise TypeError(f"layout: expected a VideoTokenLayout, got {type(layout).__name__}")
+    ids, mask = responses.long(), response_mask.bool()
+    need = layout.response_length - int(layout.eos_after)
+    if ids.shape[1] < need:  # truncated generations: pad with masked slots (counted as invalid)
+        pad = need - ids.shape[1]
+        ids = torch.nn.functional.pad(ids, (0, pad), value=layout.pad_id)
+        mask = torch.nn.functional.pad(mask, (0, pad), value=False)
+    codes, valid, n_invalid = torch.ops.rlvr_fast.unpack_video_tokens(
+        ids.contiguous(), mask.contiguous(), _slot_tensor(layout, ids.device), layout.visual_offset,
+        layout.visual_vocab,
+    )
+    return codes.view(ids.shape[0], layout.frames, *layout.frame_shape), valid, n_invalid
+
+
+def unpack_video_tokens_ref(
+    responses: torch.Tensor, response_mask: torch.Tensor, slot_pos: torch.Tensor, visual_offset: int, visual_vocab: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pure-PyTorch reference on flat slots: returns codes int32 [B, S], valid bool [B], n_invalid int32 [B]."""
+    pos = slot_pos.long()
+    tok = responses.long()[:, pos] - visual_offset
+    ok = response_mask.bool()[:, pos] & (tok >= 0) & (tok < visual_vocab)
+    codes = torch.where(ok, tok, 0).to(torch.int32)
+    n_invalid = (~ok).sum(1, dtype=torch.int32)
+    return codes, n_invalid == 0, n_invalid
+
+
+@torch.library.custom_op("rlvr_fast::unpack_video_tokens", mutates_args=())
+def _unpack_op(
+    responses: torch.Tensor, response_mask: torch.Tensor, slot_pos: torch.Tensor, visual_offset: int,
+    visual_vocab: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if select_backend("unpack_video_tokens", responses.device, _BACKENDS) == "torch" or responses.numel() == 0:
+        return unpack_video_tokens_ref(responses, response_mask, slot_pos, visual_offset, visual_vocab)
+    codes, valid, n_invalid = extension().unpack_video_tokens(
+        responses, response_mask, slot_pos, visual_offset, visual_vocab
+    )
+    return codes, valid, n_invalid
+
+
+@_unpack_op.register_fake
+def _(responses, response_mask, slot_pos, visual_offset, visual_vocab):
+    b, s = responses.shape[0], slot_pos.shape[0]
+    return (
+        responses.new_empty((b, s), dtype=torch.int32),
+        responses.new_empty((b,), dtype=torch.bool),
+        responses.new_empty((b,), dtype=torch.int32),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantizer tables and codes_to_latents
+# ----------------------------------------------------------------------------------------------
+
+
+def fsq_codebook(levels: Sequence[int]) -> torch.Tensor:
+    """FSQ's implicit codebook, float64 [prod(levels), len(levels)].
+
+    Code k has mixed-radix digits ``d_i = (k // basis_i) % L_i`` with ``basis = cumprod([1] + L[:-1])``
+    and latent ``(d_i - L_i // 2) / (L_i // 2)`` (Mentzer et al. 2023, "Finite Scalar Quantization",
+    as implemented in iVideoGPT's ``FSQ.indices_to_codes``).
+    """
+    levels = [int(v) for v in levels]
+    if not levels or min(levels) < 2:
+        raise ValueError(f"levels: expected a non-empty list of integers >= 2, got {levels}")
+    lv = torch.tensor(levels, dtype=torch.int64)
+    basis = torch.cumprod(torch.tensor([1] + levels[:-1], dtype=torch.int64), 0)
+    k = torch.arange(int(lv.prod()), dtype=torch.int64)[:, None]
+    digits = (k // basis) % lv
+    half = (lv // 2).double()
+    return (digits.double() - half) / half
+
+
+def _as_affine(proj) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight [out, in], bias [out] or None) of an nn.Linear, a 1x1 nn.Conv2d or a (weight, bias) pair."""
+    if isinstance(proj, torch.nn.Linear):
+        return proj.weight, proj.bias
+    if isinstance(proj, torch.nn.Conv2d):
+        if proj.kernel_size != (1, 1) or proj.groups != 1:
+            raise ValueError(f"projections: only 1x1 convolutions with groups=1 fold into the table, got {proj}")
+        return proj.weight[:, :, 0, 0], proj.bias
+    if isinstance(proj, (tuple, list)) and len(proj) == 2:
+        weight, bias = proj
+        if weight.dim() == 4:
+            weight = weight[:, :, 0, 0]
+        return weight, bias
+    raise TypeError(f"projections: expected nn.Linear, 1x1 nn.Conv2d or (weight, bias), got {type(proj).__name__}")
+
+
+class Quantizer:
+    """A tokenizer's code -> latent map as one gather table [K, C].
+
+    ``table = codebook``, then each projection in order: ``table = table @ W.T + b``. Projections are
+    nn.Linear (iVideoGPT's FSQ ``project_out``), 1x1 nn.Conv2d (a VQ tokenizer's ``post_quant_conv``)
+    or (weight, bias) pairs. Folding them is exact because they act on every position independently;
+    the table is computed in float64 and cached per (device, dtype) until a projection's parameters
+    change in place (an optimizer step).
+
+    Build with :meth:`fsq` or :meth:`vq`.
+    """
+
+    def __init__(self, codebook: torch.Tensor, projections: Sequence = ()):
+        C.check_tensor("codebook", codebook, dtypes=C.FLOAT_DTYPES, ndim=2)
+        self.codebook = codebook
+        self.projections = list(projections)
+        dim = codebook.shape[1]
+        for i, proj in enumerate(self.projections):
+            weight, bias = _as_affine(proj)
+            if weight.dim() != 2 or weight.shape[1] != dim:
+                raise ValueError(f"projections[{i}]: expected weight [out, {dim}], got {tuple(weight.shape)}")
+            if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+                raise ValueError(f"projections[{i}]: expected bias [{weight.shape[0]}], got {tuple(bias.shape)}")
+            dim = weight.shape[0]
+        self.channels = dim
+        self._cache: dict = {}
+
+    @classmethod
+    def fsq(cls, levels: Sequence[int], projections: Sequence = ()) -> Quantizer:
+        """FSQ with ``levels`` (iVideoGPT: [7, 5, 5, 5, 5]); see :func:`fsq_codebook`."""
+        return cls(fsq_codebook(levels), projections)
+
+    @classmethod
+    def vq(cls, codebook: torch.Tensor, projections: Sequence = ()) -> Quantizer:
+        """A learned VQ codebook [K, D] (the embedding weight of the tokenizer's quantizer)."""
+        return cls(codebook, projections)
+
+    @property
+    def num_codes(self) -> int:
+        return self.codebook.shape[0]
+
+    def _params(self):
+        for proj in self.projections:
+            weight, bias = _as_affine(proj)
+            yield weight
+            if bias is not None:
+                yield bias
+
+    def table(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The folded table [K, C] on ``device`` in ``dtype`` (contiguous, no autograd history)."""
+        device = torch.device(device) if device is not None else self.codebook.device
+        params = [self.codebook, *self._params()]
+        key = (device, dtype, tuple((p.data_ptr(), p._version) for p in params))
+        cached = self._cache.get((device, dtype))
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            table = self.codebook.detach().to("cpu", torch.float64)
+            for proj in self.projections:
+                weight, bias = _as_affine(proj)
+                table = table @ weight.detach().to("cpu", torch.float64).T
+                if bias is not None:
+                    table = table + bias.detach().to("cpu", torch.float64)
+            table = table.to(device=device, dtype=dtype).contiguous()
+        self._cache[(device, dtype)] = (key, table)
+        return table
+
+
+def codes_to_latents(
+    codes: torch.Tensor,
+    quantizer: Quantizer | torch.Tensor,
+    *,
+    dtype: torch.dtype = torch.float32,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> torch.Tensor:
+    """Decoder input latents of a batch of frame codes.
+
+    Args:
+        codes: int [B, F, h, w] (from :func:`unpack_video_tokens`) or [N, h, w]; values in [0, K).
+        quantizer: a :class:`Quantizer`, or a ready table [K, C] (its dtype then wins over ``dtype``).
+        dtype: the decoder's dtype (float32, bfloat16 or float16).
+        memory_format: ``torch.contiguous_format`` (NCHW) or ``torch.channels_last`` (the decoder's
+            layout under bf16 autocast on GPU); the kernel writes that layout directly.
+
+    Returns:
+        [N, C, h, w] in ``dtype`` and ``memory_format``, N = B * F:
+        ``out[n, :, y, x] = table[codes[n, y, x]]`` (FSQ: centred levels, then the folded projections).
+    """
+    C.check_tensor("codes", codes, dtypes=C.INT_DTYPES, ndim=(3, 4))
+    if isinstance(quantizer, Quantizer):
+        C.check_choice("dtype", dtype, (torch.float32, torch.bfloat16, torch.float16))
+        table = quantizer.table(codes.device, dtype)
+    elif isinstance(quantizer, torch.Tensor):
+        C.check_tensor("quantizer", quantizer, dtypes=(torch.float32, torch.bfloat16, torch.float16), ndim=2)
+        C.check_same_device(codes=codes, quantizer=quantizer)
+        table = quantizer.detach().contiguous()
+    else:
+        raise TypeError(f"quantizer: expected a Quantizer or a table [K, C], got {type(quantizer).__name__}")
+    C.check_choice("memory_format", memory_format, (torch.contiguous_format, torch.channels_last))
+    h, w = codes.shape[-2:]
+    flat = codes.reshape(-1, h * w).to(torch.int32).contiguous()
+    channels_last = memory_format == torch.channels_last
+    out = torch.ops.rlvr_fast.codes_to_latents(flat, table, channels_last)
+    n, c = flat.shape[0], table.shape[1]
+    if channels_last:
+        return out.view(n, h, w, c).permute(0, 3, 1, 2)
+    return out.view(n, c, h, w)
+
+
+def codes_to_latents_ref(codes: torch.Tensor, table: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Reference: codes int32 [N, HW], table [K, C] -> [N, C, HW] (or [N, HW, C] when ``channels_last``)."""
+    out = table[codes.long()]  # [N, HW, C]
+    return out.contiguous() if channels_last else out.transpose(1, 2).contiguous()
+
+
+@torch.library.custom_op("rlvr_fast::codes_to_latents", mutates_args=())
+def _codes_to_latents_op(codes: torch.Tensor, table: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    if codes.numel() and C.value_checks_enabled(codes):  # here, not in the wrapper: no graph break
+        bad = (codes < 0) | (codes >= table.shape[0])
+        if bool(bad.any()):
+            raise IndexError(f"codes: expected values in [0, {table.shape[0]}), got {int(bad.sum())} outside, "
+                             f"e.g. {codes[bad][0].item()}")
+    if select_backend("codes_to_latents", codes.device, _BACKENDS) == "torch" or codes.numel() == 0:
+        return codes_to_latents_ref(codes, table, channels_last)
+    return extension().codes_to_latents(codes, table, channels_last)
+
+
+@_codes_to_latents_op.register_fake
+def _(codes, table, channels_last):
+    n, hw, c = codes.shape[0], codes.shape[1], table.shape[1]
+    return table.new_empty((n, hw, c) if channels_last else (n, c, hw))
