@@ -1,7 +1,7 @@
 // Launchers of the video CUDA kernels (csrc/cuda/video.cu).
 //
 // Plain C++ and CUDA runtime types only, no torch headers: `nvcc` compile-checks the .cu files on
-// machines without a CUDA build of torch (DESIGN.md section 3). csrc/bindings.cpp converts tensors
+// machines without a CUDA build of torch (the design doc, DESIGN.md section 3). csrc/bindings.cpp converts tensors
 // to these arguments; the Python wrappers in rlvr_fast/ops/video.py validate every input first, so
 // the launchers assume contiguous, in-range, same-device arguments.
 //
