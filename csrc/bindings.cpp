@@ -11,7 +11,7 @@
 #include "video_types.h"
 
 #ifdef RLVR_FAST_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include "cuda/video.h"
@@ -63,7 +63,7 @@ std::vector<at::Tensor> unpack_video_tokens(const at::Tensor& responses, const a
     RLVR_CUDA_CHECK(rlvr_fast::launch_unpack_video_tokens(
         responses.data_ptr<int64_t>(), mask.data_ptr<bool>(), b, t, slot_pos.data_ptr<int32_t>(), s, visual_offset,
         visual_vocab, codes.data_ptr<int32_t>(), valid.data_ptr<bool>(), n_invalid.data_ptr<int32_t>(),
-        at::cuda::getCurrentCUDAStream()));
+        c10::cuda::getCurrentCUDAStream()));
 #else
     no_cuda();
 #endif
@@ -90,7 +90,7 @@ at::Tensor codes_to_latents(const at::Tensor& codes, const at::Tensor& table, bo
     const c10::cuda::CUDAGuard guard(dev);
     RLVR_CUDA_CHECK(rlvr_fast::launch_codes_to_latents(codes.data_ptr<int32_t>(), n, hw, table.data_ptr(), dtype, k,
                                                        c, out.data_ptr(), channels_last,
-                                                       at::cuda::getCurrentCUDAStream()));
+                                                       c10::cuda::getCurrentCUDAStream()));
 #else
     no_cuda();
 #endif
@@ -143,7 +143,7 @@ at::Tensor pixel_metrics(const at::Tensor& pred, const at::Tensor& target, int64
     auto workspace = at::empty({std::max<int64_t>(rlvr_fast::pixel_metrics_workspace_floats(a), 1)},
                                pred.options().dtype(at::kFloat));
     a.workspace = workspace.data_ptr<float>();
-    RLVR_CUDA_CHECK(rlvr_fast::launch_pixel_metrics(a, at::cuda::getCurrentCUDAStream()));
+    RLVR_CUDA_CHECK(rlvr_fast::launch_pixel_metrics(a, c10::cuda::getCurrentCUDAStream()));
 #else
     no_cuda();
 #endif
@@ -166,7 +166,7 @@ at::Tensor scatter_sequence_reward(const at::Tensor& reward, const at::Tensor& m
     const c10::cuda::CUDAGuard guard(dev);
     RLVR_CUDA_CHECK(rlvr_fast::launch_scatter_sequence_reward(reward.data_ptr<float>(), mask.data_ptr<bool>(), b, t,
                                                               out.data_ptr<float>(),
-                                                              at::cuda::getCurrentCUDAStream()));
+                                                              c10::cuda::getCurrentCUDAStream()));
 #else
     no_cuda();
 #endif
