@@ -43,7 +43,10 @@ def _extension():
     sources = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "csrc").glob("*.cpp"))]
     sources += [str(p.relative_to(ROOT)) for p in sorted((ROOT / "csrc" / "cpu").glob("*.cpp"))]
     cu_sources = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "csrc" / "cuda").glob("*.cu"))]
-    cxx = ["-O3"]  # the C++ standard is torch's choice (its headers need C++17 or newer)
+    # The C++ standard is torch's choice (its headers need C++17 or newer). OpenMP is what makes
+    # at::parallel_for parallel in an extension: without it the CPU kernels run on one thread.
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    cxx = ["-O3", *openmp]
     with_cuda = bool(torch.version.cuda) and cpp_extension.CUDA_HOME is not None and bool(cu_sources)
     if with_cuda:
         nvcc = ["-O3", "-DRLVR_FAST_WITH_CUDA", "-lineinfo"]
@@ -56,9 +59,12 @@ def _extension():
             "rlvr_fast._C",
             sources + cu_sources,
             extra_compile_args={"cxx": cxx + ["-DRLVR_FAST_WITH_CUDA"], "nvcc": nvcc},
+            extra_link_args=openmp,
         )
     else:
-        ext = cpp_extension.CppExtension("rlvr_fast._C", sources, extra_compile_args={"cxx": cxx})
+        ext = cpp_extension.CppExtension(
+            "rlvr_fast._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=openmp
+        )
     kind = "CUDAExtension" if with_cuda else "CppExtension"
     print(f"rlvr_fast: building rlvr_fast._C as {kind}"
           f" (torch {torch.__version__}, CUDA_HOME={cpp_extension.CUDA_HOME})", file=sys.stderr)

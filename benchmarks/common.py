@@ -314,6 +314,9 @@ class Case:
     # a make-like callable returning rlvr_fast's callable on the same inputs, and a key to cache it.
     ref_make: Callable[[], Callable[[], Any]] | None = None
     ref_key: str = ""
+    # Extra record fields derived from the timing (e.g. throughput): ``derive(timing) -> dict``, merged
+    # into the record last (so it may also extend ``note``). None: the record has the standard fields.
+    derive: Callable[[dict], dict] | None = None
 
     @property
     def group(self) -> tuple:
@@ -403,6 +406,7 @@ def make_record(case: Case, timing: dict, peak: int | None, env: dict, mem_metho
         "note": case.note,
         **env,
         "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **(case.derive(timing) if case.derive is not None else {}),
     }
 
 
@@ -685,6 +689,31 @@ def response_mask(B: int, T: int, seed: int, dtype=torch.int64) -> torch.Tensor:
     lengths = torch.randint(max(1, T // 4), T + 1, (B,), generator=generator(seed))
     mask = torch.arange(T)[None, :] < lengths[:, None]
     return mask.to(device=DEVICE, dtype=dtype)
+
+
+def import_piqa():
+    """``import piqa`` without torchvision (there is no CPU build of it here).
+
+    piqa's package ``__init__`` imports torchvision for LPIPS only; SSIM and PSNR never touch it. When
+    torchvision is absent an empty stand-in module is registered for the import and removed again
+    afterwards: left in ``sys.modules`` (``__spec__`` None) it makes ``importlib.util.find_spec``
+    raise ValueError, which breaks the import of torchmetrics (lightning_utilities probes torchvision).
+    Raises ImportError when piqa itself is not installed.
+    """
+    import importlib.util
+    import types
+
+    if "piqa" in sys.modules:
+        return sys.modules["piqa"]
+    stub = None
+    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+        stub = sys.modules["torchvision"] = types.ModuleType("torchvision")
+    try:
+        import piqa
+    finally:
+        if stub is not None and sys.modules.get("torchvision") is stub:
+            del sys.modules["torchvision"]
+    return piqa
 
 
 def try_import(module: str) -> bool:

@@ -23,7 +23,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
-BENCHES = ("advantages", "logprobs", "policy_loss", "trainer")
+BENCHES = ("advantages", "logprobs", "policy_loss", "trainer", "video")
 OURS = "rlvr_fast"
 NO_GPU = "not measured (no GPU lent yet)"
 
@@ -124,6 +124,10 @@ GPU_LP = dict(N=16384, V=151936)
 CPU_LP = dict(N=4096, V=32000)
 GPU_ADV = dict(G=8192, n=16, T=1024)
 CPU_ADV = dict(G=256, n=16, T=1024)
+GPU_PIX = dict(B=2048, G=128, H=256, W=320)  # bench_video.py --shapes target
+CPU_PIX = dict(B=256, G=16, H=64, W=64)  # bench_video.py --shapes small
+GPU_VID = dict(B=2048, n=16, H=256, W=320)
+CPU_VID = dict(B=64, n=8, H=64, W=80)
 GPU_GRPO = dict(P=64, n=8, T=256)  # bench_trainer.py --shapes target
 CPU_GRPO = dict(P=16, n=8, T=64)  # bench_trainer.py --shapes small
 
@@ -164,6 +168,18 @@ def _speed(rows, op, mode, shape, dtype, device_type, peer, minimum, what):
         return None
     ratio = other["median_ms"] / ours["median_ms"]
     return _result(f"{_ms(ours['median_ms'])} ms", f"{what} {_ms(other['median_ms'])} ms", ratio, ratio >= minimum)
+
+
+def _with_rollouts(rows, res, shape, device_type):
+    """A video_reward speed result with both sides' rollouts/s added (None stays None)."""
+    if res is None:
+        return None
+    ours = _find(rows, op="video_reward", provider=OURS, mode="fwd", shape=shape, device_type=device_type)
+    peer = _find(rows, op="video_reward", provider="rlvr-world", mode="fwd", shape=shape,
+                 device_type=device_type)
+    b = ours["shape"]["B"]
+    return (f"{res[0]} ({b / ours['median_ms'] * 1e3:,.0f} rollouts/s)",
+            f"{res[1]} ({b / peer['median_ms'] * 1e3:,.0f} rollouts/s)", res[2], res[3])
 
 
 def _vs_floor(rows, op, mode, floor_op, maximum, what):
@@ -272,23 +288,22 @@ def _targets(rows: list[dict]) -> list[list[str]]:
             res = (*res[:3], f"info only (CPU analogue of the H100 target; would be {res[3]})")
             add(op, "256 x 16, T=1024 (CPU small)", f">= {minimum}x {peer}", "CPU", res)
 
-    # 5-6. pixel metrics, video reward pipeline: no op or benchmark yet
-    add(
-        "pixel metrics MSE+MAE+PSNR+SSIM",
-        "2048 x 3x256x320 bf16, 128 targets",
-        "one pass; >= 10x piqa",
-        "H100",
-        None,
-        "not measured (no rlvr_fast op or benchmark yet)",
-    )
-    add(
-        "video reward pipeline",
-        "RLVR-World single-step, 2048 rollouts",
-        ">= 3x the RLVR-World path",
-        "H100",
-        None,
-        "not measured (no rlvr_fast op or benchmark yet)",
-    )
+    # 5. pixel metrics (bench_video.py), H100
+    op, shp = "pixel metrics MSE+MAE+PSNR+SSIM", "2048 x 3x256x320 bf16, 128 targets"
+    add(op, shp, "one pass over the predictions", "H100", None,
+        "not measured by the benchmarks (memory traffic not recorded)")
+    res = _speed(gpu, "pixel_metrics", "fwd", GPU_PIX, "bfloat16", "cuda", "piqa", 10,
+                 "piqa SSIM+PSNR (+ torch MSE/MAE)")
+    add(op, shp, ">= 10x piqa", "H100", res)
+    # 6. video reward pipeline (bench_video.py): H100 target, and the CPU small shape for information
+    op, shp = "video reward pipeline", "RLVR-World single-step, 2048 rollouts"
+    res = _speed(gpu, "video_reward", "fwd", GPU_VID, "bfloat16", "cuda", "rlvr-world", 3, "RLVR-World path")
+    add(op, shp, ">= 3x the RLVR-World path", "H100", _with_rollouts(gpu, res, GPU_VID, "cuda"))
+    res = _speed(cpu, "video_reward", "fwd", CPU_VID, "float32", "cpu", "rlvr-world", 3, "RLVR-World path")
+    if res is not None:
+        res = (*_with_rollouts(cpu, res, CPU_VID, "cpu")[:3],
+               f"info only (CPU analogue of the H100 target; would be {res[3]})")
+        add(op, "64 rollouts, n=8, 64x80 frames (CPU small)", ">= 3x the RLVR-World path", "CPU", res)
     # 7. GRPO step end to end (bench_trainer.py): H100 target, and the CPU small shape for information
     shp = "~85M Llama, 64 prompts x 8 x 256 tokens"
     speed, memory = _grpo_step(gpu, GPU_GRPO, "cuda")
@@ -337,14 +352,15 @@ def _targets(rows: list[dict]) -> list[list[str]]:
             ["(note)", "", f"CPU rows measured with {sorted(cores)} cores, target says 2", "", "", "", "", ""]
         )
 
-    # 9. CPU pixel metrics
+    # 9. CPU pixel metrics (bench_video.py --shapes small)
     add(
         "CPU pixel metrics",
         "256 x 3x64x64",
         ">= 3x piqa SSIM+PSNR",
         "CPU",
-        None,
-        "not measured (no rlvr_fast op or benchmark yet)",
+        _speed(cpu, "pixel_metrics", "fwd", CPU_PIX, "float32", "cpu", "piqa", 3,
+               "piqa SSIM+PSNR (+ torch MSE/MAE)"),
+        "not measured (run bench_video.py on CPU)",
     )
     return table
 
@@ -423,9 +439,10 @@ def render(rows: list[dict]) -> str:
             "included), in MiB; on CPU the growth of the resident set in a fresh process."
         ),
         (
-            "- **floor** rows are not a peer: they time the unavoidable memory traffic (one read of the "
-            "logits for fwd; two reads + one write for fwd+bwd) on the same machine; the speedup column "
-            "then shows rlvr_fast's time as a multiple of the floor."
+            "- **floor** rows are not a peer: they time the unavoidable work on the same machine (memory "
+            "traffic: one read of the logits for fwd, two reads + one write for fwd+bwd; for video_reward "
+            "the decoder forward alone); the speedup column then shows rlvr_fast's time as a multiple of "
+            "the floor."
         ),
         "",
         "## Targets (DESIGN.md section 8)",

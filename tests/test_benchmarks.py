@@ -16,6 +16,8 @@ PROVIDERS = {
     "bench_policy_loss.py": "torch-ref,verl,verl-unfused,trl-unfused,floor",
     # both trainers, interleaved in one process (~20 s on 2 cores: two model loads, 2 steps each)
     "bench_trainer.py": "rlvr_fast,trl",
+    # pixel_metrics vs torch-ref / piqa / pytorch-msssim / torchmetrics; video_reward vs the RLVR-World path
+    "bench_video.py": "torch-ref,piqa,pytorch-msssim,torchmetrics,rlvr-world,floor",
 }
 
 

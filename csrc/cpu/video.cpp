@@ -89,11 +89,11 @@ PlaneSums plane_sums(const TP* xp, const TT* yp, const PixelMetricsArgs& a, Scra
     if (!ws) continue;
     // horizontal pass into ring slot r % ws: [mx, my, mxx, myy, mxy] x wo
     float* slot = s.ring.data() + (r % ws) * 5 * wo;
-    float* hx = slot;
-    float* hy = slot + wo;
-    float* hxx = slot + 2 * wo;
-    float* hyy = slot + 3 * wo;
-    float* hxy = slot + 4 * wo;
+    float* __restrict__ hx = slot;  // restrict: the five rows never alias, so the loop vectorises
+    float* __restrict__ hy = slot + wo;
+    float* __restrict__ hxx = slot + 2 * wo;
+    float* __restrict__ hyy = slot + 3 * wo;
+    float* __restrict__ hxy = slot + 4 * wo;
     // q innermost so the compiler vectorises across output columns
     std::fill(slot, slot + 5 * wo, 0.f);
     for (int64_t v = 0; v < ws; ++v) {
@@ -111,10 +111,10 @@ PlaneSums plane_sums(const TP* xp, const TT* yp, const PixelMetricsArgs& a, Scra
     }
     if (r < ws - 1) continue;
     // vertical pass over rows r-ws+1..r: output row r-ws+1
-    float* acc = s.acc.data();
+    float* __restrict__ acc = s.acc.data();
     std::fill(acc, acc + 5 * wo, 0.f);
     for (int64_t u = 0; u < ws; ++u) {
-      const float* src = s.ring.data() + ((r - ws + 1 + u) % ws) * 5 * wo;
+      const float* __restrict__ src = s.ring.data() + ((r - ws + 1 + u) % ws) * 5 * wo;
       const float wu = win[u];
       for (int64_t q = 0; q < 5 * wo; ++q) acc[q] += wu * src[q];
     }

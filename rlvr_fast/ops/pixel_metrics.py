@@ -11,7 +11,7 @@ synchronise the GPU. Here:
   non-zero) with RLVR-World's signs, per frame with ``mean | last | discount`` aggregation for
   multi-step predictions, and gives invalid generations the configured penalty;
 - :func:`scatter_sequence_reward` places each sequence reward on its last response token (verl's
-  token-level reward layout), without a Python loop or host sync.
+  token-level reward layout), without a Python loop.
 
 Conventions (piqa, DESIGN.md section 4): Gaussian window 11, sigma 1.5, valid padding (no border),
 C1 = (0.01 L)^2, C2 = (0.03 L)^2, mean over channels; PSNR = 10 log10(L^2 / (MSE + 1e-8)), so
@@ -84,7 +84,8 @@ def pixel_metrics(
     """Per-sample MSE, MAE, PSNR and SSIM of predictions against their group's real frame.
 
     Args:
-        pred: [B, C, H, W] or per-frame [B, T, C, H, W], float32 / bfloat16 / float16.
+        pred: [B, C, H, W] or per-frame [B, T, C, H, W], float32 / bfloat16 / float16. The kernels
+            read NCHW: a ``channels_last`` tensor is copied once first.
         target: [G, C, H, W] or [G, T, C, H, W] with B = G * group_size; prediction b is compared with
             target ``b // group_size``, read in place.
         group_size: predictions per target (GRPO's n).
@@ -345,6 +346,8 @@ def scatter_sequence_reward(reward: torch.Tensor, response_mask: torch.Tensor) -
     Args:
         reward: float [B] sequence rewards (any float dtype; computed in float32).
         response_mask: bool or 0/1 integers [B, T].
+
+    Checks that the rewards are finite (one host sync; ``RLVR_FAST_CHECK_VALUES=0`` skips it).
 
     Returns:
         float32 [B, T]: ``reward[b]`` at the last t with ``response_mask[b, t]``, 0 elsewhere. A row
