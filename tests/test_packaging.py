@@ -30,6 +30,7 @@ def test_import_does_not_initialise_cuda_or_import_triton():
         assert not torch.cuda.is_initialized(), "import initialised CUDA"
         assert "triton" not in sys.modules, "import pulled in triton"
         assert "rlvr_fast.kernels" not in sys.modules
+        assert "rlvr_fast._C" not in sys.modules, "import loaded the compiled extension"
         print("ok")
         """
     )
@@ -73,10 +74,11 @@ def test_non_editable_install_ships_kernels(tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     assert (target / "rlvr_fast" / "kernels" / "logprobs.py").is_file()
+    assert list((target / "rlvr_fast").glob("_C*.so")), "the wheel lacks the extension rlvr_fast._C"
     res = _run(
         """
-        import rlvr_fast, rlvr_fast.kernels.logprobs as k
-        print(rlvr_fast.__file__); print(k.__file__)
+        import rlvr_fast, rlvr_fast.kernels.logprobs as k, rlvr_fast._C as ext
+        print(rlvr_fast.__file__); print(k.__file__); print(ext.__file__)
         """,
         PYTHONPATH=str(target),
     )
@@ -127,3 +129,17 @@ class TestDispatch:
             assert _dispatch.select_backend("opx", torch.device("cuda")) == "torch"
             assert _dispatch.select_backend("opx", torch.device("cuda")) == "torch"
         assert sum("falling back" in r.message for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("skip", ["0", "1"])
+def test_setup_chooses_the_extension_kind(skip):
+    """CppExtension for a CPU build of torch (whatever GPU is attached); none with RLVR_FAST_SKIP_EXT=1."""
+    import torch
+
+    res = subprocess.run([sys.executable, "setup.py", "--name"], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "RLVR_FAST_SKIP_EXT": skip})
+    assert res.returncode == 0 and res.stdout.strip() == "rlvr_fast", res.stderr
+    if skip == "1":
+        assert "without the C++/CUDA extension" in res.stderr
+    elif torch.version.cuda is None:
+        assert "as CppExtension" in res.stderr
