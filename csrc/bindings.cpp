@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "cpu/video.h"
@@ -53,6 +54,7 @@ std::vector<at::Tensor> unpack_video_tokens(const at::Tensor& responses, const a
   check(mask, "response_mask", at::kBool, dev);
   check(slot_pos, "slot_pos", at::kInt, dev);
   TORCH_CHECK(responses.dim() == 2 && mask.sizes() == responses.sizes(), "responses/response_mask: shape mismatch");
+  TORCH_CHECK(visual_vocab >= 0 && visual_vocab <= INT32_MAX, "visual_vocab: expected 0..2^31-1 (codes are int32)");
   const int64_t b = responses.size(0), t = responses.size(1), s = slot_pos.numel();
   auto codes = at::empty({b, s}, responses.options().dtype(at::kInt));
   auto valid = at::empty({b}, responses.options().dtype(at::kBool));
@@ -112,9 +114,9 @@ at::Tensor pixel_metrics(const at::Tensor& pred, const at::Tensor& target, int64
   check(target, "target", target.scalar_type(), dev);
   TORCH_CHECK(pred.dim() == 4 && target.dim() == 4 && pred.sizes().slice(1) == target.sizes().slice(1),
               "pixel_metrics: expected pred [N, C, H, W] and target [M, C, H, W] with the same C, H, W");
-  TORCH_CHECK(frames >= 1 && group_size >= 1 && pred.size(0) % frames == 0 &&
+  TORCH_CHECK(frames >= 1 && group_size >= 1 && target.size(0) % frames == 0 &&
                   target.size(0) * group_size == pred.size(0),
-              "pixel_metrics: need N = M * group_size and frames dividing N");
+              "pixel_metrics: need N = M * group_size and frames dividing M");
   TORCH_CHECK(window.device().is_cpu() && window.scalar_type() == at::kFloat && window.dim() == 1,
               "window: expected a 1-d float32 CPU tensor");
   const int64_t ws = window.numel();

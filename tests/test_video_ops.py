@@ -99,6 +99,16 @@ def test_unpack_matches_reference_random(vbackend):
     assert torch.equal(got[2], want[2])
 
 
+def test_unpack_op_marks_slots_outside_the_response(vbackend):
+    """Direct calls of the registered op: a slot position past T (or negative) is invalid, never read."""
+    resp = torch.arange(8).view(2, 4)
+    slots = torch.tensor([0, 3, 5, 100000000, -3], dtype=torch.int32)
+    codes, valid, n_bad = torch.ops.rlvr_fast.unpack_video_tokens(resp, torch.ones(2, 4, dtype=torch.bool), slots,
+                                                                  0, 10)
+    assert codes.tolist() == [[0, 3, 0, 0, 0], [4, 7, 0, 0, 0]] and n_bad.tolist() == [3, 3]
+    assert not valid.any()
+
+
 def test_unpack_empty_batch(vbackend):
     codes, valid, n_bad = rf.unpack_video_tokens(torch.zeros(0, 321, dtype=torch.long),
                                                  torch.zeros(0, 321, dtype=torch.bool), L1)
@@ -185,6 +195,21 @@ def test_codes_to_latents_bad_input():
         rf.fsq_codebook([1, 5])
     with pytest.raises(TypeError, match="quantizer"):
         rf.codes_to_latents(torch.zeros(1, 2, 2, dtype=torch.long), [1, 2])
+    with pytest.raises(IndexError, match="codes"):  # saturated, not wrapped to 5
+        rf.codes_to_latents(torch.tensor([[[2**32 + 5, 1]]]), q)
+    with pytest.raises(ValueError, match="frame grid"):
+        rf.codes_to_latents(torch.zeros(2, 0, 3, dtype=torch.long), q)
+    with pytest.raises(ValueError, match="frame_shape"):
+        rf.VideoTokenLayout(frame_shape=5)
+
+
+def test_quantizer_clear_cache_after_data_updates(vbackend):
+    lin = torch.nn.Linear(5, 3)
+    q = rf.Quantizer.fsq([7, 5, 5, 5, 5], [lin])
+    before = q.table().clone()
+    lin.bias.data.add_(1.0)  # bypasses the version counter (EMA-style update)
+    q.clear_cache()
+    torch.testing.assert_close(q.table(), before + 1.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -238,9 +263,11 @@ def test_pixel_metrics_against_pytorch_msssim(vbackend, hw):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6)
 
 
-def test_identical_images(vbackend):
-    x = torch.rand(6, 3, 32, 24)
-    got = rf.pixel_metrics(x, x[::3], group_size=1 if False else 3) if False else rf.pixel_metrics(x, x)
+@pytest.mark.parametrize("group_size", [1, 3])
+def test_identical_images(vbackend, group_size):
+    real = torch.rand(6 // group_size, 3, 32, 24)
+    x = real.repeat_interleave(group_size, 0)
+    got = rf.pixel_metrics(x, real, group_size=group_size)
     assert (got["mse"] == 0).all() and (got["mae"] == 0).all()
     torch.testing.assert_close(got["psnr"], torch.full((6,), 80.0))
     torch.testing.assert_close(got["ssim"], torch.ones(6), rtol=0, atol=1e-6)
@@ -314,6 +341,26 @@ def test_pixel_metrics_bad_input():
         rf.pixel_metrics(x, x, aggregate="mean")
     with pytest.raises(ValueError, match="window_size"):
         rf.pixel_metrics(x, x, window_size=4)
+    with pytest.raises(TypeError, match="metrics"):
+        rf.pixel_metrics(x, x, metrics="ssim")
+    with pytest.raises(ValueError, match="data_range"):
+        rf.pixel_metrics(x, x, data_range=float("inf"))
+    with pytest.raises(ValueError, match="group_size"):
+        rf.pixel_metrics(x, x, group_size=True)
+    with pytest.raises(ValueError, match="non-empty"):
+        rf.pixel_metrics(x[:, :0], x[:, :0])
+    with pytest.raises(ValueError, match="at least one frame"):
+        rf.pixel_metrics(x[:, None][:, :0], x[:, None][:, :0], aggregate="mean")
+
+
+def test_pixel_metrics_op_rejects_targets_not_whole_clips():
+    """Direct op call: 2 target images cannot be clips of 4 frames (would read past the targets)."""
+    if not HAS_EXT:
+        pytest.skip("extension not built")
+    x = torch.rand(4, 1, 11, 11)
+    with pytest.raises(RuntimeError, match="frames dividing M"):
+        rf.ops.video.extension().pixel_metrics(x, x[:2], 4, 2, 1.0, 0.01, 0.03, True,
+                                               gaussian_window(11, 1.5))
 
 
 def test_gaussian_window_is_piqas():
@@ -379,8 +426,18 @@ def test_pixel_reward_multi_step_aggregates_loss(vbackend, how):
     torch.testing.assert_close(r, -rf.aggregate_frames(loss, how, 0.9))
 
 
+def test_default_invalid_reward_is_the_worst_valid_reward():
+    assert rf.default_invalid_reward({"mae": 1.0, "ssim": 1.0}) == -2.0
+    assert rf.default_invalid_reward({"mse": 2.0}, data_range=2.0) == -8.0
+    assert rf.default_invalid_reward({"psnr": 0.1}) == pytest.approx(0.1 * 10 * math.log10(1 / (1 + 1e-8)))
+    assert rf.default_invalid_reward({"psnr": -0.1}) == pytest.approx(-8.0)  # reward = -0.1 PSNR, worst at 80 dB
+    assert rf.default_invalid_reward({"ssim": -1.0, "lpips": 0.5}) == -1.5
+
+
 def test_pixel_reward_bad_weights():
     x = torch.rand(2, 3, 16, 16)
+    with pytest.raises(ValueError, match="invalid_reward"):
+        rf.pixel_reward(x, x, {"mae": 1.0}, invalid_reward=float("nan"))
     with pytest.raises(ValueError, match="weights"):
         rf.pixel_reward(x, x, {"fvd": 1.0})
     with pytest.raises(ValueError, match="weights"):
@@ -510,6 +567,10 @@ def test_reward_path_compiles_without_graph_breaks():
     resp, mask = _single_step(4)
     target = torch.rand(2, 3, 32, 40)
     eager = path(resp, mask, target)
+    table = q  # the Quantizer itself works inside the graph too (its table is built there)
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(path, fullgraph=True, backend="aot_eager")(resp, mask, target), eager)
+    table = q.table()
     torch._dynamo.reset()
     compiled = torch.compile(path, fullgraph=True, backend="aot_eager")(resp, mask, target)
     torch.testing.assert_close(compiled, eager)

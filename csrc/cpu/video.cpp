@@ -183,9 +183,17 @@ void unpack_video_tokens(const int64_t* responses, const bool* mask, int64_t bat
     for (int64_t b = begin; b < end; ++b) {
       int32_t bad = 0;
       for (int64_t s = 0; s < n_slots; ++s) {
-        const int64_t at = b * seq_len + slot_pos[s];
-        const int64_t tok = responses[at] - visual_offset;
-        const bool ok = mask[at] && tok >= 0 && tok < visual_vocab;
+        // a slot past the response (or negative) is invalid and never read; the unsigned difference
+        // avoids signed overflow for ids near INT64_MIN
+        const int64_t pos = slot_pos[s];
+        bool ok = pos >= 0 && pos < seq_len;
+        int64_t tok = 0;
+        if (ok) {
+          const int64_t at = b * seq_len + pos;
+          const uint64_t diff = static_cast<uint64_t>(responses[at]) - static_cast<uint64_t>(visual_offset);
+          ok = mask[at] && responses[at] >= visual_offset && diff < static_cast<uint64_t>(visual_vocab);
+          tok = static_cast<int64_t>(diff);
+        }
         codes[b * n_slots + s] = ok ? static_cast<int32_t>(tok) : 0;
         bad += !ok;
       }

@@ -48,13 +48,22 @@ def gaussian_window(size: int, sigma: float) -> torch.Tensor:
     return (w / w.sum()).float()
 
 
+def _check_finite_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name}: expected a finite positive number, got {value!r}")
+
+
 def _check_pair(pred: torch.Tensor, target: torch.Tensor, group_size: int) -> int:
     """Validate pred [B, (T,) C, H, W] against target [G, (T,) C, H, W]; returns T (1 for 4-d inputs)."""
     C.check_tensor("pred", pred, dtypes=_PIXEL_DTYPES, ndim=(4, 5))
     C.check_tensor("target", target, dtypes=_PIXEL_DTYPES, ndim=pred.dim())
     C.check_same_device(pred=pred, target=target)
-    if not isinstance(group_size, int) or group_size < 1:
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size: expected a positive int, got {group_size!r}")
+    if pred.dim() == 5 and pred.shape[1] == 0:
+        raise ValueError(f"pred: expected at least one frame, got shape {tuple(pred.shape)}")
+    if min(pred.shape[-3:]) == 0:
+        raise ValueError(f"pred: expected non-empty frames [C, H, W], got shape {tuple(pred.shape)}")
     if target.shape[1:] != pred.shape[1:]:
         raise ValueError(
             f"target: expected frames of shape {tuple(pred.shape[1:])} like pred, got {tuple(target.shape[1:])}"
@@ -104,13 +113,15 @@ def pixel_metrics(
     docstring; MSE/MAE are means over C, H, W as in RLVR-World's ``_compute_loss``.
     """
     frames = _check_pair(pred, target, group_size)
+    if isinstance(metrics, str):
+        raise TypeError(f"metrics: expected a sequence of names, got the string {metrics!r} (use ({metrics!r},))")
     metrics = tuple(metrics)
     for m in metrics:
         C.check_choice("metrics", m, METRIC_NAMES)
     if not metrics:
         raise ValueError("metrics: expected at least one of " + ", ".join(METRIC_NAMES))
-    C.check_positive("data_range", data_range)
-    C.check_positive("sigma", sigma)
+    _check_finite_positive("data_range", data_range)
+    _check_finite_positive("sigma", sigma)
     if not isinstance(window_size, int) or window_size % 2 == 0 or not 1 <= window_size <= 31:
         raise ValueError(f"window_size: expected an odd int in [1, 31], got {window_size!r}")
     if aggregate is not None:
@@ -238,11 +249,21 @@ def _(pred, target, frames, group_size, data_range, k1, k2, want_ssim, window_si
 def default_invalid_reward(weights: Mapping[str, float], data_range: float = 1.0) -> float:
     """The penalty for an invalid generation when none is given: the worst reward of a valid one.
 
-    Each term at its worst: MSE = L^2, MAE = L, SSIM = -1, PSNR >= 0 (clamped inputs), and LPIPS = 1
-    (LPIPS is unbounded in principle; distances of natural images stay below 1).
+    Each term's loss contribution ``w * sign * m`` at its worst over the metric's range on clamped
+    inputs: MSE in [0, L^2], MAE in [0, L], SSIM in [-1, 1], PSNR in [10 log10(L^2 / (L^2 + 1e-8)),
+    10 log10(L^2 / 1e-8)], LPIPS in [0, 1] (unbounded in principle; distances of natural images stay
+    below 1).
     """
-    worst = {"mse": data_range**2, "mae": data_range, "ssim": 1.0, "psnr": 0.0, "lpips": 1.0}
-    return -sum(abs(w) * worst[k] for k, w in weights.items())
+    l2 = data_range**2
+    ranges = {
+        "mse": (0.0, l2), "mae": (0.0, data_range), "ssim": (-1.0, 1.0), "lpips": (0.0, 1.0),
+        "psnr": (10 * math.log10(l2 / (l2 + 1e-8)), 10 * math.log10(l2 / 1e-8)),
+    }  # fmt: skip
+    worst_loss = 0.0
+    for key, w in weights.items():
+        c = w * _LOSS_SIGN[key]
+        worst_loss += max(c * ranges[key][0], c * ranges[key][1])
+    return -worst_loss
 
 
 def pixel_reward(
@@ -284,8 +305,14 @@ def pixel_reward(
         raise ValueError(f"weights: expected a non-empty mapping over {list(REWARD_TERMS)}, got {weights!r}")
     for key, w in weights.items():
         C.check_choice("weights", key, REWARD_TERMS)
-        if not isinstance(w, (int, float)) or not math.isfinite(w):
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
             raise ValueError(f"weights[{key!r}]: expected a finite number, got {w!r}")
+    if invalid_reward is not None and (
+        isinstance(invalid_reward, bool) or not isinstance(invalid_reward, (int, float))
+        or not math.isfinite(invalid_reward)
+    ):
+        raise ValueError(f"invalid_reward: expected a finite number, got {invalid_reward!r}")
+    _check_finite_positive("data_range", data_range)
     frames = _check_pair(pred, target, group_size)
     C.check_choice("aggregate", aggregate, AGGREGATES)
     if valid is not None:

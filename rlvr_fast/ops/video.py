@@ -76,6 +76,8 @@ class VideoTokenLayout:
     eos_after: bool = True
 
     def __post_init__(self):
+        if not isinstance(self.frame_shape, (tuple, list)):
+            raise ValueError(f"VideoTokenLayout.frame_shape: expected (h, w), got {self.frame_shape!r}")
         object.__setattr__(self, "frame_shape", tuple(int(s) for s in self.frame_shape))
         for name in ("frames", "visual_vocab", "action_bins", "action_dims"):
             C.check_positive(f"VideoTokenLayout.{name}", getattr(self, name))
@@ -167,8 +169,10 @@ def unpack_video_tokens_ref(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pure-PyTorch reference on flat slots: returns codes int32 [B, S], valid bool [B], n_invalid int32 [B]."""
     pos = slot_pos.long()
+    inside = (pos >= 0) & (pos < responses.shape[1])  # a slot past the response is invalid
+    pos = torch.where(inside, pos, 0)
     tok = responses.long()[:, pos] - visual_offset
-    ok = response_mask.bool()[:, pos] & (tok >= 0) & (tok < visual_vocab)
+    ok = inside & response_mask.bool()[:, pos] & (tok >= 0) & (tok < visual_vocab)
     codes = torch.where(ok, tok, 0).to(torch.int32)
     n_invalid = (~ok).sum(1, dtype=torch.int32)
     return codes, n_invalid == 0, n_invalid
@@ -284,24 +288,38 @@ class Quantizer:
             if bias is not None:
                 yield bias
 
+    def clear_cache(self) -> None:
+        """Forget cached tables. Needed only after parameter updates that bypass autograd's version
+        counter (``p.data.copy_(...)``, EMA through ``.data``); in-place updates on ``p`` are detected."""
+        self._cache.clear()
+
     def table(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The folded table [K, C] on ``device`` in ``dtype`` (contiguous, no autograd history)."""
+        """The folded table [K, C] on ``device`` in ``dtype`` (contiguous, no autograd history).
+
+        Cached per (device, dtype) and rebuilt when a parameter changes in place; under
+        ``torch.compile`` it is built inside the graph instead (a few [K, D] matmuls).
+        """
         device = torch.device(device) if device is not None else self.codebook.device
+        if torch.compiler.is_compiling():
+            return self._build(device, dtype)
         params = [self.codebook, *self._params()]
         key = (device, dtype, tuple((p.data_ptr(), p._version) for p in params))
         cached = self._cache.get((device, dtype))
         if cached is not None and cached[0] == key:
             return cached[1]
-        with torch.no_grad():
-            table = self.codebook.detach().to("cpu", torch.float64)
-            for proj in self.projections:
-                weight, bias = _as_affine(proj)
-                table = table @ weight.detach().to("cpu", torch.float64).T
-                if bias is not None:
-                    table = table + bias.detach().to("cpu", torch.float64)
-            table = table.to(device=device, dtype=dtype).contiguous()
+        table = self._build(device, dtype)
         self._cache[(device, dtype)] = (key, table)
         return table
+
+    def _build(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        with torch.no_grad():
+            table = self.codebook.detach().to(device, torch.float64)
+            for proj in self.projections:
+                weight, bias = _as_affine(proj)
+                table = table @ weight.detach().to(device, torch.float64).T
+                if bias is not None:
+                    table = table + bias.detach().to(device, torch.float64)
+            return table.to(dtype).contiguous()
 
 
 def codes_to_latents(
@@ -338,7 +356,10 @@ def codes_to_latents(
         raise TypeError(f"quantizer: expected a Quantizer or a table [K, C], got {type(quantizer).__name__}")
     C.check_choice("memory_format", memory_format, (torch.contiguous_format, torch.channels_last))
     h, w = codes.shape[-2:]
-    flat = codes.reshape(-1, h * w).to(torch.int32).contiguous()
+    if h * w == 0:
+        raise ValueError(f"codes: expected a non-empty frame grid, got shape {tuple(codes.shape)}")
+    # saturate, not wrap: an int64 code >= 2^31 must still fail the range check
+    flat = codes.reshape(-1, h * w).clamp(-1, torch.iinfo(torch.int32).max).to(torch.int32).contiguous()
     channels_last = memory_format == torch.channels_last
     out = torch.ops.rlvr_fast.codes_to_latents(flat, table, channels_last)
     n, c = flat.shape[0], table.shape[1]
