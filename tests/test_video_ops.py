@@ -89,6 +89,31 @@ def test_unpack_multi_step_layout_by_hand(vbackend):
     assert valid.tolist() == [True, False] and n_bad.tolist() == [0, 1]  # an action id in a visual slot
 
 
+def test_layout_builds_ivideogpt_sequences_by_hand():
+    """Prompt: per context frame its visual tokens then its action tokens, then BOS; response: frame, EOS."""
+    layout = rf.VideoTokenLayout(frame_shape=(2, 2), visual_vocab=10, action_offset=10, action_bins=4,
+                                 action_dims=2, bos_id=14, eos_id=15, pad_id=15)
+    ctx = torch.tensor([[[[1, 2], [3, 4]], [[5, 6], [7, 8]]]])  # B=1, 2 context frames
+    acts = torch.tensor([[[0, 3], [2, 1]]])
+    assert layout.prompt_ids(ctx, acts).tolist() == [[1, 2, 3, 4, 10, 13, 5, 6, 7, 8, 12, 11, 14]]
+    nxt = torch.tensor([[[[9, 0], [1, 2]]]])
+    resp = layout.response_ids(nxt)
+    assert resp.tolist() == [[9, 0, 1, 2, 15]]
+    codes, valid, _ = rf.unpack_video_tokens(resp, torch.ones_like(resp), layout)
+    assert torch.equal(codes, nxt.int()) and valid.all()
+    msp = rf.VideoTokenLayout(frames=2, frame_shape=(1, 2), visual_vocab=10, action_tokens_per_frame=1,
+                              action_offset=10, action_bins=4, action_dims=1, bos_id=14, eos_id=15, pad_id=15,
+                              eos_after=False)
+    got = msp.response_ids(torch.tensor([[[[1, 2]], [[3, 4]]]]), torch.tensor([[[3], [0]]]))
+    assert got.tolist() == [[1, 2, 13, 3, 4, 10]]
+    with pytest.raises(IndexError, match="codes"):
+        layout.response_ids(torch.tensor([[[[10, 0], [1, 2]]]]))
+    with pytest.raises(IndexError, match="action bins"):
+        layout.prompt_ids(ctx, torch.tensor([[[0, 4], [2, 1]]]))
+    with pytest.raises(ValueError, match="actions"):
+        msp.response_ids(torch.tensor([[[[1, 2]], [[3, 4]]]]))
+
+
 def test_unpack_matches_reference_random(vbackend):
     g = torch.Generator().manual_seed(3)
     resp = torch.randint(-10, 4700, (64, 321), generator=g, dtype=torch.int32)

@@ -107,6 +107,72 @@ class VideoTokenLayout:
         return max(self.visual_offset + self.visual_vocab, self.action_offset + self.action_bins,
                    self.bos_id + 1, self.eos_id + 1, self.pad_id + 1)
 
+    def prompt_ids(self, context_codes: torch.Tensor, context_actions: torch.Tensor) -> torch.Tensor:
+        """The prompt of a prediction: each context frame's visual tokens, then its action tokens, then BOS.
+
+        Args:
+            context_codes: int [B, Fc, h, w] frame codes in [0, visual_vocab) (the tokenizer's output).
+            context_actions: int [B, Fc, action_dims] action bins in [0, action_bins).
+
+        Returns:
+            int64 [B, Fc * (h * w + action_dims) + 1]. Source: iVideoGPT's ``SimpleVideoProcessor``
+            (history = frame tokens + offset action tokens per step; the response starts after BOS).
+        """
+        codes = self._check_codes("context_codes", context_codes)
+        C.check_tensor("context_actions", context_actions, dtypes=C.INT_DTYPES, ndim=3)
+        C.check_shape("context_actions", context_actions, (*codes.shape[:2], self.action_dims),
+                      "[B, Fc, action_dims] like context_codes")
+        actions = self._check_bins("context_actions", context_actions)
+        b = codes.shape[0]
+        hist = torch.cat([codes.flatten(2) + self.visual_offset, actions + self.action_offset], dim=2)
+        bos = torch.full((b, 1), self.bos_id, dtype=torch.long, device=codes.device)
+        return torch.cat([hist.reshape(b, -1), bos], dim=1)
+
+    def response_ids(self, codes: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
+        """The target response (MLE labels, or a perfect rollout): int64 [B, response_length].
+
+        Args:
+            codes: int [B, frames, h, w] codes of the predicted frames.
+            actions: int [B, frames, action_tokens_per_frame] bins placed after each frame's visual
+                tokens; required exactly when ``action_tokens_per_frame > 0`` (multi-step layout).
+
+        :func:`unpack_video_tokens` of the result gives back ``codes`` with every sample valid.
+        """
+        codes = self._check_codes("codes", codes)
+        if codes.shape[1:] != (self.frames, *self.frame_shape):
+            raise ValueError(f"codes: expected [B, {self.frames}, {self.frame_shape[0]}, {self.frame_shape[1]}], "
+                             f"got {tuple(codes.shape)}")
+        b = codes.shape[0]
+        parts = [codes.flatten(2) + self.visual_offset]
+        if self.action_tokens_per_frame:
+            if actions is None:
+                raise ValueError(f"actions: this layout puts {self.action_tokens_per_frame} action tokens after "
+                                 "each frame; pass them")
+            C.check_tensor("actions", actions, dtypes=C.INT_DTYPES, ndim=3)
+            C.check_shape("actions", actions, (b, self.frames, self.action_tokens_per_frame))
+            parts.append(self._check_bins("actions", actions) + self.action_offset)
+        elif actions is not None:
+            raise ValueError("actions: this layout has no action tokens in the response")
+        out = torch.cat(parts, dim=2).reshape(b, -1)
+        if self.eos_after:
+            out = torch.cat([out, torch.full((b, 1), self.eos_id, dtype=torch.long, device=out.device)], dim=1)
+        return out
+
+    def _check_codes(self, name: str, codes: torch.Tensor) -> torch.Tensor:
+        C.check_tensor(name, codes, dtypes=C.INT_DTYPES, ndim=4)
+        if tuple(codes.shape[2:]) != self.frame_shape:
+            raise ValueError(f"{name}: expected frames of {self.frame_shape} codes, got {tuple(codes.shape)}")
+        codes = codes.long()
+        if codes.numel() and C.value_checks_enabled(codes) and bool(((codes < 0) | (codes >= self.visual_vocab)).any()):
+            raise IndexError(f"{name}: expected codes in [0, {self.visual_vocab})")
+        return codes
+
+    def _check_bins(self, name: str, bins: torch.Tensor) -> torch.Tensor:
+        bins = bins.long()
+        if bins.numel() and C.value_checks_enabled(bins) and bool(((bins < 0) | (bins >= self.action_bins)).any()):
+            raise IndexError(f"{name}: expected action bins in [0, {self.action_bins})")
+        return bins
+
     def slot_positions(self) -> list[int]:
         """Response positions of the visual tokens, frame by frame, row-major within a frame."""
         stride = self.tokens_per_frame + self.action_tokens_per_frame
