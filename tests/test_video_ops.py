@@ -389,7 +389,7 @@ def test_pixel_metrics_op_rejects_targets_not_whole_clips():
 
 
 def test_gaussian_window_is_piqas():
-    piqa = import_piqa()
+    import_piqa()
     from piqa.utils.functional import gaussian_kernel
 
     torch.testing.assert_close(gaussian_window(11, 1.5), gaussian_kernel(11, 1.5).flatten(), rtol=1e-6, atol=1e-7)

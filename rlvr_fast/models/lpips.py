@@ -23,13 +23,13 @@ Weights are never downloaded: :meth:`LPIPS.from_files` reads torchvision's ``vgg
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from rlvr_fast._checks import FLOAT_DTYPES, check_same_device, check_tensor
+from rlvr_fast.models._files import check_against_schema, read_state_dict
 
 # torchvision's vgg16 `features`: conv layers (3x3, padding 1) at these indices, a ReLU after each,
 # MaxPool2d(2, 2) at 4, 9, 16, 23. LPIPS stops before the last pool (index 30).
@@ -76,53 +76,6 @@ def lpips_vgg16_schema() -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[in
         vgg[f"features.{idx}.bias"] = (cout,)
     lin = {f"lin{k}.model.1.weight": (1, c, 1, 1) for k, c in enumerate(LPIPS_CHANNELS)}
     return vgg, lin
-
-
-def _read_state_dict(path, help_text: str) -> dict[str, torch.Tensor]:
-    """A flat ``{key: tensor}`` from a .pth/.pt (torch.load, weights only) or .safetensors file."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"no file at {str(p)!r}: expected {help_text}")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(p), device="cpu")
-    else:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
-    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(
-            f"{str(p)!r}: expected a flat state dict of tensors ({help_text}), got {type(sd).__name__}"
-        )
-    return dict(sd)
-
-
-def _check_against_schema(
-    sd: Mapping[str, torch.Tensor],
-    schema: Mapping[str, tuple[int, ...]],
-    path,
-    help_text: str,
-    ignore_prefixes: tuple[str, ...] = (),
-) -> None:
-    """Raise ValueError listing every missing key, unexpected key and wrong shape at once."""
-    missing = [k for k in schema if k not in sd]
-    unexpected = [k for k in sd if k not in schema and not k.startswith(ignore_prefixes)]
-    wrong = [
-        f"{k}: expected {schema[k]}, got {tuple(sd[k].shape)}"
-        for k in schema
-        if k in sd and tuple(sd[k].shape) != schema[k]
-    ]
-    not_float = [f"{k}: {sd[k].dtype}" for k in schema if k in sd and not sd[k].is_floating_point()]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
-    if wrong:
-        problems.append(f"wrong shapes [{'; '.join(wrong)}]")
-    if not_float:
-        problems.append(f"non-float tensors [{'; '.join(not_float)}]")
-    if problems:
-        raise ValueError(f"{str(path)!r} is not {help_text}: " + ", ".join(problems))
 
 
 def _check_images(name: str, x) -> None:
@@ -228,12 +181,12 @@ class LPIPS(nn.Module):
         Does not touch torch's global random generator.
         """
         vgg_schema, lin_schema = lpips_vgg16_schema()
-        vgg_sd = _read_state_dict(vgg16_path, _VGG_FILE_HELP)
-        _check_against_schema(
+        vgg_sd = read_state_dict(vgg16_path, _VGG_FILE_HELP)
+        check_against_schema(
             vgg_sd, vgg_schema, vgg16_path, _VGG_FILE_HELP, ignore_prefixes=("classifier.",)
         )
-        lin_sd = _read_state_dict(lin_path, _LIN_FILE_HELP)
-        _check_against_schema(lin_sd, lin_schema, lin_path, _LIN_FILE_HELP)
+        lin_sd = read_state_dict(lin_path, _LIN_FILE_HELP)
+        check_against_schema(lin_sd, lin_schema, lin_path, _LIN_FILE_HELP)
 
         state = {f"vgg.{k.removeprefix('features.')}": vgg_sd[k] for k in vgg_schema}
         for k in range(len(LPIPS_CHANNELS)):
