@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -321,6 +322,13 @@ def test_two_process_gloo_run_ranks_agree(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rlvr_fast.cli",
            "train", *TINY, f"trainer.out_dir={tmp_path}", "trainer.parallel=ddp"]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
+        # Seen once in ~30 runs (a fresh-clone CI run, 2026-11-25): one rank aborted in C++ right after
+        # start-up, before any step, with no Python traceback; not reproduced in 14 reruns, loaded or not.
+        # One retry in a clean directory keeps CI honest about everything else; a second abort fails.
+        shutil.rmtree(tmp_path)
+        tmp_path.mkdir()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["ranks"] == 2 and summary["ranks_agree"] is True
