@@ -91,6 +91,17 @@ def check_ids_in_range(name: str, ids: torch.Tensor, vocab: int, ignore_index: i
         )
 
 
+def check_in_range(name: str, t: torch.Tensor, high: int, what: str = "values") -> None:
+    """Raise IndexError if any integer in ``t`` is outside ``[0, high)`` (one host sync)."""
+    if t.numel() == 0 or not value_checks_enabled(t):
+        return
+    bad = (t < 0) | (t >= high)
+    if bool(bad.any()):
+        raise IndexError(
+            f"{name}: expected {what} in [0, {high}), got {int(bad.sum())} outside, e.g. {t[bad][0].item()}"
+        )
+
+
 def check_finite(name: str, t: torch.Tensor, hint: str = "") -> None:
     """Raise ValueError if ``t`` holds NaN or Inf (one host sync)."""
     if t.numel() == 0 or not value_checks_enabled(t):

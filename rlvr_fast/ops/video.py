@@ -162,21 +162,16 @@ class VideoTokenLayout:
         C.check_tensor(name, codes, dtypes=C.INT_DTYPES, ndim=4)
         if tuple(codes.shape[2:]) != self.frame_shape:
             raise ValueError(f"{name}: expected frames of {self.frame_shape} codes, got {tuple(codes.shape)}")
-        codes = codes.long()
-        if codes.numel() and C.value_checks_enabled(codes) and bool(((codes < 0) | (codes >= self.visual_vocab)).any()):
-            raise IndexError(f"{name}: expected codes in [0, {self.visual_vocab})")
-        return codes
+        C.check_in_range(name, codes, self.visual_vocab, "codes")
+        return codes.long()
 
     def _check_bins(self, name: str, bins: torch.Tensor) -> torch.Tensor:
-        bins = bins.long()
-        if bins.numel() and C.value_checks_enabled(bins) and bool(((bins < 0) | (bins >= self.action_bins)).any()):
-            raise IndexError(f"{name}: expected action bins in [0, {self.action_bins})")
-        return bins
+        C.check_in_range(name, bins, self.action_bins, "action bins")
+        return bins.long()
 
     def slot_positions(self) -> list[int]:
         """Response positions of the visual tokens, frame by frame, row-major within a frame."""
-        stride = self.tokens_per_frame + self.action_tokens_per_frame
-        return [f * stride + p for f in range(self.frames) for p in range(self.tokens_per_frame)]
+        return _slot_tensor(self, torch.device("cpu")).tolist()
 
 
 def _slot_tensor(layout: VideoTokenLayout, device: torch.device) -> torch.Tensor:
@@ -442,11 +437,7 @@ def codes_to_latents_ref(codes: torch.Tensor, table: torch.Tensor, channels_last
 
 @torch.library.custom_op("rlvr_fast::codes_to_latents", mutates_args=())
 def _codes_to_latents_op(codes: torch.Tensor, table: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    if codes.numel() and C.value_checks_enabled(codes):  # here, not in the wrapper: no graph break
-        bad = (codes < 0) | (codes >= table.shape[0])
-        if bool(bad.any()):
-            raise IndexError(f"codes: expected values in [0, {table.shape[0]}), got {int(bad.sum())} outside, "
-                             f"e.g. {codes[bad][0].item()}")
+    C.check_in_range("codes", codes, table.shape[0])  # here, not in the wrapper: no graph break
     if select_backend("codes_to_latents", codes.device, _BACKENDS) == "torch" or codes.numel() == 0:
         return codes_to_latents_ref(codes, table, channels_last)
     return extension().codes_to_latents(codes, table, channels_last)
