@@ -55,9 +55,11 @@ check-cuda:
 	    $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) || exit 1; \
 	done
 
-## The main job on the built-in default: MLE then GRPO of a tiny text-game world model (rlvr_fast/configs/demo.yaml)
+## The main job on the built-in default: MLE then GRPO of a tiny text-game world model (rlvr_fast/configs/demo.yaml);
+## WORLD=video: the sprite video world (tokenizer, MLE, GRPO on the pixel reward; rlvr_fast/configs/demo_video.yaml)
+WORLD ?= text
 demo: $(STAMP) $(EXT_STAMP)
-	$(VENV)/bin/rlvr-fast demo $(DEMO_ARGS)
+	$(VENV)/bin/rlvr-fast demo --world $(WORLD) $(DEMO_ARGS)
 
 ## Benchmarks on this machine (small shapes on CPU; pass BENCH_ARGS="--shapes target" on a GPU)
 BENCH_ARGS ?= --shapes small

@@ -41,9 +41,10 @@ Two ops, both forward only (rewards carry no gradient):
     256x320 and is far heavier; this one keeps the CPU runs to seconds). Reward: ``-(MAE - SSIM)``,
     RLVR-World's ``_compute_loss`` with weights mae = ssim = 1, written at the last response token.
     Providers (each returns the float32 [B, 321] token-level rewards):
-        rlvr_fast   ``unpack_video_tokens`` -> ``codes_to_latents(codes, Quantizer.fsq(levels,
-                    [project_out]), memory_format=torch.channels_last)`` (project_out folded into the
-                    gather table; CUDA: bf16, the decoder under bf16 autocast; CPU: float32) -> the decoder
+        rlvr_fast   ``rlvr_fast.rewards.video.VideoReward`` (what the trainer runs):
+                    ``unpack_video_tokens`` -> ``codes_to_latents(codes, Quantizer.fsq(levels,
+                    [project_out]), memory_format=torch.channels_last)`` (project_out folded into the gather
+                    table; CUDA: bf16, the decoder under bf16 autocast; CPU: float32) -> the decoder
                     (CUDA: the whole batch in one call; CPU: chunks of 4 like RLVR-World, because this
                     decoder runs ~2x faster on 2 cores in chunks whose activations stay in cache than
                     over the whole batch) -> ``pixel_reward(pred, real, {"mae": 1, "ssim": 1},
@@ -208,7 +209,7 @@ MICRO_BATCH = 4  # RLVR-World decodes in micro-batches of 4
 OURS_DECODE_CHUNK = None if C.HAS_CUDA else MICRO_BATCH
 # Latents straight in channels_last (codes_to_latents writes that layout): the layout of RLVR-World's
 # permuted project_out output too, and faster for the decoder's convolutions on CPU as well as GPU.
-OURS_MEMORY_FORMAT = torch.channels_last
+OURS_MEMORY_FORMAT = torch.channels_last  # as VideoReward
 OURS_DTYPE = torch.bfloat16 if C.HAS_CUDA else torch.float32
 WEIGHTS = {"mae": 1.0, "ssim": 1.0}
 INVALID_REWARD = -2.0
@@ -289,17 +290,12 @@ def _ours_latents(codes, d):
 
 
 def _reward_ours(d):
-    from rlvr_fast.ops import pixel_reward, scatter_sequence_reward, unpack_video_tokens
+    if "video_reward" not in d:  # the library's path (rlvr_fast.rewards.video), built on the warm-up call
+        from rlvr_fast.rewards.video import VideoReward
 
-    with torch.no_grad():
-        codes, valid, _ = unpack_video_tokens(d["responses"], d["mask"], d["layout"])
-        with _autocast():
-            latents = _ours_latents(codes, d)
-            pred = _decode(d["decoder"], latents, OURS_DECODE_CHUNK)
-        reward = pixel_reward(
-            pred, d["real"], WEIGHTS, group_size=d["n"], valid=valid, invalid_reward=INVALID_REWARD
-        )
-        return scatter_sequence_reward(reward, d["mask"])
+        d["video_reward"] = VideoReward(d["layout"], d["quantizer"], d["decoder"], WEIGHTS,
+                                        invalid_reward=INVALID_REWARD, decode_chunk=OURS_DECODE_CHUNK)  # fmt: skip
+    return d["video_reward"](d["responses"], d["mask"], d["real"], group_size=d["n"]).token_rewards
 
 
 def _reward_rlvr_world(d):

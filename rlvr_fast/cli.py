@@ -1,6 +1,6 @@
 """``rlvr-fast``: the command line.
 
-    rlvr-fast demo [key=value ...]                      the built-in main job (MLE then GRPO, before/after table)
+    rlvr-fast demo [--world text|video] [key=value ...] the built-in main job (MLE then GRPO, before/after table)
     rlvr-fast train [--config x.yaml] [--resume] [key=value ...]
     rlvr-fast eval --checkpoint DIR [--config x.yaml] [key=value ...]
     rlvr-fast config [--config x.yaml] [key=value ...]  print the resolved configuration (with help text)
@@ -21,7 +21,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-DEMO_CONFIG = "demo.yaml"
+DEMO_CONFIGS = {"text": "demo.yaml", "video": "demo_video.yaml"}
 TABLE_METRICS = (
     ("exact", "exact-match accuracy"),
     ("task", "task reward"),
@@ -29,6 +29,14 @@ TABLE_METRICS = (
     ("item_acc", "item accuracy"),
     ("f1", "item F1"),
     ("parsed", "parsed answers"),
+    ("mae", "MAE (lower is better)"),
+    ("mse", "MSE (lower is better)"),
+    ("psnr", "PSNR, dB"),
+    ("ssim", "SSIM"),
+    ("lpips", "LPIPS (lower is better)"),
+    ("sprites", "sprites in place"),
+    ("valid", "well-formed predictions"),
+    ("reward", "reward"),
 )
 
 
@@ -48,7 +56,8 @@ def format_table(summary: dict) -> str:
     lines = [f"{'held-out metric':<28}{'MLE':>10}{'MLE + GRPO':>14}{'change':>10}"]
     for key, label in rows:
         a, b = mle.get(key, float("nan")), rl.get(key, float("nan"))
-        lines.append(f"{label:<28}{a:>10.3f}{b:>14.3f}{b - a:>+10.3f}")
+        d = 4 if max(abs(a), abs(b)) < 0.1 else 3  # MAE / MSE are small: keep their significant digits
+        lines.append(f"{label:<28}{a:>10.{d}f}{b:>14.{d}f}{b - a:>+10.{d}f}")
     return "\n".join(lines)
 
 
@@ -62,6 +71,8 @@ def _report(summary: dict, out_dir: str) -> None:
               f"({summary['select_metric']} {b.get(summary['select_metric'], float('nan')):.3f}) in {out_dir}/best")  # fmt: skip
     print(f"{summary['seconds']:.0f} s; metrics {out_dir}/metrics.jsonl, curves {summary.get('plot')}, "
           f"summary {out_dir}/summary.json, checkpoint {out_dir}/checkpoint")  # fmt: skip
+    if summary.get("preview"):
+        print(f"held-out predictions (context / real / MLE / MLE + GRPO): {summary['preview']}")
 
 
 def cmd_train(args, default_config: str | None = None) -> int:
@@ -115,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("overrides", nargs="*", help="section.key=value")
         if name in ("train", "demo"):
             s.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint")
+        if name == "demo":
+            s.add_argument("--world", choices=sorted(DEMO_CONFIGS), default="text",
+                           help="text: the synthetic text game (demo.yaml); video: the sprite world (demo_video.yaml)")
         if name == "eval":
             s.add_argument("--checkpoint", required=True, help="checkpoint directory (out_dir/best or out_dir/checkpoint)")
     b = sub.add_parser("bench", help="run the benchmark suite (source checkout)")
@@ -125,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.cmd == "demo":
-            return cmd_train(args, default_config=DEMO_CONFIG)
+            return cmd_train(args, default_config=DEMO_CONFIGS[args.world])
         if args.cmd == "train":
             return cmd_train(args)
         if args.cmd == "eval":

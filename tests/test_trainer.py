@@ -31,7 +31,7 @@ TINY = [
     "mle.steps=4", "mle.batch_size=8", "trainer.steps=4", "trainer.eval_every=2", "trainer.eval_size=8",
     "trainer.save_every=0", "trainer.progress=false", "algo.micro_batch_size=8",
 ]  # fmt: skip
-TIMING_KEYS = {"gen_s", "step_s", "tokens_per_s"}
+TIMING_KEYS = {"gen_s", "reward_s", "step_s", "tokens_per_s"}
 
 
 def tiny_config(tmp_path: Path, *extra: str) -> C.Config:

@@ -2,7 +2,8 @@
 renamed into place, so a crash mid-write leaves the previous checkpoint intact.
 
 A checkpoint directory holds ``model.safetensors`` (weights), ``config.json`` and the tokenizer files
-(so ``from_pretrained`` can load it), and ``trainer_state.pt``: optimizer, LR scheduler, RNG states
+(so ``from_pretrained`` can load it), a task's own assets (video worlds: ``frame_tokenizer/``, the
+frame tokenizer the model's tokens belong to), and ``trainer_state.pt``: optimizer, LR scheduler, RNG states
 (python, numpy, torch CPU and CUDA), the data stream position, the step counters and the metric
 history needed to continue exactly.
 """
@@ -13,7 +14,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -34,9 +35,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: str | Path, model, tokenizer, state: dict[str, Any], weights: dict | None = None) -> Path:
+def save_checkpoint(path: str | Path, model, tokenizer, state: dict[str, Any], weights: dict | None = None,
+                    assets: Callable[[Path], Any] | None = None) -> Path:  # fmt: skip
     """Write ``model`` (an unwrapped HF model; ``weights`` overrides its state dict, e.g. the gathered
-    FSDP one), ``tokenizer`` and ``state`` to ``path`` atomically."""
+    FSDP one), ``tokenizer`` and ``state`` to ``path`` atomically; ``assets(dir)`` adds a task's own
+    files (a video task's frame tokenizer) before the directory is renamed into place."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -52,6 +55,8 @@ def save_checkpoint(path: str | Path, model, tokenizer, state: dict[str, Any], w
         model.generation_config.save_pretrained(tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
+    if assets is not None:
+        assets(tmp)
     torch.save(state, tmp / "trainer_state.pt")
     with open(tmp / "trainer_state.pt", "rb") as f:  # the rename below must not precede the data
         os.fsync(f.fileno())

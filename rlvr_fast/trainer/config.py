@@ -47,16 +47,46 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    world: str = _f("synthetic_text_game", "which task", ("synthetic_text_game", "text_game", "web_page"))
-    train_path: str | None = _f(None, "text_game / web_page: local .parquet or .jsonl training file")
+    world: str = _f("synthetic_text_game", "which task",
+                    ("synthetic_text_game", "text_game", "web_page", "sprite_video", "rt1_video"))
+    train_path: str | None = _f(None, "text_game / web_page: local .parquet or .jsonl training file; "
+                                "rt1_video: the directory of RLVR-World .npz episodes (split inside it)")
     test_path: str | None = _f(None, "text_game / web_page: local held-out file")
-    n_train: int = _f(6000, "synthetic world: training transitions")
-    n_test: int = _f(500, "synthetic world: held-out transitions")
+    n_train: int = _f(6000, "synthetic worlds: training transitions (sprite_video: clips)")
+    n_test: int = _f(500, "synthetic worlds: held-out transitions (sprite_video: clips)")
     synthetic_uuids: str = _f("random", "synthetic world: random uuids per state, or a fixed uuid per object name",
                               ("random", "by_name"))
     limit: int | None = _f(None, "loaded data: read at most this many rows per file")
     max_prompt_tokens: int = _f(1024, "prompts longer than this are dropped (counted in the log)")
     chat_template: bool = _f(True, "loaded data: wrap prompts in the tokenizer's chat template if it has one")
+
+
+@dataclass
+class VideoConfig:
+    context_frames: int = _f(1, "frames the world model conditions on (C)")
+    predict_frames: int = _f(1, "frames it predicts (P); > 1 is multi-step, action tokens follow each frame")
+    n_sprites: int = _f(3, "sprite_video: sprites on the canvas (1-4; sprite 0 follows the actions)")
+    frame_size: list = _f([64, 64], "sprite_video: [height, width] of the canvas")
+    action_bins: int = _f(256, "bins per action dimension (iVideoGPT: 256)")
+    action_ranges_path: str | None = _f(None, "rt1_video: per-dimension [min, max] file (torch .pth or .npy); "
+                                        "empty: RLVR-World's RT-1 ranges")
+    tokenizer: str = _f("tiny", "frame tokenizer architecture", ("tiny", "ivideogpt"))
+    tokenizer_path: str | None = _f(None, "local tokenizer checkpoint (save_pretrained directory or weight file); "
+                                    "empty: train a tiny one on the training frames")
+    tokenizer_steps: int = _f(600, "training steps of the tiny tokenizer (when tokenizer_path is empty)")
+    tokenizer_lr: float = _f(0.003, "its Adam learning rate")
+    tokenizer_batch_size: int = _f(16, "its frames per step")
+    tokenizer_channels: list = _f([16, 32, 64], "its widths per stride-2 stage (3 stages: 64x64 -> 8x8 codes)")
+    tokenizer_res_blocks: int = _f(1, "its residual blocks at the code resolution (encoder and decoder each)")
+    reward_weights: dict | None = _f(None, "{term: weight} over mse, mae, psnr, ssim, lpips; empty: mae 1 + "
+                                     "lpips 1 with LPIPS weights, else mae 1 + ssim 1 (RLVR-World)")
+    lpips_vgg_path: str | None = _f(None, "torchvision VGG16 state dict (.pth/.safetensors) for LPIPS")
+    lpips_lin_path: str | None = _f(None, "the lpips package's vgg.pth linear-layer weights")
+    invalid_reward: float | None = _f(None, "reward of a malformed rollout; empty: the worst a valid one can get")
+    aggregate: str = _f("mean", "multi-step: per-frame losses -> one reward", ("mean", "last", "discount"))
+    gamma: float = _f(0.9, "multi-step discount (aggregate=discount)")
+    decode_chunk: int | None = _f(None, "frames per decoder call (caps memory); empty: the whole batch")
+    preview: int = _f(6, "held-out clips drawn in preview.png (context / real / MLE / RLVR)")
 
 
 @dataclass
@@ -131,6 +161,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     mle: MLEConfig = field(default_factory=MLEConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -175,6 +206,9 @@ def _coerce(value: Any, ann: Any, key: str) -> Any:
     elif base is list:
         if isinstance(value, (list, tuple)):
             return list(value)
+    elif base is dict:
+        if isinstance(value, dict):
+            return dict(value)
     raise ConfigError(f"{key}: expected {base.__name__}, got {value!r} ({type(value).__name__})")
 
 
@@ -263,8 +297,10 @@ def validate(cfg: Config) -> None:
         (t.grad_clip >= 0, f"trainer.grad_clip must be >= 0, got {t.grad_clip}"),
         (len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), f"trainer.betas must be two numbers in [0, 1), got {t.betas}"),
         (t.eval_size >= 1 and t.eval_batch_size >= 1, "trainer.eval_size and trainer.eval_batch_size must be >= 1"),
-        (cfg.data.world == "synthetic_text_game" or (cfg.data.train_path and cfg.data.test_path),
+        (cfg.data.world not in ("text_game", "web_page") or (cfg.data.train_path and cfg.data.test_path),
          f"data.world = {cfg.data.world!r} reads local files: set data.train_path and data.test_path"),
+        (cfg.data.world != "rt1_video" or cfg.data.train_path,
+         "data.world = 'rt1_video' reads local episodes: set data.train_path to the .npz directory"),
     ]
     batch = r.prompts_per_step * r.n
     mini = a.mini_batch_size or batch

@@ -7,7 +7,11 @@ Algorithm (GRPO, DeepSeekMath arXiv 2402.03300; as RLVR-World, Wu et al. NeurIPS
    term is a frozen copy of the policy at this point (RLVR-World: the SFT model).
 1. Per GRPO step, take ``prompts_per_step`` training prompts and sample ``n`` responses for each with
    the current policy (KV-cached ``generate``, temperature / top-p / top-k).
-2. Score every response with the verifiable reward ``r_i`` (a failure gets ``reward.failure_reward``).
+2. Score every response with the verifiable reward ``r_i``: text tasks on the host, through the reward
+   registry (a failure gets ``reward.failure_reward``); token tasks (video worlds) on the device with
+   ``Task.score_tokens`` (decode the frame tokens, pixel reward against the real frames, token-level
+   rewards summed into ``r_i``). Multi-step video responses force their action tokens during
+   generation and leave them out of every loss.
 3. Group advantages ``A_i = (r_i - mean_group) / (std_group + eps)`` (``rlvr_fast.group_advantages``;
    other estimators by ``algo.estimator``), the same for every token of response i.
 4. Log-probs of the sampled tokens under the sampling policy (``old``) and the reference (``ref``).
@@ -20,8 +24,8 @@ Algorithm (GRPO, DeepSeekMath arXiv 2402.03300; as RLVR-World, Wu et al. NeurIPS
 
 Simplifications, all deliberate: rollouts use the training model itself (no vLLM engine), so the
 batch is generated and trained on the same device in turn; with one PPO epoch and one mini-batch
-the "old" log-probs are the current ones (ratio 1, no extra forward), as in verl; the reward is
-computed on the host (text rewards parse strings); sequences are padded, not packed.
+the "old" log-probs are the current ones (ratio 1, no extra forward), as in verl; text rewards are
+computed on the host (they parse strings); sequences are padded, not packed.
 """
 
 from __future__ import annotations
@@ -92,14 +96,22 @@ class GRPOTrainer:
         self.cfg = cfg
         self.dist, self.device = D.init(cfg.trainer.device)
         torch.manual_seed(cfg.trainer.seed)  # the same initial weights on every rank
-        self.task = task if task is not None else load_task(cfg.data, seed=cfg.trainer.seed)
+        self.out = Path(cfg.trainer.out_dir)
+        self.task = task if task is not None else load_task(
+            cfg.data, seed=cfg.trainer.seed, video=cfg.video, device=self.device, cache_dir=self.out / "tokenizer",
+            main=self.dist.main, sync=lambda: D.gather_objects(None, self.dist), checkpoint=cfg.model.path,
+        )  # fmt: skip
+        if self.task.response_length is not None and cfg.rollout.max_new_tokens != self.task.response_length:
+            log.info("rollout.max_new_tokens = %d: the task's responses have exactly that many tokens",
+                     self.task.response_length)  # fmt: skip
+            cfg.rollout.max_new_tokens = self.task.response_length
         module, self.tok = load_model(cfg.model, self.task.tokenizer, self.device)
         self.module = module
         self.model = D.wrap(module, self.dist, cfg.trainer.parallel, self.device)
         self.ref: torch.nn.Module | None = None
-        self.reward_fn = rewards.get_reward(cfg.reward.name or self.task.default_reward)
+        # token tasks score token tensors themselves (Task.score_tokens); text tasks use the registry
+        self.reward_fn = None if self.task.score_tokens else rewards.get_reward(cfg.reward.name or self.task.default_reward)
         self.bf16 = cfg.trainer.bf16 == "on" or (cfg.trainer.bf16 == "auto" and self.device.type == "cuda")
-        self.out = Path(cfg.trainer.out_dir)
         self.logger = RunLogger(self.out, enabled=self.dist.main, tensorboard=cfg.trainer.tensorboard,
                                 progress=cfg.trainer.progress)  # fmt: skip
         self.train_set = self._encode(self.task.train, "train")
@@ -107,6 +119,7 @@ class GRPOTrainer:
         self.stream = DataStream(len(self.train_set), cfg.trainer.seed)
         self.stage, self.mle_step, self.rl_step = "mle", 0, 0
         self.results: dict[str, Any] = {}
+        self.previews: dict[str, Any] = {}  # stage -> held-out greedy responses for Task.preview
         self.best: dict[str, Any] = {}
         self.counters = {"nan_skipped": 0, "reward_errors": 0, "reward_timeouts": 0}
         self.elapsed = 0.0
@@ -121,11 +134,14 @@ class GRPOTrainer:
         """(example, prompt ids, answer ids) for every example whose prompt fits max_prompt_tokens."""
         out, dropped = [], 0
         for ex in examples:
-            p = encode_prompt(self.tok, ex.prompt, self.cfg.data.chat_template)
+            if self.task.encode is not None:
+                p, a = self.task.encode(ex)
+            else:
+                p, a = encode_prompt(self.tok, ex.prompt, self.cfg.data.chat_template), encode_answer(self.tok, ex.answer)
             if len(p) > self.cfg.data.max_prompt_tokens:
                 dropped += 1
                 continue
-            out.append((ex, p, encode_answer(self.tok, ex.answer)))
+            out.append((ex, p, a))
         if dropped:
             log.warning("%s split: dropped %d prompt(s) longer than data.max_prompt_tokens=%d", split, dropped,
                         self.cfg.data.max_prompt_tokens)  # fmt: skip
@@ -162,7 +178,8 @@ class GRPOTrainer:
     def mle_update(self) -> dict[str, float]:
         """One teacher-forced cross-entropy step on gold answers (the MLE baseline of RLVR-World)."""
         rows = [self.train_set[i] for i in self._rank_slice(self.stream.take(self.cfg.mle.batch_size))]
-        batch = teacher_batch([p for _, p, _ in rows], [a for _, _, a in rows], self.tok.pad_token_id, self.device)
+        batch = teacher_batch([p for _, p, _ in rows], [a for _, _, a in rows], self.tok.pad_token_id, self.device,
+                              self.task.forced_slots)  # fmt: skip
         with self._autocast():
             logits = response_logits(self.model, batch)
         logp = rf.token_logprobs(logits, batch.responses)
@@ -177,14 +194,23 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         rows = [self.train_set[i] for i in self._rank_slice(self.stream.take(cfg.rollout.prompts_per_step))]
         with self._autocast():
-            batch = sample(D.unwrap(self.model), self.tok, [p for _, p, _ in rows], n, cfg.rollout)
+            batch = self._sample(rows, n)
         t_gen = time.perf_counter() - t0
         examples = [ex for ex, _, _ in rows for _ in range(n)]
-        scores, stats = rewards.score(self.reward_fn, batch.completions, examples, timeout_s=cfg.reward.timeout_s,
-                                      failure_reward=cfg.reward.failure_reward, workers=cfg.reward.workers)  # fmt: skip
-        self.counters["reward_errors"] += stats.errors + stats.non_finite
-        self.counters["reward_timeouts"] += stats.timeouts
-        scores = torch.tensor(scores, dtype=torch.float32, device=self.device)
+        reward_metrics: dict[str, float] = {}
+        failures = 0
+        if self.task.score_tokens is not None:
+            token_rewards, per_sample = self.task.score_tokens(batch.responses, batch.present, examples, n)
+            scores = token_rewards.sum(-1)  # outcome scores from token-level rewards, as verl does
+            reward_metrics = {f"train/{k}": v.float().mean().item() for k, v in per_sample.items() if k != "reward"}
+        else:
+            raw, stats = rewards.score(self.reward_fn, batch.completions, examples, timeout_s=cfg.reward.timeout_s,
+                                       failure_reward=cfg.reward.failure_reward, workers=cfg.reward.workers)  # fmt: skip
+            self.counters["reward_errors"] += stats.errors + stats.non_finite
+            self.counters["reward_timeouts"] += stats.timeouts
+            failures = stats.errors + stats.non_finite + stats.timeouts
+            scores = torch.tensor(raw, dtype=torch.float32, device=self.device)
+        t_reward = time.perf_counter() - t0 - t_gen
         pp = cfg.algo.estimator == "reinforce_pp_baseline"
         adv = rf.group_advantages(scores, group_size=n, estimator=cfg.algo.estimator,
                                   response_mask=batch.response_mask if pp else None)  # fmt: skip
@@ -211,8 +237,10 @@ class GRPOTrainer:
             "reward": (totals[0] / totals[1]).item(),
             "reward_std": scores.std().item() if B > 1 else 0.0,
             "response_len": (totals[2] / totals[1]).item(),
-            "reward_failures": stats.errors + stats.non_finite + stats.timeouts,
+            "reward_failures": failures,
             "gen_s": t_gen,
+            "reward_s": t_reward,
+            **reward_metrics,
             "step_s": step_s,
             "tokens_per_s": totals[2].item() / step_s,
             **{k: torch.stack(v).mean().item() for k, v in agg.items()},
@@ -283,17 +311,34 @@ class GRPOTrainer:
         self.opt.zero_grad(set_to_none=True)
         return {"grad_norm": gn, "lr": self.sched.get_last_lr()[0]}
 
+    def _sample(self, rows, n: int, greedy: bool = False) -> Rollout:
+        """Responses to ``rows`` (example, prompt ids, answer ids): n per prompt, or one greedy each."""
+        return sample(D.unwrap(self.model), self.tok, [p for _, p, _ in rows], n, self.cfg.rollout, greedy=greedy,
+                      forced_slots=self.task.forced_slots, answers=[a for _, _, a in rows])  # fmt: skip
+
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Greedy decoding on the held-out examples (split over ranks); the mean of each task metric."""
+        """Greedy decoding on the held-out examples (split over ranks); the mean of each task metric.
+        Keeps the first ``task.preview_count`` greedy responses of rank 0 in ``self.last_preview``."""
         rows = self.test_set[self.dist.rank :: self.dist.world]
         per_example: list[dict[str, float]] = []
         bs = self.cfg.trainer.eval_batch_size
+        self.last_preview = None
         for s in range(0, len(rows), bs):
             chunk = rows[s : s + bs]
             with self._autocast():
-                batch = sample(D.unwrap(self.model), self.tok, [p for _, p, _ in chunk], 1, self.cfg.rollout, greedy=True)
+                batch = self._sample(chunk, 1, greedy=True)
+            if self.task.score_tokens is not None:
+                _, per_sample = self.task.score_tokens(batch.responses, batch.present, [ex for ex, _, _ in chunk], 1)
+                values = {k: v.float().cpu().tolist() for k, v in per_sample.items()}
+                per_example += [{k: v[i] for k, v in values.items()} for i in range(len(chunk))]
+                k = self.task.preview_count
+                if s == 0 and self.dist.main and k and self.task.preview is not None:  # test_set positions, not
+                    # examples: the checkpoint state stays plain tensors and ints
+                    positions = list(range(0, min(k, len(chunk)) * self.dist.world, self.dist.world))
+                    self.last_preview = (positions, batch.responses[:k].cpu(), batch.present[:k].cpu())
+                continue
             for text, (ex, _, _) in zip(batch.completions, chunk):
                 try:
                     per_example.append({k: float(v) for k, v in self.task.metrics(text, ex).items()})
@@ -306,6 +351,8 @@ class GRPOTrainer:
 
     def _eval_and_select(self) -> dict[str, float]:
         metrics = self.evaluate()
+        if self.last_preview is not None:
+            self.previews["mle" if self.stage == "mle" else "rlvr"] = self.last_preview
         self.logger.write({"stage": "eval", "step": self.rl_step, "rl_step": self.rl_step,
                            **{f"eval/{k}": v for k, v in metrics.items()}})  # fmt: skip
         key = self.task.select_metric
@@ -319,7 +366,7 @@ class GRPOTrainer:
         return {
             "stage": self.stage, "mle_step": self.mle_step, "rl_step": self.rl_step, "stream": self.stream.state_dict(),
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "results": self.results,
-            "best": self.best, "counters": self.counters, "elapsed": self.elapsed + time.perf_counter() - self._t0,
+            "previews": self.previews, "best": self.best, "counters": self.counters, "elapsed": self.elapsed + time.perf_counter() - self._t0,
             "ref": {k: v.cpu() for k, v in self.ref.state_dict().items()} if self.ref is not None else None,
             "config": self.cfg.to_dict(),
         }  # fmt: skip
@@ -331,13 +378,15 @@ class GRPOTrainer:
         if self.dist.main:
             state = self._state()
             state["rng"] = rngs
-            save_checkpoint(self.out / name, D.unwrap(self.model), self.tok, state, weights=weights)
+            save_checkpoint(self.out / name, D.unwrap(self.model), self.tok, state, weights=weights,
+                            assets=self.task.save_assets)  # fmt: skip
 
     def resume(self, path: Path) -> None:
         state = load_checkpoint(path, D.unwrap(self.model))
         self.stage, self.mle_step, self.rl_step = state["stage"], state["mle_step"], state["rl_step"]
         self.stream.load_state_dict(state["stream"])
         self.results, self.best, self.counters, self.elapsed = state["results"], state["best"], state["counters"], state["elapsed"]
+        self.previews = state.get("previews", {})
         if self.stage == "rl":
             self._new_optimizer(self.cfg.trainer.lr, self.cfg.trainer.warmup_steps)
             if state["ref"] is not None:
@@ -456,6 +505,9 @@ class GRPOTrainer:
         }  # fmt: skip
         if self.dist.main:
             summary["plot"] = str(self.logger.plot(self.task.select_metric))
+            if self.task.preview is not None and self.previews:
+                stages = {k: ([self.test_set[i][0] for i in pos], r, m) for k, (pos, r, m) in self.previews.items()}
+                summary["preview"] = str(self.task.preview(self.out / "preview.png", stages))
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 

@@ -108,11 +108,17 @@ class RunLogger:
         if ev:
             keys = [k for k in ev[-1] if k.startswith("eval/")]
             xs = [r["rl_step"] for r in ev]
+            # metrics on another scale (PSNR in dB next to accuracies in [0, 1]) get their own axis
+            big = {k for k in keys if max(abs(r.get(k, 0.0)) for r in ev) > 2.0}
+            twin = axes[2].twinx() if big and len(big) < len(keys) else None
             for k in keys:
-                axes[2].plot(xs, [r.get(k, float("nan")) for r in ev], marker="o", label=k[5:],
-                             lw=2.5 if k == f"eval/{select_metric}" else 1)  # fmt: skip
+                ax = twin if twin is not None and k in big else axes[2]
+                ax.plot(xs, [r.get(k, float("nan")) for r in ev], marker="o", ls="--" if ax is twin else "-",
+                        label=k[5:] + (" (right axis)" if ax is twin else ""),
+                        lw=2.5 if k == f"eval/{select_metric}" else 1)  # fmt: skip
             if keys:
-                axes[2].legend(fontsize=8)
+                handles = [h for a in (axes[2], twin) if a is not None for h in a.get_legend_handles_labels()[0]]
+                axes[2].legend(handles=handles, fontsize=8)
         axes[2].set(title="held-out metrics (greedy)", xlabel="GRPO step (0 = after MLE)")
         fig.tight_layout()
         path = self.out_dir / "curves.png"

@@ -6,12 +6,17 @@ Layout of a batch of B = prompts x n sequences (groups contiguous, as TRL and ``
     attention_mask  [B, P + R]   1 on real prompt tokens and on response tokens up to and incl. EOS
     response_mask   [B, R] bool  the response tokens the policy chose (incl. EOS; a cut response has none)
 
+A task may force some response positions to given tokens (the action tokens of a multi-step video
+response are inputs, not predictions): ``generate`` is constrained to them there, they stay in the
+attention mask (``present``) and are left out of ``response_mask``, so no loss is taken on them.
+
 Position ids are ``cumsum(attention_mask) - 1`` both in ``generate`` and in the training forward, so
 left padding does not shift positions.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +73,11 @@ class Rollout:
     def responses(self) -> torch.Tensor:
         return self.input_ids[:, self.prompt_len:]
 
+    @property
+    def present(self) -> torch.Tensor:
+        """Bool [B, R]: the response tokens that exist (generated or forced, up to and incl. EOS)."""
+        return self.attention_mask[:, self.prompt_len:].bool()
+
     def select(self, idx: torch.Tensor | slice) -> "Rollout":
         rows = range(len(self.completions))[idx] if isinstance(idx, slice) else idx.tolist()
         return Rollout(self.input_ids[idx], self.attention_mask[idx], self.response_mask[idx], self.prompt_len,
@@ -81,15 +91,47 @@ def response_mask_from(responses: torch.Tensor, eos_id: int) -> torch.Tensor:
     return ~after_eos
 
 
+def _forced_tensor(forced_slots: list[bool] | None, answers: list[list[int]] | None, rows: int, device):
+    """Long [rows, R]: the answer's token at forced positions, -1 elsewhere (None without forcing)."""
+    if forced_slots is None or not any(forced_slots):
+        return None
+    if answers is None or len(answers) != rows:
+        raise ValueError("forced_slots needs the answers (one per prompt) that hold the forced tokens")
+    out = torch.full((rows, len(forced_slots)), -1, dtype=torch.long)
+    for i, a in enumerate(answers):
+        for t, f in enumerate(forced_slots):
+            if f:
+                out[i, t] = a[t]
+    return out.to(device)
+
+
+class _ForceTokens:
+    """A ``generate`` logits processor: at forced step t every row gets only its forced token."""
+
+    def __init__(self, forced: torch.Tensor, slots: list[bool], prompt_len: int):
+        self.forced, self.slots, self.prompt_len = forced, slots, prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        t = input_ids.shape[1] - self.prompt_len
+        if t >= len(self.slots) or not self.slots[t]:  # the slot pattern is host-side: no sync
+            return scores
+        keep = self.forced[:, t : t + 1]
+        return torch.full_like(scores, -math.inf).scatter_(1, keep, 0.0)
+
+
 @torch.no_grad()
-def sample(model, tokenizer, prompts: list[list[int]], n: int, cfg, *, greedy: bool = False) -> Rollout:
+def sample(model, tokenizer, prompts: list[list[int]], n: int, cfg, *, greedy: bool = False,
+           forced_slots: list[bool] | None = None, answers: list[list[int]] | None = None) -> Rollout:  # fmt: skip
     """Sample ``n`` responses per prompt (greedy: one each) with KV-cached ``generate``.
 
     cfg: :class:`~rlvr_fast.trainer.config.RolloutConfig` (temperature, top_p, top_k, max_new_tokens).
     Sampling draws from the global torch RNG, which the trainer seeds and checkpoints.
+    forced_slots / answers: response positions forced to the answer's token (module docstring).
     """
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, tokenizer.pad_token_id, device)
+    reps = 1 if greedy else n
+    forced = _forced_tensor(forced_slots, answers, len(prompts), device)
     from transformers import GenerationConfig
 
     # a fresh GenerationConfig: settings saved with a checkpoint (repetition_penalty, min_p, ...) would
@@ -101,23 +143,38 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, cfg, *, greedy: b
     else:  # top_k=0 and top_p=1 switch those filters off
         gen = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                                num_return_sequences=n, **common)  # fmt: skip
+    extra = {}
+    if forced is not None:
+        from transformers import LogitsProcessorList
+
+        proc = _ForceTokens(forced.repeat_interleave(reps, 0), list(forced_slots), ids.shape[1])
+        extra["logits_processor"] = LogitsProcessorList([proc])
     saved = model.generation_config
     model.generation_config = GenerationConfig()  # transformers fills unset fields from the model's config
     try:
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen, **extra)
     finally:
         model.generation_config = saved
     P = ids.shape[1]
     resp = out[:, P:]
     rmask = response_mask_from(resp, tokenizer.eos_token_id)
     resp = resp.masked_fill(~rmask, tokenizer.pad_token_id)
-    reps = 1 if greedy else n
     attn = torch.cat([mask.repeat_interleave(reps, 0), rmask.long()], 1)
     texts = []
     for row, m in zip(resp.tolist(), rmask.tolist()):
         toks = [t for t, keep in zip(row, m) if keep and t != tokenizer.eos_token_id]
         texts.append(tokenizer.decode(toks, skip_special_tokens=True))
-    return Rollout(torch.cat([ids.repeat_interleave(reps, 0), resp], 1), attn, rmask, P, texts)
+    return Rollout(torch.cat([ids.repeat_interleave(reps, 0), resp], 1), attn, _unforced(rmask, forced_slots), P, texts)
+
+
+def _unforced(mask: torch.Tensor, forced_slots: list[bool] | None) -> torch.Tensor:
+    """``mask`` without the forced positions (the loss mask)."""
+    if forced_slots is None or not any(forced_slots):
+        return mask
+    slots = torch.tensor(forced_slots, dtype=torch.bool, device=mask.device)[: mask.shape[1]]
+    out = mask.clone()
+    out[:, : slots.shape[0]] &= ~slots
+    return out
 
 
 def response_logits(model, batch: Rollout) -> torch.Tensor:
@@ -131,8 +188,10 @@ def response_logits(model, batch: Rollout) -> torch.Tensor:
     return out.logits
 
 
-def teacher_batch(prompts: list[list[int]], answers: list[list[int]], pad_id: int, device) -> Rollout:
-    """Prompt + gold answer sequences in the rollout layout (for MLE and for scoring gold answers)."""
+def teacher_batch(prompts: list[list[int]], answers: list[list[int]], pad_id: int, device,
+                  forced_slots: list[bool] | None = None) -> Rollout:  # fmt: skip
+    """Prompt + gold answer sequences in the rollout layout (for MLE and for scoring gold answers);
+    forced positions are in the attention mask but not in ``response_mask``."""
     ids, mask = left_pad(prompts, pad_id, device)
     R = max(len(a) for a in answers)
     resp = torch.full((len(answers), R), pad_id, dtype=torch.long)
@@ -141,4 +200,5 @@ def teacher_batch(prompts: list[list[int]], answers: list[list[int]], pad_id: in
         resp[i, : len(a)] = torch.tensor(a, dtype=torch.long)
         rmask[i, : len(a)] = True
     resp, rmask = resp.to(device), rmask.to(device)
-    return Rollout(torch.cat([ids, resp], 1), torch.cat([mask, rmask.long()], 1), rmask, ids.shape[1], [""] * len(answers))
+    return Rollout(torch.cat([ids, resp], 1), torch.cat([mask, rmask.long()], 1), _unforced(rmask, forced_slots),
+                   ids.shape[1], [""] * len(answers))  # fmt: skip

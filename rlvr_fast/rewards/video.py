@@ -1,0 +1,181 @@
+"""RLVR-World's video reward as one batched path on the device: generated tokens -> token-level rewards.
+
+    reward = VideoReward.from_tokenizer(layout, tokenizer, lpips=lpips)
+    out = reward(responses, response_mask, real_frames, group_size=n)
+    out.token_rewards   # float32 [B, R]: each rollout's reward on its last response token (verl's layout)
+
+Steps, all batched over the rollouts (no per-sample loop, no host sync unless value checks are on):
+
+1. :func:`~rlvr_fast.ops.unpack_video_tokens`: the visual slots of every response -> codes, and a
+   ``valid`` flag (out-of-vocabulary id, early EOS or truncation makes a rollout invalid; RLVR-World
+   clamps ids instead and scores a malformed generation as some other frame);
+2. :func:`~rlvr_fast.ops.codes_to_latents`: one gather from the tokenizer's code -> latent table;
+3. the tokenizer's decoder (channels_last; bf16 autocast on CUDA), over the whole batch or in
+   ``decode_chunk`` pieces to cap memory, clamped to [0, 1] as RLVR-World does;
+4. :func:`~rlvr_fast.ops.pixel_reward`: ``-(sum w * m)`` against each group's real frames (read in place),
+   the penalty for invalid rollouts, per-frame aggregation for multi-step responses;
+5. :func:`~rlvr_fast.ops.scatter_sequence_reward`: the token-level reward tensor.
+
+Default weights (RLVR-World ``vid_wm`` reward): MAE 1 + LPIPS 1 when an LPIPS network is given, else
+MAE 1 + SSIM 1 (SSIM enters with a minus: higher SSIM, higher reward).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+import torch
+
+from .. import _checks as C
+from ..ops import (
+    VideoTokenLayout,
+    codes_to_latents,
+    pixel_reward,
+    scatter_sequence_reward,
+    unpack_video_tokens,
+)
+from ..ops.pixel_metrics import AGGREGATES, METRIC_NAMES, REWARD_TERMS
+from ..ops.video import Quantizer
+
+
+def default_weights(lpips: bool) -> dict[str, float]:
+    """RLVR-World's video reward weights: ``{"mae": 1, "lpips": 1}`` with LPIPS, else ``{"mae": 1, "ssim": 1}``."""
+    return {"mae": 1.0, "lpips": 1.0} if lpips else {"mae": 1.0, "ssim": 1.0}
+
+
+class VideoRewardOutput(NamedTuple):
+    """What :class:`VideoReward` returns.
+
+    token_rewards: float32 [B, R], the sequence reward on the last valid response token, 0 elsewhere.
+    scores:        float32 [B], the sequence rewards (``token_rewards.sum(-1)`` for non-empty rows).
+    valid:         bool [B], well-formed rollouts (the others got the penalty).
+    metrics:       {term: float32 [B]} unweighted, frame-aggregated MSE / MAE / PSNR / SSIM (and LPIPS
+                   when a network is set); an invalid rollout's values describe its code-0 placeholder
+                   frames, so average them over ``valid`` rollouts only.
+    frames:        float32 [B, F, 3, H, W] in [0, data_range], the decoded predictions.
+    """
+
+    token_rewards: torch.Tensor
+    scores: torch.Tensor
+    valid: torch.Tensor
+    metrics: dict[str, torch.Tensor]
+    frames: torch.Tensor
+
+
+class VideoReward:
+    """The token -> reward path of one tokenizer and layout (module docstring).
+
+    Args:
+        layout: where the visual tokens sit in a response (:class:`~rlvr_fast.ops.VideoTokenLayout`).
+        quantizer: code -> decoder-input table (``tokenizer.quantizer()``).
+        decoder: latents [N, C, h, w] -> frames [N, 3, H, W] (unclamped; the reward clamps to [0, 1]).
+        weights: {term: weight} over ``mse, mae, psnr, ssim, lpips``; default :func:`default_weights`.
+        lpips: an :class:`~rlvr_fast.models.lpips.LPIPS` network, needed when LPIPS is weighted.
+        invalid_reward: the penalty of malformed rollouts; default the worst reward a valid one can get.
+        aggregate, gamma: per-frame loss -> rollout loss for multi-step layouts (``mean``, ``last``,
+            ``discount``: RLVR-World's ``msp`` weighting ``gamma ** t``).
+        decode_chunk: at most this many frames through the decoder at once (None: all in one call).
+        data_range: pixel range of the frames (1.0).
+    """
+
+    def __init__(
+        self,
+        layout: VideoTokenLayout,
+        quantizer: Quantizer,
+        decoder: Callable[[torch.Tensor], torch.Tensor],
+        weights: Mapping[str, float] | None = None,
+        *,
+        lpips: torch.nn.Module | None = None,
+        invalid_reward: float | None = None,
+        aggregate: str = "mean",
+        gamma: float = 0.9,
+        decode_chunk: int | None = None,
+        data_range: float = 1.0,
+    ):
+        if not isinstance(layout, VideoTokenLayout):
+            raise TypeError(f"layout: expected a VideoTokenLayout, got {type(layout).__name__}")
+        if not isinstance(quantizer, Quantizer):
+            raise TypeError(f"quantizer: expected a Quantizer (tokenizer.quantizer()), got {type(quantizer).__name__}")
+        if quantizer.num_codes != layout.visual_vocab:
+            raise ValueError(f"quantizer has {quantizer.num_codes} codes but layout.visual_vocab is {layout.visual_vocab}")
+        self.weights = dict(weights) if weights is not None else default_weights(lpips is not None)
+        for key in self.weights:
+            C.check_choice("weights", key, REWARD_TERMS)
+        if self.weights.get("lpips", 0) and lpips is None:
+            raise ValueError("weights give LPIPS a non-zero weight: pass lpips= (rlvr_fast.models.lpips.LPIPS.from_files)")
+        C.check_choice("aggregate", aggregate, AGGREGATES)
+        if decode_chunk is not None:
+            C.check_positive("decode_chunk", decode_chunk)
+        if invalid_reward is not None and not math.isfinite(invalid_reward):
+            raise ValueError(f"invalid_reward: expected a finite number, got {invalid_reward!r}")
+        self.layout, self.quantizer, self.decoder, self.lpips = layout, quantizer, decoder, lpips
+        self.invalid_reward, self.aggregate, self.gamma = invalid_reward, aggregate, gamma
+        self.decode_chunk, self.data_range = decode_chunk, data_range
+
+    @classmethod
+    def from_tokenizer(cls, layout: VideoTokenLayout, tokenizer, weights=None, **kwargs) -> VideoReward:
+        """From a :class:`~rlvr_fast.models.video_tokenizer.TinyFSQTokenizer` or ``CNNFSQTokenizer``:
+        its ``quantizer()`` and unclamped ``decode_latents``."""
+        return cls(layout, tokenizer.quantizer(), lambda z: tokenizer.decode_latents(z, clamp=False),
+                   weights, **kwargs)  # fmt: skip
+
+    @torch.no_grad()
+    def decode(self, responses: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames of the rollouts: responses int [B, R], response_mask bool/int [B, R] (the tokens present)
+        -> (frames float32 [B, F, 3, H, W] in [0, 1], valid bool [B]). Invalid rollouts decode code 0."""
+        codes, valid, _ = unpack_video_tokens(responses, response_mask, self.layout)
+        B, F = codes.shape[:2]
+        cuda = responses.device.type == "cuda"
+        # channels_last straight from the gather: the faster layout for the decoder's convolutions on
+        # CPU as well as GPU (benchmarks/bench_video.py)
+        latents = codes_to_latents(codes, self.quantizer, dtype=torch.bfloat16 if cuda else torch.float32,
+                                   memory_format=torch.channels_last)  # fmt: skip
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        step = self.decode_chunk or latents.shape[0]
+        with amp:
+            frames = torch.cat([self.decoder(latents[i : i + step]) for i in range(0, latents.shape[0], step)])
+        frames = frames.float().clamp_(0.0, self.data_range)
+        return frames.view(B, F, *frames.shape[1:]), valid
+
+    @torch.no_grad()
+    def __call__(
+        self, responses: torch.Tensor, response_mask: torch.Tensor, target: torch.Tensor, group_size: int = 1
+    ) -> VideoRewardOutput:
+        """Rewards of B = G * group_size rollouts.
+
+        Args:
+            responses: int [B, R] generated ids (groups contiguous).
+            response_mask: bool or 0/1 int [B, R], the tokens present (up to and including EOS).
+            target: real frames float [G, F, 3, H, W] (or [G, 3, H, W] when F = 1) in [0, data_range];
+                uint8 frames are scaled by 1/255.
+            group_size: rollouts per real clip.
+
+        Returns:
+            :class:`VideoRewardOutput`.
+        """
+        frames, valid = self.decode(responses, response_mask)
+        F = self.layout.frames
+        if target.dtype == torch.uint8:
+            target = target.float() / 255.0
+        if target.dim() == 4 and F == 1:
+            target = target[:, None]
+        C.check_tensor("target", target, dtypes=C.FLOAT_DTYPES, ndim=5)
+        if target.shape[1] != F or target.shape[2:] != frames.shape[2:]:
+            raise ValueError(f"target: expected [G, {F}, {', '.join(map(str, frames.shape[2:]))}] real frames, "
+                             f"got {tuple(target.shape)}")  # fmt: skip
+        pred = frames if F > 1 else frames[:, 0]
+        real = target.to(pred.device, pred.dtype)
+        real = real if F > 1 else real[:, 0]
+        # zero-weighted terms are still measured in the same pass (evaluation reports all four)
+        weights = {**dict.fromkeys(METRIC_NAMES, 0.0), **self.weights}
+        scores, metrics = pixel_reward(
+            pred, real, weights, group_size=group_size, valid=valid, invalid_reward=self.invalid_reward,
+            lpips=self.lpips, data_range=self.data_range, aggregate=self.aggregate, gamma=self.gamma,
+            return_metrics=True,
+        )  # fmt: skip
+        token_rewards = scatter_sequence_reward(scores, response_mask)
+        return VideoRewardOutput(token_rewards, scores, valid, metrics, frames)
+

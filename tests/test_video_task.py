@@ -1,0 +1,305 @@
+"""Video world models end to end: the reward path on tokens, the task (tokens, prompts, tokenizer cache),
+forced action tokens in generation, and short MLE + GRPO runs on CPU (single- and multi-step, RT-1 npz)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rlvr_fast.models.video_tokenizer import TinyFSQConfig, TinyFSQTokenizer
+from rlvr_fast.ops import VideoTokenLayout, codes_to_latents, pixel_metrics_ref
+from rlvr_fast.rewards.video import VideoReward, default_weights
+from rlvr_fast.trainer import config as C
+from rlvr_fast.trainer.rollout import sample, teacher_batch
+
+TINY = TinyFSQConfig(channels=(8, 16, 16), res_blocks=0, latent_channels=8, fsq_levels=(5, 4, 3))  # 60 codes
+
+# A sprite-world run shrunk to seconds on 2 cores.
+SHORT = [
+    "data.world=sprite_video", "data.n_train=64", "data.n_test=8", "video.tokenizer_steps=3",
+    "video.tokenizer_channels=[8, 16, 16]", "video.tokenizer_res_blocks=0",
+    "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64",
+    "mle.steps=3", "mle.batch_size=8", "trainer.steps=2", "rollout.n=4", "rollout.prompts_per_step=2",
+    "trainer.eval_size=8", "trainer.eval_every=1", "trainer.progress=false", "video.preview=2",
+]  # fmt: skip
+
+
+def _tok(seed=0):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TinyFSQTokenizer(TINY).eval()
+
+
+def _layout(tok, frames=1, actions=0):
+    K = tok.num_codes
+    return VideoTokenLayout(frames=frames, frame_shape=(8, 8), visual_vocab=K, action_offset=K, action_bins=16,
+                            action_dims=max(actions, 1), action_tokens_per_frame=actions, bos_id=K + 16,
+                            eos_id=K + 17, pad_id=K + 17)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- reward path
+
+
+def _reference(tok, layout, responses, present, target, n, weights, penalty):
+    """Sample by sample: slice, decode_codes, clamp, float64 metrics, verl-style placement."""
+    B, R = responses.shape
+    out = torch.zeros(B, R, dtype=torch.float64)
+    hw = layout.tokens_per_frame
+    for i in range(B):
+        ids = responses[i]
+        valid = bool(present[i, : layout.response_length].all()) and bool(((ids[:hw] >= 0) & (ids[:hw] < tok.num_codes)).all())
+        if valid:
+            pred = tok.decode_codes(ids[:hw].view(1, 8, 8)).double()
+            vals = pixel_metrics_ref(pred, target[i // n : i // n + 1], 1, 1, 1.0, 0.01, 0.03, True, 11, 1.5,
+                                     dtype=torch.float64)  # fmt: skip
+            m = dict(zip(("mse", "mae", "psnr", "ssim"), vals[:, 0].tolist()))
+            r = -sum(w * (-1 if k in ("ssim", "psnr") else 1) * m[k] for k, w in weights.items())
+        else:
+            r = penalty
+        out[i, int(present[i].nonzero().max())] = r
+    return out
+
+
+@pytest.mark.parametrize("weights", [None, {"mae": 1.0}, {"mse": 2.0, "psnr": 0.1, "ssim": 0.5}])
+def test_video_reward_matches_per_sample_reference(weights):
+    tok = _tok()
+    layout = _layout(tok)
+    g = torch.Generator().manual_seed(0)
+    n, G = 3, 2
+    codes = torch.randint(0, tok.num_codes, (G * n, 1, 8, 8), generator=g)
+    responses = layout.response_ids(codes)
+    present = torch.ones_like(responses, dtype=torch.bool)
+    responses[1, 5] = layout.action_offset  # an action id in a visual slot: invalid
+    present[4, 30:] = False  # early EOS: invalid
+    target = torch.rand(G, 3, 64, 64, generator=g)
+    reward = VideoReward.from_tokenizer(layout, tok, weights)
+    out = reward(responses, present, target, group_size=n)
+    w = weights or default_weights(False)
+    assert reward.weights == w
+    assert out.valid.tolist() == [True, False, True, True, False, True]
+    # the default penalty is the worst reward a valid rollout can get
+    from rlvr_fast.ops import default_invalid_reward
+
+    ref = _reference(tok, layout, responses, present, target, n, w, default_invalid_reward(w))
+    torch.testing.assert_close(out.token_rewards.double(), ref, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(out.scores.double(), ref.sum(1), atol=2e-5, rtol=1e-5)
+    assert set(out.metrics) >= {"mse", "mae", "psnr", "ssim"}
+
+
+def test_video_reward_perfect_prediction_is_best_and_invalid_gets_penalty():
+    tok = _tok(1)
+    layout = _layout(tok)
+
+    def decoder(z):  # a decoder under which different codes give visibly different frames
+        return (z[:, :3] * 0.5 + 0.5).repeat_interleave(8, -1).repeat_interleave(8, -2)
+
+    codes = torch.randint(0, tok.num_codes, (2, 1, 8, 8), generator=torch.Generator().manual_seed(1))
+    real = decoder(codes_to_latents(codes[:, 0], tok.quantizer())).clamp(0, 1)  # what a perfect prediction decodes to
+    responses = layout.response_ids(codes).repeat_interleave(2, 0)
+    responses[1] = layout.response_ids(torch.randint(0, tok.num_codes, (1, 1, 8, 8)))[0]
+    responses[3, 10] = layout.eos_id  # early EOS
+    present = torch.ones_like(responses, dtype=torch.bool)
+    present[3, 11:] = False
+    out = VideoReward(layout, tok.quantizer(), decoder, {"mae": 1.0, "ssim": 1.0}, invalid_reward=-7.0)(
+        responses, present, real, group_size=2
+    )
+    assert out.scores[0].item() == pytest.approx(1.0, abs=1e-5)  # MAE 0, SSIM 1: the best reward
+    assert out.scores[1].item() < out.scores[0].item()
+    assert out.scores[3].item() == -7.0 and not out.valid[3]
+    assert out.token_rewards[3, 10].item() == -7.0 and out.token_rewards[0, -1].item() == out.scores[0].item()
+
+
+def test_video_reward_multistep_aggregation_and_checks():
+    tok = _tok(2)
+    layout = _layout(tok, frames=3, actions=2)
+    g = torch.Generator().manual_seed(2)
+    codes = torch.randint(0, tok.num_codes, (2, 3, 8, 8), generator=g)
+    bins = torch.randint(0, 16, (2, 3, 2), generator=g)
+    responses = layout.response_ids(codes, bins)
+    present = torch.ones_like(responses, dtype=torch.bool)
+    target = torch.rand(2, 3, 3, 64, 64, generator=g)
+    frames = torch.stack([tok.decode_codes(codes[:, f]) for f in range(3)], 1)
+    for how in ("mean", "last", "discount"):
+        out = VideoReward.from_tokenizer(layout, tok, {"mae": 1.0}, aggregate=how, gamma=0.5)(responses, present, target)
+        mae = (frames.double() - target.double()).abs().mean((2, 3, 4))  # [B, F]
+        want = {"mean": mae.mean(1), "last": mae[:, -1],
+                "discount": (mae * torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64)).sum(1) / 1.75}[how]  # fmt: skip
+        torch.testing.assert_close(out.scores.double(), -want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="target"):
+        VideoReward.from_tokenizer(layout, tok)(responses, present, target[:, :2])
+    with pytest.raises(ValueError, match="visual_vocab"):
+        VideoReward.from_tokenizer(VideoTokenLayout(), tok)
+    with pytest.raises(ValueError, match="lpips"):
+        VideoReward.from_tokenizer(layout, tok, {"lpips": 1.0})
+
+
+# ----------------------------------------------------------------------------- forced tokens
+
+
+def test_forced_slots_in_generation_and_teacher_batch():
+    from rlvr_fast.models import tiny_llama
+    from rlvr_fast.worlds.video_task import layout_tokenizer
+
+    tok = _tok()
+    layout = _layout(tok, frames=2, actions=2)
+    hf_tok = layout_tokenizer(layout)
+    assert len(hf_tok) == layout.vocab_size and hf_tok.eos_token_id == layout.eos_id == hf_tok.pad_token_id
+    assert hf_tok.bos_token_id == layout.bos_id
+    assert hf_tok.decode([0, layout.action_offset + 3, layout.eos_id]) == "v0 a3 <eos>"
+    cfg = C.load_config(None, ["model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
+                               "model.intermediate_size=64"])  # fmt: skip
+    torch.manual_seed(0)
+    model = tiny_llama(cfg.model, hf_tok).eval()
+    slots = [False] * layout.response_length
+    for f in range(2):
+        for a in range(2):
+            slots[f * 66 + 64 + a] = True
+    answers = [layout.response_ids(torch.zeros(1, 2, 8, 8, dtype=torch.long), torch.tensor([[[1, 2], [3, 4]]]))[0].tolist(),
+               layout.response_ids(torch.ones(1, 2, 8, 8, dtype=torch.long), torch.tensor([[[5, 6], [7, 8]]]))[0].tolist()]  # fmt: skip
+    prompts = [[layout.bos_id], [3, layout.bos_id]]
+    cfg.rollout.max_new_tokens = layout.response_length
+    batch = sample(model, hf_tok, prompts, 3, cfg.rollout, forced_slots=slots, answers=answers)
+    resp = batch.responses
+    R = resp.shape[1]
+    pos = [i for i, f in enumerate(slots) if f and i < R]
+    forced_seen = 0
+    for row in range(6):
+        present = batch.present[row]
+        for t in pos:
+            if present[t]:  # a row that stopped early (EOS) has no tokens after it
+                assert resp[row, t].item() == answers[row // 3][t]
+                forced_seen += 1
+        assert not batch.response_mask[row, pos].any()
+        assert torch.equal(batch.response_mask[row] | torch.tensor(slots[:R]) & present, present)
+    assert forced_seen >= 2  # some rows got past the first frame
+    tb = teacher_batch(prompts, answers, hf_tok.pad_token_id, "cpu", slots)
+    assert tb.present.all() and tb.response_mask.sum().item() == 2 * (layout.response_length - 4)
+    with pytest.raises(ValueError, match="answers"):
+        sample(model, hf_tok, prompts, 1, cfg.rollout, forced_slots=slots)
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+def test_sprite_task_tokens_match_the_layout_and_the_tokenizer_is_cached(tmp_path, monkeypatch):
+    from rlvr_fast.models import video_tokenizer as vt
+    from rlvr_fast.worlds.video import SpriteWorld, discretize_actions
+    from rlvr_fast.worlds.video_task import VideoTask
+
+    cfg = C.load_config(None, SHORT)
+    calls = []
+    real_train = vt.train_tokenizer
+    monkeypatch.setattr(vt, "train_tokenizer", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    vtask = VideoTask(cfg.data, cfg.video, seed=0, cache_dir=tmp_path / "tok")
+    assert len(calls) == 1 and (tmp_path / "tok" / "fingerprint.txt").is_file()
+    lay = vtask.layout
+    assert (lay.frame_shape, lay.visual_vocab, lay.action_dims, lay.response_length) == ((8, 8), 1000, 2, 65)
+    assert (lay.action_offset, lay.bos_id, lay.eos_id) == (1000, 1256, 1257)
+    # item 3 of the held-out split, rebuilt by hand from the world, the tokenizer and the discretiser
+    ex = SpriteWorld(n_sprites=3, seed=0).sample(3, "test")
+    codes = vtask.tokenizer.encode((ex.frames * 255).round() / 255)  # the task keeps frames as uint8
+    bins = discretize_actions(ex.actions, SpriteWorld().action_ranges(), 256)
+    prompt, answer = vtask.encode(vtask.items("test")[3])
+    assert prompt == [*codes[0].flatten().tolist(), *(bins[0] + 1000).tolist(), 1256]
+    assert answer == [*codes[1].flatten().tolist(), 1257]
+    # a second task with the same settings reuses the cached tokenizer; other settings retrain it
+    again = VideoTask(cfg.data, cfg.video, seed=0, cache_dir=tmp_path / "tok")
+    assert len(calls) == 1 and again.encode(again.items("test")[3]) == (prompt, answer)
+    cfg2 = C.load_config(None, [*SHORT, "video.tokenizer_steps=4"])
+    VideoTask(cfg2.data, cfg2.video, seed=0, cache_dir=tmp_path / "tok")
+    assert len(calls) == 2
+
+
+def _check_summary(summary, out):
+    for stage in ("mle", "rlvr"):
+        m = summary[stage]
+        assert {"mae", "mse", "psnr", "ssim", "valid", "reward"} <= set(m)
+        assert 0 <= m["valid"] <= 1 and 0 <= m["mae"] <= 1 and -1 <= m["ssim"] <= 1
+        assert all(np.isfinite(v) for v in m.values())
+    assert summary["select_metric"] == "reward" and summary["task"] == "sprite_video"
+    assert (out / "preview.png").is_file() and (out / "curves.png").is_file()
+    assert (out / "checkpoint" / "frame_tokenizer" / "model.safetensors").is_file()
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rl = [r for r in recs if r["stage"] == "rl"]
+    assert rl and all(r["response_len"] > 0 and "train/mae" in r and "train/sprites" in r and "reward_s" in r for r in rl)
+
+
+@pytest.mark.parametrize("extra", [[], ["video.context_frames=2", "video.predict_frames=2", "video.aggregate=discount"]],
+                         ids=["single_step", "multi_step"])  # fmt: skip
+def test_short_grpo_run_and_eval_from_the_checkpoint(tmp_path, capsys, extra):
+    from rlvr_fast.cli import main
+
+    assert main(["demo", "--world", "video", *SHORT, *extra, f"trainer.out_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "MAE (lower is better)" in out and "PSNR, dB" in out and "preview.png" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    _check_summary(summary, tmp_path)
+    # the checkpoint carries its frame tokenizer: eval elsewhere reproduces the run's final numbers
+    assert main(["eval", "--config", "rlvr_fast/configs/demo_video.yaml", "--checkpoint", str(tmp_path / "checkpoint"),
+                 *SHORT, *extra, f"trainer.out_dir={tmp_path / 'elsewhere'}"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    got = json.loads(printed[printed.index("{"):])
+    assert got == pytest.approx(summary["rlvr"], rel=1e-6, abs=1e-7)
+    assert not (tmp_path / "elsewhere" / "tokenizer").exists()  # nothing was retrained
+
+
+def test_rt1_npz_task_runs(tmp_path):
+    """RLVR-World's converter format (uint8 [T, H, W, 3] ``image``, 13-dim ``action``), 64x64 frames."""
+    from rlvr_fast.trainer import train
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "RT-1_processed"
+    root.mkdir()
+    for i in range(3):  # file 0 is held out (iVideoGPT's i % 100 == 0 rule)
+        frames = np.repeat(np.linspace(0, 255, 64, dtype=np.uint8)[None, None, :, None], 6, 0).repeat(64, 1).repeat(3, 3)
+        frames = (frames + rng.integers(0, 30, frames.shape)).astype(np.uint8)
+        actions = rng.uniform(-0.5, 0.5, (6, 13))
+        np.savez_compressed(root / f"train_eps_{i:08d}.npz", image=frames, action=actions)
+    over = [o for o in SHORT if not o.startswith("data.world")]
+    cfg = C.load_config(None, [*over, "data.world=rt1_video", f"data.train_path={root}", "video.context_frames=2",
+                               "data.n_train=8", "data.n_test=2", "trainer.eval_size=2", f"trainer.out_dir={tmp_path / 'run'}"])  # fmt: skip
+    from rlvr_fast.worlds.video_task import VideoTask
+
+    vtask = VideoTask(cfg.data, cfg.video)
+    assert vtask.layout.action_dims == 13 and vtask.layout.frame_shape == (8, 8)
+    # two context frames of 8x8 codes with 13 action tokens each, then BOS; 4 windows per 6-frame file
+    assert vtask.splits["train"].prompts.shape == (8, 2 * (64 + 13) + 1)
+    assert vtask.splits["test"].sources[0].startswith(str(root / "train_eps_00000000.npz"))
+    summary = train(cfg)
+    assert summary["task"] == "rt1_video" and summary["eval_examples"] == 2
+    assert 0 <= summary["rlvr"]["valid"] <= 1 and np.isfinite(summary["rlvr"]["mae"])
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["rollout"]["max_new_tokens"] == 65
+
+
+def test_config_video_section():
+    cfg = C.load_config("rlvr_fast/configs/demo_video.yaml")
+    assert cfg.data.world == "sprite_video" and cfg.video.reward_weights == {"mae": 1.0, "ssim": 1.0}
+    cfg = C.load_config(None, ["video.reward_weights={mae: 1, lpips: 1}"])
+    assert cfg.video.reward_weights == {"mae": 1, "lpips": 1}
+    with pytest.raises(C.ConfigError, match="expected dict"):
+        C.load_config(None, ["video.reward_weights=3"])
+    with pytest.raises(C.ConfigError, match="rt1_video"):
+        C.load_config(None, ["data.world=rt1_video"])
+    with pytest.raises(C.ConfigError, match="video.aggregate"):
+        C.load_config(None, ["video.aggregate=max"])
+
+
+def test_sprite_accuracy_sees_erased_and_moved_sprites():
+    from rlvr_fast.worlds.video import SpriteWorld, sprite_accuracy
+
+    w = SpriteWorld(n_sprites=3)
+    ex = w.sample(0)
+    real = ex.target  # [1, 3, 64, 64]
+    state = ex.extra["states"][-1]
+    empty = w.render(())[None]  # the canvas without sprites
+    moved = w.render(tuple(s.__class__(s.kind, s.x + 5, s.y, s.vx, s.vy) if s.kind == 0 else s for s in state))[None]
+    pred = torch.stack([real, empty, moved, real])  # [4, 1, 3, 64, 64] against two real clips
+    got = sprite_accuracy(pred, torch.stack([real, real]), 3, group_size=2)
+    assert got.tolist() == pytest.approx([1.0, 0.0, 2 / 3, 1.0])
+    noisy = (real + 0.05 * torch.randn(real.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    assert sprite_accuracy(noisy[None], real[None], 3).item() == 1.0  # small noise keeps every sprite
+    with pytest.raises(ValueError, match="group_size"):
+        sprite_accuracy(pred, real[None], 3, group_size=2)
