@@ -213,3 +213,26 @@ def test_pixel_reward_and_scatter_cuda(_cuda_ext, monkeypatch):
     cpu_r = rf.pixel_reward(pred.cpu(), target.cpu(), {"mae": 1.0, "ssim": 1.0}, group_size=16, valid=valid.cpu(),
                             aggregate="discount")
     torch.testing.assert_close(r.cpu(), cpu_r, rtol=1e-5, atol=1e-5)
+
+
+def test_video_reward_path_cuda_matches_cpu(_cuda_ext, monkeypatch):
+    """The trainer's reward path on CUDA (bf16 channels_last latents, decoder under bf16 autocast)
+    against the same path on the CPU in float32: bf16 rounding only."""
+    from rlvr_fast.models.video_tokenizer import TinyFSQConfig, TinyFSQTokenizer
+    from rlvr_fast.rewards.video import VideoReward
+
+    torch.manual_seed(0)
+    tok = TinyFSQTokenizer(TinyFSQConfig()).eval()
+    layout = rf.VideoTokenLayout(frame_shape=(8, 8), visual_vocab=1000, action_offset=1000, action_dims=2,
+                                 bos_id=1256, eos_id=1257, pad_id=1257)  # fmt: skip
+    codes = torch.randint(0, 1000, (256, 1, 8, 8))
+    responses = layout.response_ids(codes)
+    responses[3, 7] = 1100  # an action id in a frame slot: invalid
+    present = torch.ones_like(responses, dtype=torch.bool)
+    real = torch.rand(16, 3, 64, 64)
+    cpu = VideoReward.from_tokenizer(layout, tok)(responses, present, real, group_size=16)
+    tok.cuda()
+    gpu = VideoReward.from_tokenizer(layout, tok)(responses.cuda(), present.cuda(), real.cuda(), group_size=16)
+    assert torch.equal(gpu.valid.cpu(), cpu.valid) and not bool(cpu.valid[3])
+    torch.testing.assert_close(gpu.scores.cpu(), cpu.scores, rtol=0, atol=2e-2)
+    assert torch.equal(gpu.token_rewards.cpu() != 0, cpu.token_rewards != 0)
