@@ -287,6 +287,13 @@ def test_config_video_section():
         C.load_config(None, ["video.aggregate=max"])
 
 
+def test_text_reward_name_is_refused_for_video_worlds(tmp_path, capsys):
+    from rlvr_fast.cli import main
+
+    assert main(["train", *SHORT, "reward.name=text_game/task", f"trainer.out_dir={tmp_path}"]) == 2
+    assert "reward.name='text_game/task' does not apply to sprite_video" in capsys.readouterr().err
+
+
 def test_sprite_accuracy_sees_erased_and_moved_sprites():
     from rlvr_fast.worlds.video import SpriteWorld, sprite_accuracy
 
@@ -303,3 +310,18 @@ def test_sprite_accuracy_sees_erased_and_moved_sprites():
     assert sprite_accuracy(noisy[None], real[None], 3).item() == 1.0  # small noise keeps every sprite
     with pytest.raises(ValueError, match="group_size"):
         sprite_accuracy(pred, real[None], 3, group_size=2)
+
+
+def test_resume_keeps_the_mle_preview_and_the_tokenizer(tmp_path, monkeypatch):
+    """A run continued with --resume reuses the cached tokenizer and still draws the MLE predictions."""
+    from rlvr_fast.models import video_tokenizer as vt
+    from rlvr_fast.trainer import train
+
+    train(C.load_config(None, [*SHORT, f"trainer.out_dir={tmp_path}"]))
+    first = json.loads((tmp_path / "summary.json").read_text())
+    (tmp_path / "preview.png").unlink()
+    monkeypatch.setattr(vt, "train_tokenizer", lambda *a, **k: pytest.fail("the cached tokenizer was not reused"))
+    summary = train(C.load_config(None, [*SHORT, "trainer.steps=3", f"trainer.out_dir={tmp_path}"]), resume=True)
+    assert summary["mle"] == first["mle"] and (tmp_path / "preview.png").is_file()
+    state = torch.load(tmp_path / "checkpoint" / "trainer_state.pt", weights_only=False)
+    assert set(state["previews"]) == {"mle", "rlvr"} and state["rl_step"] == 3

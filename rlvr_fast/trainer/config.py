@@ -299,6 +299,9 @@ def validate(cfg: Config) -> None:
         (t.eval_size >= 1 and t.eval_batch_size >= 1, "trainer.eval_size and trainer.eval_batch_size must be >= 1"),
         (cfg.data.world not in ("text_game", "web_page") or (cfg.data.train_path and cfg.data.test_path),
          f"data.world = {cfg.data.world!r} reads local files: set data.train_path and data.test_path"),
+        (cfg.data.world not in ("sprite_video", "rt1_video") or not cfg.reward.name,
+         f"reward.name={cfg.reward.name!r} does not apply to {cfg.data.world}: its reward is computed on the frame "
+         "tokens (configure it with video.reward_weights)"),
         (cfg.data.world != "rt1_video" or cfg.data.train_path,
          "data.world = 'rt1_video' reads local episodes: set data.train_path to the .npz directory"),
     ]

@@ -48,7 +48,7 @@ from ..models import count_parameters, load_model
 from ..worlds import Task, load_task
 from . import distributed as D
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Config
+from .config import Config, ConfigError
 from .logger import RunLogger
 from .rollout import Rollout, encode_answer, encode_prompt, response_logits, sample, teacher_batch
 
@@ -110,6 +110,9 @@ class GRPOTrainer:
         self.model = D.wrap(module, self.dist, cfg.trainer.parallel, self.device)
         self.ref: torch.nn.Module | None = None
         # token tasks score token tensors themselves (Task.score_tokens); text tasks use the registry
+        if self.task.score_tokens is not None and cfg.reward.name:
+            raise ConfigError(f"reward.name={cfg.reward.name!r} does not apply to {self.task.name}: its reward is "
+                             "computed on the frame tokens (configure it with video.reward_weights)")  # fmt: skip
         self.reward_fn = None if self.task.score_tokens else rewards.get_reward(cfg.reward.name or self.task.default_reward)
         self.bf16 = cfg.trainer.bf16 == "on" or (cfg.trainer.bf16 == "auto" and self.device.type == "cuda")
         self.logger = RunLogger(self.out, enabled=self.dist.main, tensorboard=cfg.trainer.tensorboard,
@@ -202,7 +205,9 @@ class GRPOTrainer:
         if self.task.score_tokens is not None:
             token_rewards, per_sample = self.task.score_tokens(batch.responses, batch.present, examples, n)
             scores = token_rewards.sum(-1)  # outcome scores from token-level rewards, as verl does
-            reward_metrics = {f"train/{k}": v.float().mean().item() for k, v in per_sample.items() if k != "reward"}
+            names = [k for k in per_sample if k != "reward"]
+            means = torch.stack([per_sample[k].float().mean() for k in names]).tolist() if names else []  # one sync
+            reward_metrics = {f"train/{k}": v for k, v in zip(names, means)}
         else:
             raw, stats = rewards.score(self.reward_fn, batch.completions, examples, timeout_s=cfg.reward.timeout_s,
                                        failure_reward=cfg.reward.failure_reward, workers=cfg.reward.workers)  # fmt: skip

@@ -10,6 +10,9 @@ examples are token sequences in iVideoGPT's layout (:class:`~rlvr_fast.ops.Video
 Action tokens inside a multi-step response are inputs, not predictions: generation forces them to the
 clip's actions and the policy loss and MLE loss skip them (``Task.forced_slots``).
 
+Every clip of both splits is held in memory as uint8 frames (64x64: 12 KiB a frame; RT-1 at 256x320:
+240 KiB a frame, so ``data.n_train`` caps the memory); clips are not streamed.
+
 The frame tokenizer is a local checkpoint (``video.tokenizer_path``: a :class:`TinyFSQTokenizer` or
 iVideoGPT's :class:`CNNFSQTokenizer`), or a :class:`TinyFSQTokenizer` trained on the training split's
 frames and cached in ``<out_dir>/tokenizer`` with a fingerprint of everything that shaped it (a later
@@ -116,7 +119,7 @@ def _collect(world, split: str, n: int, what: str):
 
 
 def _tokenizer(video_cfg, frames: torch.Tensor, cache: Path | None, fingerprint: str, device, main: bool, sync,
-               checkpoint: str | None):  # fmt: skip
+               checkpoint: str | None, seed: int):  # fmt: skip
     """The frame tokenizer: ``video.tokenizer_path``, else the one saved with the model checkpoint being
     loaded, else the cache, else trained (rank 0) and cached."""
     from ..models.video_tokenizer import CNNFSQTokenizer, TinyFSQConfig, TinyFSQTokenizer, train_tokenizer
@@ -131,11 +134,11 @@ def _tokenizer(video_cfg, frames: torch.Tensor, cache: Path | None, fingerprint:
     if video_cfg.tokenizer != "tiny":
         raise ValueError("video.tokenizer=ivideogpt needs video.tokenizer_path (a local CNNFSQModel256 checkpoint)")
     stamp = cache / "fingerprint.txt" if cache is not None else None
-    if main and not (stamp is not None and stamp.is_file() and stamp.read_text() == fingerprint):
+    if (main or cache is None) and not (stamp is not None and stamp.is_file() and stamp.read_text() == fingerprint):
         cfg = TinyFSQConfig(channels=tuple(video_cfg.tokenizer_channels), res_blocks=video_cfg.tokenizer_res_blocks)
         cuda = torch.device(device).type == "cuda"
         log.info("training the frame tokenizer: %d steps on %d frames", video_cfg.tokenizer_steps, frames.shape[0])
-        res = train_tokenizer(frames, video_cfg.tokenizer_steps, lr=video_cfg.tokenizer_lr, seed=0, config=cfg,
+        res = train_tokenizer(frames, video_cfg.tokenizer_steps, lr=video_cfg.tokenizer_lr, seed=seed, config=cfg,
                               batch_size=video_cfg.tokenizer_batch_size, device=device,
                               autocast_dtype=torch.bfloat16 if cuda else None, channels_last=cuda)  # fmt: skip
         log.info("tokenizer trained: final reconstruction MSE %.5f", res.losses[-1] if res.losses else float("nan"))
@@ -183,10 +186,10 @@ class VideoTask:
         train_frames = torch.cat([raw["train"][0], raw["train"][1]], 1).flatten(0, 1)
         tok_cfg = {k: getattr(video_cfg, k) for k in ("tokenizer_steps", "tokenizer_lr", "tokenizer_batch_size",
                                                       "tokenizer_channels", "tokenizer_res_blocks")}  # fmt: skip
-        fingerprint = json.dumps({"world": desc, "n_train": data_cfg.n_train, **tok_cfg}, sort_keys=True)
+        fingerprint = json.dumps({"world": desc, "n_train": data_cfg.n_train, "seed": seed, **tok_cfg}, sort_keys=True)
         cache = Path(cache_dir) if cache_dir is not None else None
         self.tokenizer = _tokenizer(video_cfg, train_frames, cache, fingerprint, self.device, main, sync,
-                                    checkpoint).eval()  # fmt: skip
+                                    checkpoint, seed).eval()  # fmt: skip
         del train_frames
         K = self.tokenizer.num_codes
         h, w = self.tokenizer.latent_shape(*raw["train"][1].shape[-2:])
