@@ -1,0 +1,330 @@
+"""Log-probs, entropy and the policy loss straight from hidden states: ``lm_head`` fused with the
+log-softmax, so the [tokens x vocab] logits never exist in memory.
+
+For a policy with hidden states ``h`` [N, H] and an output projection ``W`` [V, H] (+ bias ``b``), the
+logits ``z = (h W^T + b) / T`` are only ever held one tile of ``chunk_tokens x chunk_vocab`` at a time:
+
+forward, per tile (online logsumexp over vocabulary chunks, float32 statistics per token)::
+
+    m' = max(m, max_j z_j);  s = s e^(m - m') + sum_j e^(z_j - m');  t = t e^(m - m') + sum_j e^(z_j - m') z_j
+    lse = m + log s;  logp = z_y - lse;  entropy = lse - t / s   (t / s = E_p[z])
+
+backward, per tile (the tile is recomputed: one more ``h W^T``)::
+
+    dz_j = g_logp (1[j = y] - p_j) + g_H p_j (E_p[z] - z_j),   p_j = e^(z_j - lse)
+    d h += (dz / T) W_chunk;   d W_chunk += (dz / T)^T h;   d b_chunk += sum_tokens dz / T
+
+Why recompute instead of computing the gradient in the forward (Liger's choice for its fused losses):
+the log-probs are an intermediate whose upstream gradient is unknown in the forward (it comes from
+whatever loss is applied to them, the policy loss, a KL term, an entropy bonus), so the d(logits) tile
+cannot be formed then. The price is one extra ``N x H x V`` matmul (four instead of three); the gain is
+one op that composes with any loss, and nothing of size [N, V] or an early [V, H] gradient held
+between forward and backward. :func:`fused_linear_policy_loss` is this op followed by
+:func:`~rlvr_fast.ops.policy_loss` on the [B, T] log-probs, so it has exactly the same gradients as
+``policy_loss_from_logits(h @ W.T + b, ...)``.
+
+Memory: beyond the inputs and outputs, the forward holds O(N) float32 statistics and ~3 float32 tiles;
+the backward a float32 ``d h`` [N, H] (cast to ``h``'s dtype at the end), one float32 ``d W`` chunk
+[chunk_vocab, H] and ~3 tiles. All matmuls run in the inputs' dtype (cuBLAS on GPU, with its float32
+accumulation), as a model's ``lm_head`` and its backward would; the softmax statistics and the
+d(logits) tile are float32 (the tile is rounded to the inputs' dtype for the gradient matmuls, as an
+unfused backward rounds d(logits)).
+
+Default chunk sizes (:func:`default_chunks`): ``chunk_tokens = min(N, 4096)`` and ``chunk_vocab`` the
+largest multiple of 256 (at most V) whose three float32 tiles fit a budget: 64 MiB on CPU; on CUDA
+1/8 of the free device memory, at most 1 GiB.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _checks as C
+from .policy_loss import policy_loss
+
+CPU_TILE_BUDGET = 64 << 20
+CUDA_TILE_BUDGET_MAX = 1 << 30
+
+
+def default_chunks(n_tokens: int, vocab: int, device: torch.device) -> tuple[int, int]:
+    """(chunk_tokens, chunk_vocab) for ``n_tokens`` x ``vocab`` on ``device`` (module docstring)."""
+    chunk_tokens = max(1, min(n_tokens, 4096))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = min(CUDA_TILE_BUDGET_MAX, free // 8)
+    else:
+        budget = CPU_TILE_BUDGET
+    per_column = 3 * 4 * chunk_tokens  # three float32 tiles
+    chunk_vocab = max(256, (budget // per_column) // 256 * 256)
+    return chunk_tokens, min(vocab, chunk_vocab)
+
+
+def fused_linear_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    token_ids: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    ignore_index: int = -100,
+    chunk_tokens: int | None = None,
+    chunk_vocab: int | None = None,
+):
+    """Log-probs (and entropy) of ``token_ids`` under ``softmax((hidden @ weight.T + bias) / temperature)``
+    without materialising the logits (module docstring for the algorithm and memory).
+
+    Args:
+        hidden: [..., H] float32 / bfloat16 / float16 (e.g. a model's last hidden state, [B, T, H]).
+        weight: [V, H] the output projection (``lm_head.weight``; tied embeddings work the same), same
+            dtype and device as ``hidden``.
+        token_ids: int [...] = ``hidden.shape[:-1]``; ids in [0, V) or ``ignore_index``.
+        bias: optional [V] (GPT-2 style heads have none; some do).
+        temperature: positive; the logits are divided by it.
+        return_entropy: also return the entropy of each row.
+        ignore_index: positions with this id give log-prob 0, entropy 0 and no gradient.
+        chunk_tokens, chunk_vocab: tile sizes; default :func:`default_chunks`.
+
+    Returns:
+        float32 log-probs of shape ``token_ids.shape``, or ``(logp, entropy)`` with ``return_entropy``.
+        Gradients flow to ``hidden``, ``weight`` and ``bias``.
+
+    Source: the online logsumexp of Milakov & Gimelshein (arXiv 1805.02867), chunked over tokens and
+    vocabulary as in Liger-Kernel's fused linear cross entropy (arXiv 2410.10989).
+    """
+    C.check_tensor("hidden", hidden, dtypes=(torch.float32, torch.bfloat16, torch.float16))
+    C.check_tensor("weight", weight, dtypes=(hidden.dtype,), ndim=2)
+    C.check_tensor("token_ids", token_ids, dtypes=C.INT_DTYPES)
+    if hidden.dim() < 1 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight: expected [V, {hidden.shape[-1]}] (hidden is {tuple(hidden.shape)}), "
+                         f"got {tuple(weight.shape)}")  # fmt: skip
+    V = weight.shape[0]
+    if V < 1:
+        raise ValueError(f"weight: expected V >= 1 rows, got shape {tuple(weight.shape)}")
+    C.check_shape("token_ids", token_ids, hidden.shape[:-1], "hidden.shape[:-1]")
+    if bias is not None:
+        C.check_tensor("bias", bias, dtypes=(hidden.dtype,), ndim=1)
+        C.check_shape("bias", bias, (V,), "[V] like weight's rows")
+    C.check_same_device(hidden=hidden, weight=weight, token_ids=token_ids, bias=bias)
+    if not (isinstance(temperature, (int, float)) and temperature > 0 and temperature != float("inf")):
+        raise ValueError(f"temperature: expected a positive finite number, got {temperature!r}")
+    for name, value in (("chunk_tokens", chunk_tokens), ("chunk_vocab", chunk_vocab)):
+        if value is not None:
+            C.check_positive(name, value)
+    h = hidden.reshape(-1, hidden.shape[-1])
+    # 0 = the default, resolved inside the op (it reads the free device memory, which a trace must not)
+    logp, entropy, _, _ = torch.ops.rlvr_fast.fused_linear_logprobs(
+        h, weight, bias, token_ids.reshape(-1), float(temperature), bool(return_entropy), int(ignore_index),
+        int(chunk_tokens or 0), int(chunk_vocab or 0),
+    )  # fmt: skip
+    shape = token_ids.shape
+    return (logp.view(shape), entropy.view(shape)) if return_entropy else logp.view(shape)
+
+
+def fused_linear_policy_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    token_ids: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_tokens: int | None = None,
+    chunk_vocab: int | None = None,
+    entropy_coef: float = 0.0,
+    **loss_options,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The clipped policy loss (:func:`~rlvr_fast.ops.policy_loss`) straight from hidden states.
+
+    Args:
+        hidden: [B, T, H] hidden states that predict ``token_ids`` (position t predicts token t).
+        weight, bias, temperature, chunk_tokens, chunk_vocab: as :func:`fused_linear_logprobs`.
+        token_ids: int [B, T] the sampled response tokens.
+        old_logp, advantages, response_mask: as :func:`~rlvr_fast.ops.policy_loss` ([B, T]; advantages
+            [B, T] or [B]).
+        entropy_coef: entropy bonus weight; the entropy is computed in the same pass when non-zero.
+        **loss_options: ``ref_logp``, ``clip_low``, ``clip_high``, ``dual_clip``, ``kl_type``, ``kl_coef``,
+            ``kl_clamp``, ``log_ratio_clamp``, ``agg``, ``norm_const`` of :func:`~rlvr_fast.ops.policy_loss`.
+
+    Returns:
+        ``(loss, metrics)`` as :func:`~rlvr_fast.ops.policy_loss_from_logits` (with ``metrics["logp"]``, the
+        detached [B, T] log-probs, and ``metrics["entropy_tokens"]`` when computed); gradients reach
+        hidden, weight and bias.
+        Masked positions still get a log-prob (their loss weight is 0); use ``response_mask``, not
+        ``ignore_index``, to exclude tokens.
+    """
+    out = fused_linear_logprobs(hidden, weight, token_ids, bias=bias, temperature=temperature,
+                                return_entropy=entropy_coef != 0, chunk_tokens=chunk_tokens, chunk_vocab=chunk_vocab)  # fmt: skip
+    logp, entropy = out if entropy_coef != 0 else (out, None)
+    loss, metrics = policy_loss(logp, old_logp, advantages, response_mask, entropy=entropy, entropy_coef=entropy_coef,
+                                **loss_options)  # fmt: skip
+    metrics["logp"] = logp.detach()
+    if entropy is not None:
+        metrics["entropy_tokens"] = entropy.detach()
+    return loss, metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# The chunked algorithm (the torch backend; the reference for any kernel)
+# ----------------------------------------------------------------------------------------------
+
+
+def _tile(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    """float32 logits / temperature of one tile: h [n, H] @ w [v, H]^T (+ b [v]) in the inputs' dtype."""
+    z = torch.addmm(b, h, w.t()) if b is not None else h @ w.t()
+    z = z.float()
+    return z.div_(temperature) if temperature != 1.0 else z
+
+
+def fused_linear_logprobs_ref(
+    hidden, weight, bias, token_ids, temperature, return_entropy, ignore_index, chunk_tokens, chunk_vocab
+):
+    """Chunked forward: hidden [N, H], weight [V, H], bias [V] | None, token_ids [N] ->
+    ``(logp, entropy, lse, mean_z)`` float32 [N] each (entropy empty unless asked)."""
+    N, V = hidden.shape[0], weight.shape[0]
+    dev = hidden.device
+    m = torch.full((N,), -float("inf"), dtype=torch.float32, device=dev)
+    s = torch.zeros(N, dtype=torch.float32, device=dev)
+    t = torch.zeros(N, dtype=torch.float32, device=dev)
+    picked = torch.full((N,), float("nan"), dtype=torch.float32, device=dev)
+    ids = token_ids.long()
+    for v0 in range(0, V, chunk_vocab):
+        v1 = min(V, v0 + chunk_vocab)
+        w, b = weight[v0:v1], bias[v0:v1] if bias is not None else None
+        for n0 in range(0, N, chunk_tokens):
+            n1 = min(N, n0 + chunk_tokens)
+            z = _tile(hidden[n0:n1], w, b, temperature)
+            m_old = m[n0:n1]
+            m_new = torch.maximum(m_old, z.amax(1))
+            scale = torch.exp(m_old - m_new)
+            e = torch.exp(z - m_new[:, None])
+            s[n0:n1] = s[n0:n1] * scale + e.sum(1)
+            if return_entropy:
+                t[n0:n1] = t[n0:n1] * scale + (e * z).sum(1)
+            m[n0:n1] = m_new
+            local = ids[n0:n1] - v0
+            inside = (local >= 0) & (local < v1 - v0)
+            got = z.gather(1, local.clamp(0, v1 - v0 - 1)[:, None])[:, 0]
+            picked[n0:n1] = torch.where(inside, got, picked[n0:n1])
+    lse = m + s.log()
+    keep = ids != ignore_index
+    logp = torch.where(keep, picked - lse, 0.0)
+    mean_z = t / s if return_entropy else torch.zeros(0, device=dev)
+    entropy = torch.where(keep, lse - mean_z, 0.0) if return_entropy else torch.zeros(0, device=dev)
+    return logp, entropy, lse, mean_z
+
+
+def fused_linear_logprobs_backward_ref(
+    grad_logp, grad_entropy, hidden, weight, bias, token_ids, lse, mean_z, temperature, ignore_index,
+    chunk_tokens, chunk_vocab,
+):  # fmt: skip
+    """Chunked backward: ``(d_hidden [N, H], d_weight [V, H], d_bias [V] | None)`` in the inputs' dtypes.
+    grad_entropy may be empty (no entropy requested)."""
+    N, V = hidden.shape[0], weight.shape[0]
+    keep = (token_ids != ignore_index).float()
+    g = grad_logp.float() * keep
+    ge = grad_entropy.float() * keep if grad_entropy.numel() else None
+    ids = token_ids.long()
+    d_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
+    d_weight = torch.empty_like(weight)
+    d_bias = torch.empty_like(bias) if bias is not None else None
+    for v0 in range(0, V, chunk_vocab):
+        v1 = min(V, v0 + chunk_vocab)
+        w, b = weight[v0:v1], bias[v0:v1] if bias is not None else None
+        dw = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        db = torch.zeros(v1 - v0, dtype=torch.float32, device=w.device) if bias is not None else None
+        for n0 in range(0, N, chunk_tokens):
+            n1 = min(N, n0 + chunk_tokens)
+            h = hidden[n0:n1]
+            z = _tile(h, w, b, temperature)
+            p = torch.exp(z - lse[n0:n1, None])
+            dz = p * (-g[n0:n1, None])
+            if ge is not None:
+                dz += p * (mean_z[n0:n1, None] - z) * ge[n0:n1, None]
+            local = ids[n0:n1] - v0
+            inside = (local >= 0) & (local < v1 - v0)
+            dz.scatter_add_(1, local.clamp(0, v1 - v0 - 1)[:, None], (g[n0:n1] * inside)[:, None])
+            if temperature != 1.0:
+                dz /= temperature
+            dzc = dz.to(h.dtype)  # the gradient matmuls in the inputs' dtype, as an unfused lm_head backward
+            d_hidden[n0:n1] += (dzc @ w).float()
+            dw += (dzc.t() @ h).float()
+            if db is not None:
+                db += dz.sum(0)
+        d_weight[v0:v1] = dw
+        if d_bias is not None:
+            d_bias[v0:v1] = db
+    return d_hidden.to(hidden.dtype), d_weight, d_bias
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("rlvr_fast::fused_linear_logprobs", mutates_args=())
+def _fused_linear_logprobs_op(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, token_ids: torch.Tensor,
+    temperature: float, return_entropy: bool, ignore_index: int, chunk_tokens: int, chunk_vocab: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    C.check_ids_in_range("token_ids", token_ids, weight.shape[0], ignore_index)
+    chunk_tokens, chunk_vocab = _chunks(hidden, weight, chunk_tokens, chunk_vocab)
+    with torch.no_grad():
+        return fused_linear_logprobs_ref(hidden, weight, bias, token_ids, temperature, return_entropy, ignore_index,
+                                         chunk_tokens, chunk_vocab)  # fmt: skip
+
+
+def _chunks(hidden, weight, chunk_tokens: int, chunk_vocab: int) -> tuple[int, int]:
+    dt, dv = default_chunks(hidden.shape[0], weight.shape[0], hidden.device)
+    return chunk_tokens or dt, chunk_vocab or dv
+
+
+@_fused_linear_logprobs_op.register_fake
+def _(hidden, weight, bias, token_ids, temperature, return_entropy, ignore_index, chunk_tokens, chunk_vocab):
+    n = hidden.shape[0]
+    f = dict(dtype=torch.float32, device=hidden.device)
+    e = n if return_entropy else 0
+    return hidden.new_empty(n, **f), hidden.new_empty(e, **f), hidden.new_empty(n, **f), hidden.new_empty(e, **f)
+
+
+@torch.library.custom_op("rlvr_fast::fused_linear_logprobs_backward", mutates_args=())
+def _fused_linear_backward_op(
+    grad_logp: torch.Tensor, grad_entropy: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor,
+    bias: torch.Tensor | None, token_ids: torch.Tensor, lse: torch.Tensor, mean_z: torch.Tensor, temperature: float,
+    ignore_index: int, chunk_tokens: int, chunk_vocab: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    chunk_tokens, chunk_vocab = _chunks(hidden, weight, chunk_tokens, chunk_vocab)
+    with torch.no_grad():
+        dh, dw, db = fused_linear_logprobs_backward_ref(grad_logp, grad_entropy, hidden, weight, bias, token_ids, lse,
+                                                        mean_z, temperature, ignore_index, chunk_tokens, chunk_vocab)  # fmt: skip
+    return dh, dw, db if db is not None else weight.new_empty(0)
+
+
+@_fused_linear_backward_op.register_fake
+def _(grad_logp, grad_entropy, hidden, weight, bias, token_ids, lse, mean_z, temperature, ignore_index,
+      chunk_tokens, chunk_vocab):  # fmt: skip
+    return torch.empty_like(hidden), torch.empty_like(weight), weight.new_empty(bias.shape[0] if bias is not None else 0)
+
+
+def _setup_context(ctx, inputs, output):
+    hidden, weight, bias, token_ids, temperature, _ret_ent, ignore_index, chunk_tokens, chunk_vocab = inputs
+    _, _, lse, mean_z = output
+    ctx.save_for_backward(hidden, weight, bias, token_ids, lse, mean_z)
+    ctx.args = (temperature, ignore_index, chunk_tokens, chunk_vocab)
+
+
+def _backward(ctx, grad_logp, grad_entropy, _grad_lse, _grad_mean_z):
+    hidden, weight, bias, token_ids, lse, mean_z = ctx.saved_tensors
+    if grad_logp is None:
+        grad_logp = torch.zeros_like(lse)
+    if grad_entropy is None or mean_z.numel() == 0:
+        grad_entropy = lse.new_empty(0)
+    dh, dw, db = torch.ops.rlvr_fast.fused_linear_logprobs_backward(
+        grad_logp.contiguous(), grad_entropy.contiguous(), hidden, weight, bias, token_ids, lse, mean_z, *ctx.args
+    )
+    return dh, dw, (db if bias is not None else None), None, None, None, None, None, None
+
+
+_fused_linear_logprobs_op.register_autograd(_backward, setup_context=_setup_context)
