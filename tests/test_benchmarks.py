@@ -14,6 +14,7 @@ PROVIDERS = {
     "bench_advantages.py": "torch-ref,verl-loop,verl-vectorized,trl-formula",
     "bench_logprobs.py": "torch-naive,trl,verl,floor",
     "bench_policy_loss.py": "torch-ref,verl,verl-unfused,trl-unfused,floor",
+    "bench_fused_linear.py": "unfused,floor",
     # both trainers, interleaved in one process (~20 s on 2 cores: two model loads, 2 steps each)
     "bench_trainer.py": "rlvr_fast,trl",
     # pixel_metrics vs torch-ref / piqa / pytorch-msssim / torchmetrics; video_reward vs the RLVR-World path

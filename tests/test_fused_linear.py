@@ -37,7 +37,8 @@ SHAPES = [(5, 8, 1), (6, 8, 7), (9, 64, 1000), (3, 16, 50257), (2, 4096, 33)]
 
 @pytest.mark.parametrize("N,H,V", SHAPES)
 @pytest.mark.parametrize("bias", [False, True])
-def test_values_and_gradients_against_float64(N, H, V, bias):
+def test_values_and_gradients_against_float64(N, H, V, bias, backend):
+    """Both tile backends: torch, and the Triton kernels (under the interpreter on CPU)."""
     h, w, b, ids = _inputs(N, H, V, bias=bias)
     ids[0] = -100  # an ignored position
     logp, ent = rf.fused_linear_logprobs(h, w, ids, bias=b, temperature=0.7, return_entropy=True,
@@ -54,7 +55,7 @@ def test_values_and_gradients_against_float64(N, H, V, bias):
 
 
 @pytest.mark.parametrize("chunks", [(None, None), (1, 1), (4, 3), (100, 10_000)])
-def test_chunk_sizes_do_not_change_the_result(chunks):
+def test_chunk_sizes_do_not_change_the_result(chunks, backend):
     h, w, b, ids = _inputs(11, 32, 257, bias=True, seed=3)
     base = rf.fused_linear_logprobs(h, w, ids, bias=b, return_entropy=True, chunk_tokens=11, chunk_vocab=257)
     got = rf.fused_linear_logprobs(h, w, ids, bias=b, return_entropy=True, chunk_tokens=chunks[0], chunk_vocab=chunks[1])
@@ -93,7 +94,7 @@ def test_half_inputs_match_the_unfused_half_path(dtype):
         torch.testing.assert_close(a.float(), e.float(), rtol=5e-2, atol=5e-2)
 
 
-def test_fused_linear_policy_loss_equals_the_logits_path():
+def test_fused_linear_policy_loss_equals_the_logits_path(backend):
     g = torch.Generator().manual_seed(5)
     B, T, H, V = 3, 5, 16, 97
     h = torch.randn(B, T, H, generator=g, requires_grad=True)
@@ -151,6 +152,21 @@ def test_bad_inputs():
         rf.fused_linear_logprobs(h, w, ids, bias=torch.zeros(9))
     with pytest.raises(ValueError, match="chunk_vocab"):
         rf.fused_linear_logprobs(h, w, ids, chunk_vocab=-1)
+
+
+def test_extreme_logits_and_masked_vocabulary(backend):
+    """Logits of +-1e4 (a saturated softmax) and a -inf bias column (a masked token): finite results."""
+    h, w, _, ids = _inputs(4, 8, 40, seed=7)
+    w = (w.detach() * 2000).requires_grad_()
+    b = torch.zeros(40)
+    b[5] = -float("inf")
+    ids = torch.tensor([0, 1, 2, 3])
+    logp, ent = rf.fused_linear_logprobs(h, w, ids, bias=b, return_entropy=True, chunk_vocab=16)
+    rl, re = _ref64(h, w, ids, b)
+    torch.testing.assert_close(logp.double(), rl, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(ent.double(), re.nan_to_num(0.0), rtol=1e-4, atol=1e-4)
+    (g,) = torch.autograd.grad(logp.sum() + ent.sum(), [h])
+    assert torch.isfinite(g).all()
 
 
 def test_default_chunks():

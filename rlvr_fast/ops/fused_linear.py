@@ -6,8 +6,8 @@ logits ``z = (h W^T + b) / T`` are only ever held one tile of ``chunk_tokens x c
 
 forward, per tile (online logsumexp over vocabulary chunks, float32 statistics per token)::
 
-    m' = max(m, max_j z_j);  s = s e^(m - m') + sum_j e^(z_j - m');  t = t e^(m - m') + sum_j e^(z_j - m') z_j
-    lse = m + log s;  logp = z_y - lse;  entropy = lse - t / s   (t / s = E_p[z])
+    m' = max(m, max_j z_j);  s = s e^(m - m') + sum_j e^(z_j - m');  t = (t + s (m - m')) e^(m - m') + sum_j e^(z_j - m') (z_j - m')
+    lse = m + log s;  logp = z_y - lse;  entropy = log s - t / s;  E_p[z] = m + t / s
 
 backward, per tile (the tile is recomputed: one more ``h W^T``)::
 
@@ -40,6 +40,7 @@ from __future__ import annotations
 import torch
 
 from .. import _checks as C
+from .._dispatch import use_triton
 from .policy_loss import policy_loss
 
 CPU_TILE_BUDGET = 64 << 20
@@ -167,52 +168,99 @@ def fused_linear_policy_loss(
 
 
 # ----------------------------------------------------------------------------------------------
-# The chunked algorithm (the torch backend; the reference for any kernel)
+# The chunked algorithm: one driver, per-tile steps in torch (CPU, reference) or Triton (CUDA)
 # ----------------------------------------------------------------------------------------------
 
 
-def _tile(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, temperature: float) -> torch.Tensor:
-    """float32 logits / temperature of one tile: h [n, H] @ w [v, H]^T (+ b [v]) in the inputs' dtype."""
-    z = torch.addmm(b, h, w.t()) if b is not None else h @ w.t()
-    z = z.float()
-    return z.div_(temperature) if temperature != 1.0 else z
+def _tile(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """Raw logits of one tile, h [n, H] @ w [v, H]^T (+ b [v]), in the inputs' dtype (one cuBLAS call)."""
+    return torch.addmm(b, h, w.t()) if b is not None else h @ w.t()
+
+
+def _stats_torch(z, ids, r, s, t, picked, v0, temperature, entropy):
+    """Torch twin of ``kernels.fused_linear.tile_stats``: update (r, s, t, picked) in place from tile z."""
+    x = z.float()
+    if temperature != 1.0:
+        x = x / temperature
+    v = x.shape[1]
+    m = torch.where(s > 0, r, -float("inf"))
+    m_new = torch.maximum(m, x.amax(1))
+    r_new = torch.where(m_new == -float("inf"), 0.0, m_new)
+    alpha = torch.exp(r - r_new)
+    d = x - r_new[:, None]
+    e = torch.exp(d)
+    if entropy:
+        t.copy_((t + s * (r - r_new)) * alpha + (e * torch.where(e > 0, d, 0.0)).sum(1))
+    s.copy_(s * alpha + e.sum(1))
+    r.copy_(r_new)
+    local = ids.long() - v0
+    inside = (local >= 0) & (local < v)
+    got = x.gather(1, local.clamp(0, v - 1)[:, None])[:, 0]
+    picked.copy_(torch.where(inside, got, picked))
+
+
+def _grad_torch(z, dz, ids, g, ge, lse, mean, v0, temperature):
+    """Torch twin of ``kernels.fused_linear.tile_grad``: d(logits) of tile z into dz."""
+    x = z.float()
+    if temperature != 1.0:
+        x = x / temperature
+    v = x.shape[1]
+    p = torch.exp(x - lse[:, None])
+    d = p * (-g[:, None])
+    if ge is not None:
+        d += p * torch.where(p > 0, mean[:, None] - x, 0.0) * ge[:, None]  # a -inf logit has p = 0
+    local = ids.long() - v0
+    inside = (local >= 0) & (local < v)
+    d.scatter_add_(1, local.clamp(0, v - 1)[:, None], (g * inside)[:, None])
+    if temperature != 1.0:
+        d /= temperature
+    dz.copy_(d)
+
+
+def _tile_fns(device: torch.device):
+    """(stats, grad) tile steps: the Triton kernels when the dispatch picks them, else the torch twins."""
+    if use_triton("fused_linear_logprobs", torch.empty(1, device=device)):
+        from ..kernels.fused_linear import tile_grad, tile_stats
+
+        return tile_stats, tile_grad
+    return _stats_torch, _grad_torch
 
 
 def fused_linear_logprobs_ref(
     hidden, weight, bias, token_ids, temperature, return_entropy, ignore_index, chunk_tokens, chunk_vocab
 ):
     """Chunked forward: hidden [N, H], weight [V, H], bias [V] | None, token_ids [N] ->
-    ``(logp, entropy, lse, mean_z)`` float32 [N] each (entropy empty unless asked)."""
+    ``(logp, entropy, lse, mean_z)`` float32 [N] each (entropy and mean_z empty unless asked).
+    Tiles go through the torch twins; :func:`_fused_forward` with the Triton steps is the CUDA path."""
+    return _fused_forward(hidden, weight, bias, token_ids, temperature, return_entropy, ignore_index,
+                          chunk_tokens, chunk_vocab, (_stats_torch, _grad_torch))  # fmt: skip
+
+
+def _fused_forward(hidden, weight, bias, token_ids, temperature, return_entropy, ignore_index, chunk_tokens,
+                   chunk_vocab, fns):  # fmt: skip
+    stats = fns[0]
     N, V = hidden.shape[0], weight.shape[0]
-    dev = hidden.device
-    m = torch.full((N,), -float("inf"), dtype=torch.float32, device=dev)
-    s = torch.zeros(N, dtype=torch.float32, device=dev)
-    t = torch.zeros(N, dtype=torch.float32, device=dev)
-    picked = torch.full((N,), float("nan"), dtype=torch.float32, device=dev)
-    ids = token_ids.long()
+    f32 = dict(dtype=torch.float32, device=hidden.device)
+    r, s = torch.zeros(N, **f32), torch.zeros(N, **f32)
+    t = torch.zeros(N, **f32)
+    picked = torch.full((N,), float("nan"), **f32)
+    ids = token_ids.contiguous()
     for v0 in range(0, V, chunk_vocab):
         v1 = min(V, v0 + chunk_vocab)
         w, b = weight[v0:v1], bias[v0:v1] if bias is not None else None
         for n0 in range(0, N, chunk_tokens):
             n1 = min(N, n0 + chunk_tokens)
-            z = _tile(hidden[n0:n1], w, b, temperature)
-            m_old = m[n0:n1]
-            m_new = torch.maximum(m_old, z.amax(1))
-            scale = torch.exp(m_old - m_new)
-            e = torch.exp(z - m_new[:, None])
-            s[n0:n1] = s[n0:n1] * scale + e.sum(1)
-            if return_entropy:
-                t[n0:n1] = t[n0:n1] * scale + (e * z).sum(1)
-            m[n0:n1] = m_new
-            local = ids[n0:n1] - v0
-            inside = (local >= 0) & (local < v1 - v0)
-            got = z.gather(1, local.clamp(0, v1 - v0 - 1)[:, None])[:, 0]
-            picked[n0:n1] = torch.where(inside, got, picked[n0:n1])
-    lse = m + s.log()
+            rows = slice(n0, n1)
+            stats(_tile(hidden[rows], w, b), ids[rows], r[rows], s[rows], t[rows], picked[rows], v0, temperature,
+                  return_entropy)  # fmt: skip
+    log_s = s.log()
+    lse = r + log_s
     keep = ids != ignore_index
     logp = torch.where(keep, picked - lse, 0.0)
-    mean_z = t / s if return_entropy else torch.zeros(0, device=dev)
-    entropy = torch.where(keep, lse - mean_z, 0.0) if return_entropy else torch.zeros(0, device=dev)
+    if not return_entropy:  # two distinct empties: a custom op's outputs may not alias
+        return logp, torch.zeros(0, **f32), lse, torch.zeros(0, **f32)
+    mean_z = r + t / s
+    entropy = torch.where(keep, log_s - t / s, 0.0)
     return logp, entropy, lse, mean_z
 
 
@@ -221,12 +269,19 @@ def fused_linear_logprobs_backward_ref(
     chunk_tokens, chunk_vocab,
 ):  # fmt: skip
     """Chunked backward: ``(d_hidden [N, H], d_weight [V, H], d_bias [V] | None)`` in the inputs' dtypes.
-    grad_entropy may be empty (no entropy requested)."""
+    grad_entropy may be empty (no entropy requested). Tiles go through the torch twins."""
+    return _fused_backward(grad_logp, grad_entropy, hidden, weight, bias, token_ids, lse, mean_z, temperature,
+                           ignore_index, chunk_tokens, chunk_vocab, (_stats_torch, _grad_torch))  # fmt: skip
+
+
+def _fused_backward(grad_logp, grad_entropy, hidden, weight, bias, token_ids, lse, mean_z, temperature,
+                    ignore_index, chunk_tokens, chunk_vocab, fns):  # fmt: skip
+    grad = fns[1]
     N, V = hidden.shape[0], weight.shape[0]
-    keep = (token_ids != ignore_index).float()
-    g = grad_logp.float() * keep
-    ge = grad_entropy.float() * keep if grad_entropy.numel() else None
-    ids = token_ids.long()
+    ids = token_ids.contiguous()
+    keep = (ids != ignore_index).float()
+    g = (grad_logp.float() * keep).contiguous()
+    ge = (grad_entropy.float() * keep).contiguous() if grad_entropy.numel() else None
     d_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
     d_weight = torch.empty_like(weight)
     d_bias = torch.empty_like(bias) if bias is not None else None
@@ -237,22 +292,16 @@ def fused_linear_logprobs_backward_ref(
         db = torch.zeros(v1 - v0, dtype=torch.float32, device=w.device) if bias is not None else None
         for n0 in range(0, N, chunk_tokens):
             n1 = min(N, n0 + chunk_tokens)
-            h = hidden[n0:n1]
-            z = _tile(h, w, b, temperature)
-            p = torch.exp(z - lse[n0:n1, None])
-            dz = p * (-g[n0:n1, None])
-            if ge is not None:
-                dz += p * (mean_z[n0:n1, None] - z) * ge[n0:n1, None]
-            local = ids[n0:n1] - v0
-            inside = (local >= 0) & (local < v1 - v0)
-            dz.scatter_add_(1, local.clamp(0, v1 - v0 - 1)[:, None], (g[n0:n1] * inside)[:, None])
-            if temperature != 1.0:
-                dz /= temperature
-            dzc = dz.to(h.dtype)  # the gradient matmuls in the inputs' dtype, as an unfused lm_head backward
-            d_hidden[n0:n1] += (dzc @ w).float()
-            dw += (dzc.t() @ h).float()
+            rows = slice(n0, n1)
+            h = hidden[rows]
+            # d(logits) in the inputs' dtype, as an unfused lm_head backward rounds it
+            dz = torch.empty(n1 - n0, v1 - v0, dtype=h.dtype, device=h.device)
+            grad(_tile(h, w, b), dz, ids[rows], g[rows], ge[rows] if ge is not None else None, lse[rows],
+                 mean_z[rows] if ge is not None else None, v0, temperature)  # fmt: skip
+            d_hidden[rows] += (dz @ w).float()
+            dw += (dz.t() @ h).float()
             if db is not None:
-                db += dz.sum(0)
+                db += dz.float().sum(0)
         d_weight[v0:v1] = dw
         if d_bias is not None:
             d_bias[v0:v1] = db
@@ -272,8 +321,8 @@ def _fused_linear_logprobs_op(
     C.check_ids_in_range("token_ids", token_ids, weight.shape[0], ignore_index)
     chunk_tokens, chunk_vocab = _chunks(hidden, weight, chunk_tokens, chunk_vocab)
     with torch.no_grad():
-        return fused_linear_logprobs_ref(hidden, weight, bias, token_ids, temperature, return_entropy, ignore_index,
-                                         chunk_tokens, chunk_vocab)  # fmt: skip
+        return _fused_forward(hidden, weight, bias, token_ids, temperature, return_entropy, ignore_index,
+                              chunk_tokens, chunk_vocab, _tile_fns(hidden.device))  # fmt: skip
 
 
 def _chunks(hidden, weight, chunk_tokens: int, chunk_vocab: int) -> tuple[int, int]:
@@ -297,8 +346,8 @@ def _fused_linear_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     chunk_tokens, chunk_vocab = _chunks(hidden, weight, chunk_tokens, chunk_vocab)
     with torch.no_grad():
-        dh, dw, db = fused_linear_logprobs_backward_ref(grad_logp, grad_entropy, hidden, weight, bias, token_ids, lse,
-                                                        mean_z, temperature, ignore_index, chunk_tokens, chunk_vocab)  # fmt: skip
+        dh, dw, db = _fused_backward(grad_logp, grad_entropy, hidden, weight, bias, token_ids, lse, mean_z,
+                                     temperature, ignore_index, chunk_tokens, chunk_vocab, _tile_fns(hidden.device))  # fmt: skip
     return dh, dw, db if db is not None else weight.new_empty(0)
 
 
