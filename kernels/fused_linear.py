@@ -13,11 +13,11 @@ logit so far is -inf) so the entropy never cancels against the max::
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
 from ._launch import LAUNCH_OPTIONS, on_tensor_device
+from ._softmax import online_softmax_step
 
 
 @triton.jit
@@ -40,16 +40,7 @@ def _tile_stats_kernel(
     for c0 in range(0, v, BLOCK_V):
         cols = c0 + tl.arange(0, BLOCK_V)
         x = tl.load(base + cols, mask=cols < v, other=-float("inf")).to(tl.float32) * inv_temp
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        r_new = tl.where(m_new == -float("inf"), 0.0, m_new)
-        alpha = tl.exp(r - r_new)
-        d = x - r_new
-        e = tl.exp(d)
-        if ENTROPY:
-            t = (t + s * (r - r_new)) * alpha + tl.sum(e * tl.where(e > 0, d, 0.0), axis=0)
-        s = s * alpha + tl.sum(e, axis=0)
-        m = m_new
-        r = r_new
+        m, r, s, t = online_softmax_step(x, m, r, s, t, ENTROPY)
     tl.store(r_ptr + row, r)
     tl.store(s_ptr + row, s)
     if ENTROPY:

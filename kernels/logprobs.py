@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from ._launch import LAUNCH_OPTIONS, on_tensor_device
+from ._softmax import online_softmax_step
 
 
 @triton.jit
@@ -55,16 +56,7 @@ def _logprobs_fwd_kernel(
     for v0 in tl.range(0, V, BLOCK_V, num_stages=STAGES):
         cols = v0 + tl.arange(0, BLOCK_V)
         x = tl.load(base + cols, mask=cols < V, other=-float("inf")).to(tl.float32) * inv_temp
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        r_new = tl.where(m_new == -float("inf"), 0.0, m_new)
-        alpha = tl.exp(r - r_new)
-        d = x - r_new
-        e = tl.exp(d)
-        if ENTROPY:  # e * d -> 0 where e underflows (padded lanes and -inf logits hold d = -inf)
-            t = (t + s * (r - r_new)) * alpha + tl.sum(e * tl.where(e > 0, d, 0.0), axis=0)
-        s = s * alpha + tl.sum(e, axis=0)
-        m = m_new
-        r = r_new
+        m, r, s, t = online_softmax_step(x, m, r, s, t, ENTROPY)
     lse = r + tl.log(s)
     # an id out of range (value checks disabled) yields NaN, never an out-of-bounds read
     logp = tl.where(keep, tl.where(in_range, x_t - lse, float("nan")), 0.0)

@@ -10,7 +10,14 @@ from rlvr_fast.integrations import hf
 
 
 def _model(kind: str, tied: bool):
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     torch.manual_seed(0)
     common = dict(vocab_size=97, tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2, pad_token_id=0)
