@@ -27,10 +27,17 @@ def test_readme_python_example_runs(capsys, monkeypatch):
 def test_readme_video_example_runs(capsys, monkeypatch):
     monkeypatch.delenv("RLVR_FAST_BACKEND", raising=False)  # the extension's kernels when built
     blocks = re.findall(r"```python\n(.*?)```", README, re.S)
-    assert len(blocks) >= 2, "README lost its video example"
-    exec(compile(blocks[1], "README.md", "exec"), {})
+    assert len(blocks) >= 3 and "unpack_video_tokens" in blocks[2], "README lost its video example"
+    exec(compile(blocks[2], "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "[True, True, True, True, True, False, True, True]" in out and "-2.0" in out
+
+
+def test_readme_fused_linear_example_runs(capsys):
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert "fused_linear_policy_loss" in blocks[1], "README lost its fused linear example"
+    exec(compile(blocks[1], "README.md", "exec"), {})
+    assert "grad norm" in capsys.readouterr().out
 
 
 def test_demo_script_runs_short(tmp_path):
