@@ -173,3 +173,20 @@ def test_default_chunks():
     assert rf.default_chunks(10, 7, torch.device("cpu")) == (10, 7)
     ct, cv = rf.default_chunks(16384, 151936, torch.device("cpu"))
     assert ct == 4096 and cv % 256 == 0 and 3 * 4 * ct * cv <= 64 << 20
+
+
+def test_fully_masked_rows(backend):
+    """Every position ignored: zero log-probs and zero gradients; a policy-loss row with no valid
+    token contributes nothing (the other rows' gradient is unchanged)."""
+    h, w, b, ids = _inputs(5, 8, 30, bias=True, seed=9)
+    lp, ent = rf.fused_linear_logprobs(h, w, torch.full_like(ids, -100), bias=b, return_entropy=True)
+    assert torch.equal(lp, torch.zeros(5)) and torch.equal(ent, torch.zeros(5))
+    grads = torch.autograd.grad(lp.sum() + ent.sum(), [h, w, b])
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+    hid = h.detach().view(1, 5, 8).repeat(2, 1, 1).requires_grad_()
+    tok = ids.view(1, 5).repeat(2, 1)
+    mask = torch.tensor([[True] * 5, [False] * 5])
+    old = torch.full((2, 5), -3.0)
+    loss, _ = rf.fused_linear_policy_loss(hid, w.detach(), tok, old, torch.tensor([1.0, 5.0]), mask)
+    (g,) = torch.autograd.grad(loss, [hid])
+    assert torch.equal(g[1], torch.zeros_like(g[1])) and g[0].abs().sum() > 0
