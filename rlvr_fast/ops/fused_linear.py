@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 
 from .. import _checks as C
-from .._dispatch import use_triton
+from .._dispatch import select_backend
 from .policy_loss import policy_loss
 
 CPU_TILE_BUDGET = 64 << 20
@@ -219,7 +219,7 @@ def _grad_torch(z, dz, ids, g, ge, lse, mean, v0, temperature):
 
 def _tile_fns(device: torch.device):
     """(stats, grad) tile steps: the Triton kernels when the dispatch picks them, else the torch twins."""
-    if use_triton("fused_linear_logprobs", torch.empty(1, device=device)):
+    if select_backend("fused_linear_logprobs", device) == "triton":
         from ..kernels.fused_linear import tile_grad, tile_stats
 
         return tile_stats, tile_grad
