@@ -325,3 +325,28 @@ def test_resume_keeps_the_mle_preview_and_the_tokenizer(tmp_path, monkeypatch):
     assert summary["mle"] == first["mle"] and (tmp_path / "preview.png").is_file()
     state = torch.load(tmp_path / "checkpoint" / "trainer_state.pt", weights_only=False)
     assert set(state["previews"]) == {"mle", "rlvr"} and state["rl_step"] == 3
+
+
+def test_lpips_weight_files_switch_the_default_reward_to_mae_plus_lpips(tmp_path):
+    """With video.lpips_* set, the task's reward is RLVR-World's MAE 1 + LPIPS 1 and evaluation reports LPIPS."""
+    from test_lpips import random_weights
+
+    from rlvr_fast.worlds.video_task import VideoTask
+
+    vgg, lin = random_weights()
+    torch.save(vgg, tmp_path / "vgg16.pth")
+    torch.save(lin, tmp_path / "vgg.pth")
+    cfg = C.load_config(None, [*SHORT, f"video.lpips_vgg_path={tmp_path / 'vgg16.pth'}",
+                               f"video.lpips_lin_path={tmp_path / 'vgg.pth'}"])  # fmt: skip
+    vtask = VideoTask(cfg.data, cfg.video)
+    assert vtask.reward.weights == {"mae": 1.0, "lpips": 1.0} and vtask.reward.lpips is not None
+    items = vtask.items("test")[:2]
+    answers = torch.stack([vtask.splits["test"].answers[i.index] for i in items])
+    present = torch.ones_like(answers, dtype=torch.bool)
+    token_rewards, metrics = vtask.score_tokens(answers, present, items, 1)
+    assert {"lpips", "mae", "ssim", "psnr", "valid", "sprites"} <= set(metrics)
+    want = -(metrics["mae"] + metrics["lpips"])
+    torch.testing.assert_close(token_rewards[:, -1], want, rtol=1e-5, atol=1e-6)
+    cfg = C.load_config(None, [*SHORT, f"video.lpips_vgg_path={tmp_path / 'vgg16.pth'}"])
+    with pytest.raises(ValueError, match="both video.lpips_vgg_path and video.lpips_lin_path"):
+        VideoTask(cfg.data, cfg.video)
