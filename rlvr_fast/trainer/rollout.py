@@ -97,12 +97,9 @@ def _forced_tensor(forced_slots: list[bool] | None, answers: list[list[int]] | N
         return None
     if answers is None or len(answers) != rows:
         raise ValueError("forced_slots needs the answers (one per prompt) that hold the forced tokens")
-    out = torch.full((rows, len(forced_slots)), -1, dtype=torch.long)
-    for i, a in enumerate(answers):
-        for t, f in enumerate(forced_slots):
-            if f:
-                out[i, t] = a[t]
-    return out.to(device)
+    R = len(forced_slots)
+    padded = torch.tensor([[*a[:R], *[-1] * (R - len(a))] for a in answers], dtype=torch.long)
+    return torch.where(torch.tensor(forced_slots), padded, -1).to(device)
 
 
 class _ForceTokens:

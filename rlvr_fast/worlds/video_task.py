@@ -257,13 +257,13 @@ class VideoTask:
     @torch.no_grad()
     def score_tokens(self, responses: torch.Tensor, present: torch.Tensor, items: list[VideoItem], group_size: int):
         """Token-level rewards float32 [B, R] and per-rollout metrics {name: float32 [B]} (incl. ``valid``, ``reward``)."""
-        target = self.targets(items, group_size)
+        target = self.targets(items, group_size).float().div_(255.0)  # converted once for both metrics
         out = self.reward(responses, present, target, group_size=group_size)
         metrics = {**out.metrics, "valid": out.valid.float(), "reward": out.scores}
         if self.n_sprites:  # object-level check the pixel metrics cannot make (see sprite_accuracy)
             from .video import sprite_accuracy
 
-            metrics["sprites"] = sprite_accuracy(out.frames, target.float() / 255.0, self.n_sprites, group_size=group_size)
+            metrics["sprites"] = sprite_accuracy(out.frames, target, self.n_sprites, group_size=group_size)
         return out.token_rewards, metrics
 
     def preview(self, path: Path, stages: dict[str, tuple[list[VideoItem], torch.Tensor, torch.Tensor]]) -> Path | None:
