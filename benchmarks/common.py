@@ -142,7 +142,7 @@ def environment() -> dict[str, Any]:
     if sha is not None:
         env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")
         out = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=normal", "--", "rlvr_fast", "kernels", "csrc"],
+            ["git", "status", "--porcelain", "--untracked-files=normal", "--", "rlvr_fast", "csrc"],
             cwd=REPO_ROOT,
             env=env,
             capture_output=True,

@@ -2,7 +2,7 @@
 
 Backends:
 - ``torch``: the pure-PyTorch reference, any device;
-- ``triton``: the Triton kernels (``kernels/``), CUDA tensors (or CPU ones under ``TRITON_INTERPRET=1``);
+- ``triton``: the Triton kernels (``rlvr_fast/kernels/``), CUDA tensors (or CPU ones under ``TRITON_INTERPRET=1``);
 - ``cuda``: the compiled extension ``rlvr_fast._C`` on CUDA tensors (needs a CUDA build of it);
 - ``cpp``: the same extension's C++ kernels on CPU tensors.
 

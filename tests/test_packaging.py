@@ -1,4 +1,4 @@
-"""Packaging: lean import, the kernels/ -> rlvr_fast.kernels mapping, and the dispatch rules."""
+"""Packaging: lean import, the kernels inside the package, and the dispatch rules."""
 
 import os
 import subprocess
@@ -57,15 +57,17 @@ def test_import_and_torch_backend_work_without_triton():
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr
 
 
-def test_kernels_package_maps_to_top_level_directory():
+def test_kernels_live_inside_the_package():
+    """No top-level kernels/: it would shadow Hugging Face's `kernels` (see test_environment.py)."""
     import rlvr_fast.kernels as k
 
-    assert Path(k.__file__).resolve() == ROOT / "kernels" / "__init__.py"
+    assert Path(k.__file__).resolve() == ROOT / "rlvr_fast" / "kernels" / "__init__.py"
+    assert not (ROOT / "kernels").exists()
 
 
 @pytest.mark.slow
 def test_non_editable_install_ships_kernels(tmp_path):
-    """`pip install .` (not editable) must place kernels/ at rlvr_fast/kernels in site-packages."""
+    """`pip install .` (not editable) must ship rlvr_fast/kernels and the extension in site-packages."""
     target = tmp_path / "site"
     res = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target),
