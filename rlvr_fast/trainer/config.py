@@ -143,6 +143,8 @@ class TrainerConfig:
     grad_clip: float = _f(1.0, "max global gradient norm; 0: no clipping")
     seed: int = _f(0, "seed for data order, sampling and initialisation")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    cpu_threads: int = _f(0, "CPU runs: torch threads; 0: as many as other processes leave idle, re-checked "
+                          "every 5 s (trainer/threads.py)")
     bf16: str = _f("auto", "bf16 autocast: auto = on for CUDA", ("auto", "on", "off"))
     parallel: str = _f("auto", "multi-process wrapper under torchrun; auto: DDP below 1B params, else FSDP2",
                        ("auto", "ddp", "fsdp"))
@@ -295,6 +297,7 @@ def validate(cfg: Config) -> None:
         (t.steps >= 0 and cfg.mle.steps >= 0, "trainer.steps and mle.steps must be >= 0"),
         (t.lr > 0 and cfg.mle.lr > 0, "trainer.lr and mle.lr must be > 0"),
         (t.grad_clip >= 0, f"trainer.grad_clip must be >= 0, got {t.grad_clip}"),
+        (t.cpu_threads >= 0, f"trainer.cpu_threads must be >= 0 (0: adapt to idle cores), got {t.cpu_threads}"),
         (len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), f"trainer.betas must be two numbers in [0, 1), got {t.betas}"),
         (t.eval_size >= 1 and t.eval_batch_size >= 1, "trainer.eval_size and trainer.eval_batch_size must be >= 1"),
         (cfg.data.world not in ("text_game", "web_page") or (cfg.data.train_path and cfg.data.test_path),

@@ -51,6 +51,7 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import Config, ConfigError
 from .logger import RunLogger
 from .rollout import Rollout, encode_answer, encode_prompt, response_logits, sample, teacher_batch
+from .threads import CpuThreads
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ class GRPOTrainer:
         module, self.tok = load_model(cfg.model, self.task.tokenizer, self.device)
         self.module = module
         self.model = D.wrap(module, self.dist, cfg.trainer.parallel, self.device)
+        # on CPU: no more torch threads than idle cores (re-checked from the step loops)
+        self.threads = CpuThreads(cfg.trainer.cpu_threads or "auto") if self.device.type == "cpu" else None
         self.ref: torch.nn.Module | None = None
         # token tasks score token tensors themselves (Task.score_tokens); text tasks use the registry
         if self.task.score_tokens is not None and cfg.reward.name:
@@ -437,6 +440,7 @@ class GRPOTrainer:
             if self.stage == "mle":
                 self.logger.start_bar(cfg.mle.steps, self.mle_step, "MLE")
                 while self.mle_step < cfg.mle.steps and not self._should_stop():
+                    self._adapt_threads()
                     self.mle_step_logged()
                     self._maybe_save(self.mle_step)
                 self.logger.close_bar()
@@ -449,6 +453,7 @@ class GRPOTrainer:
                     self._make_ref()
             self.logger.start_bar(t.steps, self.rl_step, "GRPO")
             while self.rl_step < t.steps and not self._should_stop():
+                self._adapt_threads()
                 m = self.grpo_step()
                 self.rl_step += 1
                 self.logger.write({"stage": "rl", "step": self.rl_step, **m, **self.counters})
@@ -466,6 +471,10 @@ class GRPOTrainer:
             signal.signal(signal.SIGINT, previous)
             self.logger.close()
         return self._finish()
+
+    def _adapt_threads(self) -> None:
+        if self.threads is not None:
+            self.threads.step()
 
     def mle_step_logged(self) -> None:
         m = self.mle_update()
