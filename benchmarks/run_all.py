@@ -201,7 +201,13 @@ def _targets(rows: list[dict]) -> list[list[str]]:
     cpu = [r for r in rows if r.get("device_type") == "cpu"]
     table = []
 
+    gpu_names = ", ".join(sorted({r.get("device", "?").removeprefix("NVIDIA ") for r in gpu}))
+
     def add(target, shape, criterion, device, result, missing=NO_GPU):
+        if missing == NO_GPU and gpu:
+            missing = "not measured on the GPU run (the peer was not installed there, or the case was skipped)"
+        if device == "H100" and gpu:  # the targets are set for an H100; say which GPU measured them
+            device = f"H100 (measured on {gpu_names})"
         if result is None:
             table.append([target, shape, criterion, device, "-", "-", "-", missing])
         else:
