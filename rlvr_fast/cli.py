@@ -75,15 +75,44 @@ def _report(summary: dict, out_dir: str) -> None:
         print(f"held-out predictions (context / real / MLE / MLE + GRPO): {summary['preview']}")
 
 
+DEMO_REQUEST = "demo_request.json"  # the demo's resolved configuration, written when its run finished
+
+
+def _demo_request(cfg) -> dict:
+    from . import __version__
+
+    return {"version": __version__, "config": cfg.to_dict()}
+
+
+def _finished_demo(cfg) -> dict | None:
+    """The summary of a finished demo run of exactly this configuration in its out_dir, else None."""
+    out = Path(cfg.trainer.out_dir)
+    try:
+        request = json.loads((out / DEMO_REQUEST).read_text())
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if request == json.loads(json.dumps(_demo_request(cfg))) else None
+
+
 def cmd_train(args, default_config: str | None = None) -> int:
     from .trainer import train
 
     cfg = _config(args.config, args.overrides, default_config)
+    demo = args.cmd == "demo"
+    request = _demo_request(cfg) if demo else None
+    if demo and not args.resume and not args.force and (done := _finished_demo(cfg)) is not None:
+        print(f"rlvr-fast demo: {cfg.trainer.out_dir} holds a finished run of this configuration; showing it "
+              "(--force runs it again)")
+        _report(done, cfg.trainer.out_dir)
+        return 0
     try:
         summary = train(cfg, resume=args.resume)
     except KeyboardInterrupt:
         return 130
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one report
+        if demo:
+            (Path(cfg.trainer.out_dir) / DEMO_REQUEST).write_text(json.dumps(request, indent=1))
         _report(summary, cfg.trainer.out_dir)
     return 0
 
@@ -129,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "demo":
             s.add_argument("--world", choices=sorted(DEMO_CONFIGS), default="text",
                            help="text: the synthetic text game (demo.yaml); video: the sprite world (demo_video.yaml)")
+            s.add_argument("--force", action="store_true",
+                           help="run again even when out_dir holds a finished run of the same configuration")
         if name == "eval":
             s.add_argument("--checkpoint", required=True, help="checkpoint directory (out_dir/best or out_dir/checkpoint)")
     b = sub.add_parser("bench", help="run the benchmark suite (source checkout)")

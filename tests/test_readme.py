@@ -86,3 +86,15 @@ def test_cli_reports_config_errors(capsys):
     assert "unknown key 'trainer.nope'" in capsys.readouterr().err
     assert main(["config", "rollout.n=4"]) == 0
     assert "n = 4" in capsys.readouterr().out
+
+
+def test_readme_performance_numbers_come_from_results_md():
+    """Every time and memory figure in the README's Performance section is a number of RESULTS.md."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
+    perf = readme[readme.index("## Performance"):readme.index("## Where things live")]
+    figures = set(re.findall(r"(\d[\d,]*(?:\.\d+)?) (?:ms|MiB|tokens/s|rollouts/s)", perf))
+    known = set(re.findall(r"\d[\d,]*(?:\.\d+)?", results))
+    assert figures and not sorted(figures - known), f"README figures not in RESULTS.md: {sorted(figures - known)}"

@@ -346,3 +346,25 @@ def test_sampling_ignores_settings_saved_with_the_model(tiny_model):
     finally:
         model.generation_config = saved
     assert torch.equal(clean.input_ids, poisoned.input_ids)
+
+
+def test_demo_shows_a_finished_run_of_the_same_configuration(tmp_path, capsys):
+    """A second `rlvr-fast demo` with the same settings prints the finished run instead of training again;
+    other settings or --force train."""
+    from rlvr_fast import cli
+
+    args = ["demo", *TINY, f"trainer.out_dir={tmp_path}"]
+    assert cli.main(args) == 0
+    first = capsys.readouterr().out
+    assert "holds a finished run" not in first and (tmp_path / cli.DEMO_REQUEST).is_file()
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    assert cli.main(args) == 0
+    again = capsys.readouterr().out
+    assert "holds a finished run of this configuration" in again
+    table = lambda text: text[text.index("held-out metric"):text.index("best checkpoint")]  # noqa: E731
+    assert table(again) == table(first)
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics  # nothing ran
+    assert cli.main([*args, "trainer.steps=2"]) == 0
+    assert "holds a finished run" not in capsys.readouterr().out
+    assert cli.main([*args, "trainer.steps=2", "--force"]) == 0
+    assert "holds a finished run" not in capsys.readouterr().out
