@@ -1,9 +1,9 @@
-"""The CPU thread policy (rlvr_fast/trainer/threads.py): threads follow the cores others leave idle."""
+"""The CPU thread policy (rlvr_fast/_threads.py): threads follow the cores others leave idle."""
 
 import pytest
 import torch
 
-from rlvr_fast.trainer import threads as T
+from rlvr_fast import _threads as T
 
 
 @pytest.fixture

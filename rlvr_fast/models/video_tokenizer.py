@@ -113,6 +113,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlvr_fast._checks import FLOAT_DTYPES, INT_DTYPES, check_tensor, value_checks_enabled
+from rlvr_fast._threads import CpuThreads
 from rlvr_fast.models._files import check_against_schema, read_state_dict
 from rlvr_fast.ops.video import Quantizer
 
@@ -1180,8 +1181,12 @@ def train_tokenizer(
 
         bar = tqdm(total=steps, desc="tokenizer", unit="step", dynamic_ncols=True, mininterval=0.5)
     every = max(1, steps // 10)
+    # on CPU: no more torch threads than idle cores (a busy neighbour stalls every parallel op)
+    threads = CpuThreads("auto") if device.type == "cpu" else None
     try:
         for step in range(steps):
+            if threads is not None:
+                threads.step()
             x = next_batch(step).to(device, non_blocking=True).contiguous(memory_format=fmt)
             with torch.autocast(
                 device_type=device.type,

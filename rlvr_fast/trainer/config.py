@@ -144,7 +144,7 @@ class TrainerConfig:
     seed: int = _f(0, "seed for data order, sampling and initialisation")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     cpu_threads: int = _f(0, "CPU runs: torch threads; 0: as many as other processes leave idle, re-checked "
-                          "every 5 s (trainer/threads.py)")
+                          "every 5 s (rlvr_fast/_threads.py)")
     bf16: str = _f("auto", "bf16 autocast: auto = on for CUDA", ("auto", "on", "off"))
     parallel: str = _f("auto", "multi-process wrapper under torchrun; auto: DDP below 1B params, else FSDP2",
                        ("auto", "ddp", "fsdp"))

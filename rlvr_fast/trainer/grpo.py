@@ -44,6 +44,7 @@ import torch
 
 from .. import ops as rf
 from .. import rewards
+from .._threads import CpuThreads
 from ..models import count_parameters, load_model
 from ..worlds import Task, load_task
 from . import distributed as D
@@ -51,7 +52,6 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import Config, ConfigError
 from .logger import RunLogger
 from .rollout import Rollout, encode_answer, encode_prompt, response_logits, sample, teacher_batch
-from .threads import CpuThreads
 
 log = logging.getLogger(__name__)
 

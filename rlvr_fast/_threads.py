@@ -6,12 +6,13 @@ barrier until it gets a time slice back, so each op costs a scheduler quantum. M
 machine with another process using ~1.5 cores: `make demo` MLE steps went from ~2 s to 15-20 s with
 2 threads; with 1 thread they stay near the idle time. On an idle machine 2 threads are faster.
 
-``CpuThreads`` measures how much CPU the *other* processes used since its last look
-(``/proc/stat`` busy time of the cores this process may run on, minus this process's own CPU time
-from ``/proc/self/stat``), and sets ``torch.set_num_threads`` to the idle cores (a core counts when
-others leave over 0.7 of it), at least 1 and at most the cores available. It looks again every ``interval_s`` seconds of wall time, from
-the trainer's step loop, and logs each change. Where ``/proc`` is unreadable (not Linux) it keeps
-the thread count it was given. A fixed count (``trainer.cpu_threads=N``) turns it off.
+``CpuThreads`` measures how much CPU the *other* processes used since its last look (``/proc/stat``
+busy time of the cores this process may run on, minus this process's own CPU time from
+``os.times()``), and sets ``torch.set_num_threads`` to the idle cores (a core counts when others leave
+over 0.7 of it), at least 1 and at most the cores available. It looks again every ``interval_s``
+seconds of wall time, from the step loops of the trainer and of the frame tokenizer's training, and
+logs each change. Where ``/proc`` is unreadable (not Linux) it keeps the thread count it was given. A
+fixed count (``trainer.cpu_threads=N``) turns it off.
 """
 
 from __future__ import annotations
