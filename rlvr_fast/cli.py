@@ -40,6 +40,11 @@ TABLE_METRICS = (
 )
 
 
+# Errors the library raises for bad settings, files and inputs (each names what is wrong); anything
+# else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
+
+
 def _config(path: str | None, overrides: list[str], default: str | None = None):
     from .trainer.config import load_config
 
@@ -121,6 +126,13 @@ def cmd_eval(args) -> int:
     from .trainer import GRPOTrainer
 
     # a checkpoint directory is a Hugging Face model directory (weights, config, tokenizer)
+    ckpt = Path(args.checkpoint)
+    if not ckpt.is_dir():
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint!r}: no such directory (a run's out_dir/best or "
+                                "out_dir/checkpoint)")
+    if not (ckpt / "config.json").is_file():
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint!r} is not a checkpoint directory (no config.json; "
+                                "use a run's out_dir/best or out_dir/checkpoint)")
     cfg = _config(args.config, [*args.overrides, f"model.path={args.checkpoint}"])
     metrics = GRPOTrainer(cfg).evaluate()
     print(json.dumps(metrics, indent=2))
@@ -147,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="rlvr-fast", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, helptext in (("demo", "the built-in main job"), ("train", "MLE + GRPO training"),
                            ("eval", "evaluate a checkpoint"), ("config", "print the resolved configuration")):  # fmt: skip
@@ -178,8 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "config":
             return cmd_config(args)
         return cmd_bench(args)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"rlvr-fast: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        # what the library raises for a bad setting, file or input: one line, the traceback on request
+        if args.debug:
+            raise
+        kind = "KeyError: " if isinstance(e, KeyError) else ""  # a KeyError's message is the key alone
+        print(f"rlvr-fast: {kind}{e}\n(rlvr-fast --debug {args.cmd} ... shows the traceback)", file=sys.stderr)
         return 2
 
 

@@ -4,6 +4,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -86,6 +88,28 @@ def test_cli_reports_config_errors(capsys):
     assert "unknown key 'trainer.nope'" in capsys.readouterr().err
     assert main(["config", "rollout.n=4"]) == 0
     assert "n = 4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["train", "reward.name=nope", "mle.steps=0", "trainer.steps=0"], "unknown reward 'nope'"),
+    (["train", "data.world=text_game", "data.train_path={tmp}/x.csv", "data.test_path={tmp}/x.csv",
+      "model.path={tmp}"], "expected a .parquet, .jsonl or .json file"),
+    (["train", "data.world=text_game", "data.train_path={tmp}/x.jsonl", "data.test_path={tmp}/x.jsonl"],
+     "needs a pretrained model with its tokenizer: set model.path"),
+    (["eval", "--checkpoint", "{tmp}/nope"], "--checkpoint '{tmp}/nope': no such directory"),
+    (["eval", "--checkpoint", "{tmp}"], "is not a checkpoint directory (no config.json"),
+])
+def test_cli_user_errors_are_one_message(tmp_path, capsys, argv, says):
+    """A bad setting or file reaches the terminal as one message naming it, no traceback; --debug raises."""
+    from rlvr_fast.cli import main
+
+    (tmp_path / "config.json").write_text("{}") if argv[0] == "train" else None
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert says.format(tmp=tmp_path) in err and "Traceback" not in err and "--debug" in err
+    with pytest.raises((ValueError, OSError)):
+        main(["--debug", *argv])
 
 
 def test_readme_performance_numbers_come_from_results_md():

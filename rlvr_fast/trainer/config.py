@@ -32,7 +32,9 @@ def _f(default, help: str, choices: tuple | None = None):
 
 @dataclass
 class ModelConfig:
-    path: str | None = _f(None, "local Hugging Face causal-LM directory; empty: a tiny Llama built from scratch")
+    path: str | None = _f(None, "local Hugging Face causal-LM directory (config.json, weights, tokenizer files); "
+                          "empty: a tiny Llama built from scratch, for the built-in worlds only (they ship their "
+                          "tokenizer); text_game and web_page data need a real model here")
     hidden_size: int = _f(128, "tiny model: hidden size")
     num_layers: int = _f(3, "tiny model: transformer layers")
     num_heads: int = _f(4, "tiny model: attention heads")
@@ -302,6 +304,10 @@ def validate(cfg: Config) -> None:
         (t.eval_size >= 1 and t.eval_batch_size >= 1, "trainer.eval_size and trainer.eval_batch_size must be >= 1"),
         (cfg.data.world not in ("text_game", "web_page") or (cfg.data.train_path and cfg.data.test_path),
          f"data.world = {cfg.data.world!r} reads local files: set data.train_path and data.test_path"),
+        (cfg.data.world not in ("text_game", "web_page") or cfg.model.path,
+         f"data.world = {cfg.data.world!r} needs a pretrained model with its tokenizer: set model.path to a local "
+         "Hugging Face model directory (config.json, weights, tokenizer files), e.g. one saved with "
+         "save_pretrained"),
         (cfg.data.world not in ("sprite_video", "rt1_video") or not cfg.reward.name,
          f"reward.name={cfg.reward.name!r} does not apply to {cfg.data.world}: its reward is computed on the frame "
          "tokens (configure it with video.reward_weights)"),
