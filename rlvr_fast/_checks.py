@@ -113,3 +113,25 @@ def check_finite(name: str, t: torch.Tensor, hint: str = "") -> None:
             f"{name}: expected finite values, got {int(bad.sum())} non-finite value(s), first at flat index "
             f"{idx} ({t.flatten()[idx].item()}){hint}"
         )
+
+
+def check_finite_where(where: torch.Tensor, what: str, hint: str = "", **tensors: torch.Tensor | None) -> None:
+    """Raise ValueError naming the first of ``tensors`` with NaN/Inf where ``where`` is True.
+
+    ``where`` is a bool [B, T]; a [B] tensor is checked on the rows with any True in ``where``. Values at
+    other positions are not looked at (they never reach the result). ``what`` describes ``where`` in the
+    message. One host sync for all tensors together.
+    """
+    items = [(k, v) for k, v in tensors.items() if v is not None and v.numel() > 0]
+    if not items or where.numel() == 0 or not value_checks_enabled(where):
+        return
+    masks = [where if v.dim() == where.dim() else where.any(-1) for _, v in items]
+    bad = [~torch.isfinite(v) & w for (_, v), w in zip(items, masks)]
+    flags = torch.stack([b.any() for b in bad]).tolist()  # the one sync
+    for (name, v), b, flag in zip(items, bad, flags):
+        if flag:
+            first = tuple(int(i) for i in b.nonzero()[0])
+            raise ValueError(
+                f"{name}: expected finite values {what}, got {int(b.sum())} non-finite value(s), first at index "
+                f"{first} ({v[first].item()}){hint}"
+            )
