@@ -161,8 +161,15 @@ def fused_linear_policy_loss(
     out = fused_linear_logprobs(hidden, weight, token_ids, bias=bias, temperature=temperature,
                                 return_entropy=entropy_coef != 0, chunk_tokens=chunk_tokens, chunk_vocab=chunk_vocab)  # fmt: skip
     logp, entropy = out if entropy_coef != 0 else (out, None)
-    loss, metrics = policy_loss(logp, old_logp, advantages, response_mask, entropy=entropy, entropy_coef=entropy_coef,
-                                **loss_options)  # fmt: skip
+    try:
+        loss, metrics = policy_loss(logp, old_logp, advantages, response_mask, entropy=entropy,
+                                    entropy_coef=entropy_coef, **loss_options)  # fmt: skip
+    except ValueError as e:  # the log-probs are computed here: name the argument they come from
+        if not str(e).startswith(("logp:", "entropy:")):
+            raise
+        raise ValueError(
+            f"hidden: {str(e).split(': ', 1)[1]} (the {str(e).split(':')[0]} computed from hidden, weight and bias)"
+        ) from None
     metrics["logp"] = logp.detach()
     if entropy is not None:
         metrics["entropy_tokens"] = entropy.detach()
