@@ -122,7 +122,9 @@ def check_finite(name: str, t: torch.Tensor, hint: str = "") -> None:
         )
 
 
-def check_finite_where(where: torch.Tensor, what: str, hint: str = "", **tensors: torch.Tensor | None) -> None:
+def check_finite_where(
+    where: torch.Tensor, what: str, hint: str = "", **tensors: torch.Tensor | None
+) -> None:
     """Raise ValueError naming the first of ``tensors`` with NaN/Inf where ``where`` is True.
 
     ``where`` is a bool [B, T]; a [B] tensor is checked on the rows with any True in ``where``. Values at
@@ -138,7 +140,8 @@ def check_finite_where(where: torch.Tensor, what: str, hint: str = "", **tensors
     for (name, v), b, flag in zip(items, bad, flags):
         if flag:
             first = tuple(int(i) for i in b.nonzero()[0])
+            count = int(b.sum())
             raise ValueError(
-                f"{name}: expected finite values {what}, got {int(b.sum())} non-finite value(s), first at index "
+                f"{name}: expected finite values {what}, got {count} non-finite value(s), first at index "
                 f"{first} ({v[first].item()}){hint}"
             )

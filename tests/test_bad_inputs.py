@@ -74,37 +74,44 @@ def _scores(scale=1.0):
     return torch.tensor([0.0, 1.0, 0.5, 2.0, -1.0, 3.0, 3.0, 0.25]) * scale
 
 
-def _adv_ref(scores, mask=None, estimator="grpo"):
-    return lambda: rf.group_advantages_ref(scores.double(), None, 4, mask, estimator, 1e-6, True, "zero", False)
+def _adv_ref(scores, mask=None, estimator="grpo", eps=1e-6, nan_as_missing=False):
+    """float64 reference with contiguous groups of 4, as ``group_advantages(..., group_size=4)``."""
+    args = (mask, estimator, eps, True, "zero", nan_as_missing)
+    return lambda: rf.group_advantages_ref(scores.double(), None, 4, *args)
 
 
 def _advantage_cases():
     s, mask = _scores(), torch.rand(8, 5) > 0.3
     ga = rf.group_advantages
     cases = {
-        "device-mask": (lambda: ga(s, group_size=4, response_mask=meta(mask)), Raises(ValueError, "response_mask")),
-        "device-ids": (lambda: ga(s, group_ids=meta(torch.zeros(8, dtype=torch.long))), Raises(ValueError, "group_ids")),
+        "device-mask": (lambda: ga(s, group_size=4, response_mask=meta(mask)),
+                        Raises(ValueError, "response_mask")),
+        "device-ids": (lambda: ga(s, group_ids=meta(torch.zeros(8, dtype=torch.long))),
+                       Raises(ValueError, "group_ids")),
         "dtype-scores": (lambda: ga(s.long(), group_size=4), Raises(TypeError, "scores")),
         "dtype-ids": (lambda: ga(s, group_ids=torch.zeros(8)), Raises(TypeError, "group_ids")),
         "shape-scores": (lambda: ga(s[None], group_size=4), Raises(ValueError, "scores")),
-        "shape-mask": (lambda: ga(s, group_size=4, response_mask=mask[:7]), Raises(ValueError, "response_mask")),
+        "shape-mask": (lambda: ga(s, group_size=4, response_mask=mask[:7]),
+                       Raises(ValueError, "response_mask")),
         "shape-group-size": (lambda: ga(s, group_size=3), Raises(ValueError, "group_size")),
         "empty": (lambda: ga(s[:0], group_size=4), Matches(lambda: torch.zeros(0))),
         "nan": (lambda: ga(torch.where(s == 3, NAN, s), group_size=4), Raises(ValueError, "scores")),
         "inf": (lambda: ga(torch.where(s == 3, INF, s), group_size=4), Raises(ValueError, "scores")),
         "nan-trl": (
             lambda: ga(torch.where(s == 2, NAN, s), group_size=4, preset="trl"),
-            Matches(lambda: rf.group_advantages_ref(torch.where(s == 2, NAN, s).double(), None, 4, None, "grpo",
-                                                    1e-4, True, "zero", True)),
+            Matches(_adv_ref(torch.where(s == 2, NAN, s), eps=1e-4, nan_as_missing=True)),
         ),
-        "strided-scores": (lambda: ga(strided(s), group_size=4, response_mask=mask), Matches(_adv_ref(s, mask))),
-        "strided-mask": (lambda: ga(s, group_size=4, response_mask=mask.t().contiguous().t()), Matches(_adv_ref(s, mask))),
+        "strided-scores": (lambda: ga(strided(s), group_size=4, response_mask=mask),
+                           Matches(_adv_ref(s, mask))),
+        "strided-mask": (lambda: ga(s, group_size=4, response_mask=mask.t().contiguous().t()),
+                         Matches(_adv_ref(s, mask))),
     }
     for scale in (1e20, 1e38):  # squares overflow float32; the statistics must not
         for est in ("grpo", "rloo", "reinforce_pp_baseline"):
             big = _scores(scale)
             cases[f"scale{scale:.0e}-{est}"] = (
-                lambda big=big, est=est: ga(big, group_size=4, estimator=est), Matches(_adv_ref(big, None, est))
+                lambda big=big, est=est: ga(big, group_size=4, estimator=est),
+                Matches(_adv_ref(big, None, est)),
             )
     return cases
 
@@ -156,8 +163,8 @@ def _loss_oracle(logp, old, adv, mask, ref, ent):
     clean = [torch.where(mask, t, 0.0).double() for t in (logp, old, ref, ent)]
     a = torch.where(valid, adv, 0.0).double()
     lp, e = clean[0].requires_grad_(), clean[3].requires_grad_()
-    loss, _, _ = policy_loss_ref(lp, clean[1], a, mask, clean[2], e, 0.2, 0.2, 3.0, "k3", 0.1, 10.0, 20.0, 0.01,
-                                 "token-mean", None)  # fmt: skip
+    cfg = (0.2, 0.2, 3.0, "k3", 0.1, 10.0, 20.0, 0.01, "token-mean", None)  # LOSS_KW, positionally
+    loss, _, _ = policy_loss_ref(lp, clean[1], a, mask, clean[2], e, *cfg)
     loss.backward()
     return loss, lp.grad, e.grad
 
@@ -172,8 +179,9 @@ def _policy_loss_cases():
 
     def call(**over):
         a = {**args, **over}
-        return rf.policy_loss(a["logp"], a["old_logp"], a["advantages"], over.get("response_mask", mask),
-                              ref_logp=a["ref_logp"], entropy=a["entropy"], **LOSS_KW)[0]  # fmt: skip
+        lp, old_, adv_, mask_ = a["logp"], a["old_logp"], a["advantages"], over.get("response_mask", mask)
+        extra = dict(ref_logp=a["ref_logp"], entropy=a["entropy"], **LOSS_KW)
+        return rf.policy_loss(lp, old_, adv_, mask_, **extra)[0]
 
     cases = {
         "dtype-logp": (lambda: call(logp=logp.long()), Raises(TypeError, "logp")),
@@ -199,12 +207,15 @@ def _policy_loss_cases():
     for name in args:
         if name != "logp":
             cases[f"device-{name}"] = (lambda n=name: call(**{n: meta(args[n])}), Raises(ValueError, name))
-    cases["device-response_mask"] = (lambda: call(response_mask=meta(mask)), Raises(ValueError, "response_mask"))
+    cases["device-response_mask"] = (
+        lambda: call(response_mask=meta(mask)),
+        Raises(ValueError, "response_mask"),
+    )
     for value in (NAN, INF, -INF):
         for name in args:
             poisoned = {**args, name: _poisoned(args[name], mask, value)}
-            order = [poisoned[k] for k in ("logp", "old_logp", "advantages")] + [mask, poisoned["ref_logp"],
-                                                                                    poisoned["entropy"]]  # fmt: skip
+            order = [poisoned[k] for k in ("logp", "old_logp", "advantages")]
+            order += [mask, poisoned["ref_logp"], poisoned["entropy"]]
             cases[f"masked-{value}-{name}"] = (
                 lambda o=order: _loss_and_grads(*o), Matches(lambda o=order: _loss_oracle(*o))
             )
@@ -240,20 +251,29 @@ def _from_logits_cases():
     junk = torch.where(mask[..., None], logits, NAN)  # every masked row is all NaN
     oracle = _from_logits(logits.double(), ids, old, adv, mask, ref)
     cases = {
-        "device-token_ids": (lambda: _from_logits(logits, meta(ids), old, adv, mask, ref), Raises(ValueError, "token_ids")),
-        "device-old_logp": (lambda: _from_logits(logits, ids, meta(old), adv, mask, ref), Raises(ValueError, "old_logp")),
-        "dtype-token_ids": (lambda: _from_logits(logits, ids.float(), old, adv, mask, ref), Raises(TypeError, "token_ids")),
-        "shape-token_ids": (lambda: _from_logits(logits, ids[:, :-1], old, adv, mask, ref), Raises(ValueError, "token_ids")),
-        "empty-T": (lambda: _from_logits(logits[:, :0], ids[:, :0], old[:, :0], adv[:, :0], mask[:, :0], ref[:, :0]),
-                    Raises(ValueError, "logits")),
-        "ids-out-of-range": (lambda: _from_logits(logits, ids + V, old, adv, mask, ref), Raises(ValueError, "token_ids")),
+        "device-token_ids": (lambda: _from_logits(logits, meta(ids), old, adv, mask, ref),
+                             Raises(ValueError, "token_ids")),
+        "device-old_logp": (lambda: _from_logits(logits, ids, meta(old), adv, mask, ref),
+                            Raises(ValueError, "old_logp")),
+        "dtype-token_ids": (lambda: _from_logits(logits, ids.float(), old, adv, mask, ref),
+                            Raises(TypeError, "token_ids")),
+        "shape-token_ids": (lambda: _from_logits(logits, ids[:, :-1], old, adv, mask, ref),
+                            Raises(ValueError, "token_ids")),
+        "empty-T": (
+            lambda: _from_logits(*(t[:, :0] for t in (logits, ids, old, adv, mask, ref))),
+            Raises(ValueError, "logits"),
+        ),
+        "ids-out-of-range": (lambda: _from_logits(logits, ids + V, old, adv, mask, ref),
+                             Raises(ValueError, "token_ids")),
         "masked-nan-logits": (lambda: _from_logits(junk, ids, old, adv, mask, ref), Matches(lambda: oracle)),
         "masked-nan-logits-entropy": (
             lambda: _from_logits(junk, ids, old, adv, mask, ref, compute_entropy=True),
             Matches(lambda: _from_logits(logits.double(), ids, old, adv, mask, ref, compute_entropy=True)),
         ),
-        "unmasked-nan-logits": (lambda: _from_logits(torch.where(mask[..., None], NAN, logits), ids, old, adv, mask, ref),
-                                Raises(ValueError, "logits")),
+        "unmasked-nan-logits": (
+            lambda: _from_logits(torch.where(mask[..., None], NAN, logits), ids, old, adv, mask, ref),
+            Raises(ValueError, "logits"),
+        ),
         "view-logits": (  # logits[:, :-1] of a longer sequence, read in place
             lambda: _from_logits(torch.cat([logits, logits[:, :1]], 1)[:, :-1], ids, old, adv, mask, ref),
             Matches(lambda: oracle),
@@ -295,8 +315,10 @@ def _logprob_cases():
         "shape-token_ids": (lambda: tl(logits, ids[:, 1:]), Raises(ValueError, "token_ids")),
         "empty": (lambda: tl(logits[:0], ids[:0]), Matches(lambda: torch.zeros(0, T))),
         "ids-out-of-range": (lambda: tl(logits, ids - V), Raises(ValueError, "token_ids")),
-        "ignored-nan-row": (lambda: with_grad(junk, ignored), Matches(lambda: with_grad(logits.double(), ignored))),
-        "view-logits": (lambda: tl(torch.cat([logits, logits[:, :1]], 1)[:, :-1], ids), Matches(lambda: tl(logits.double(), ids))),
+        "ignored-nan-row": (lambda: with_grad(junk, ignored),
+                            Matches(lambda: with_grad(logits.double(), ignored))),
+        "view-logits": (lambda: tl(torch.cat([logits, logits[:, :1]], 1)[:, :-1], ids),
+                        Matches(lambda: tl(logits.double(), ids))),
     }
 
 
@@ -310,6 +332,11 @@ def test_token_logprobs(name, backend):
         assert (LOGPROB_CASES[name][0]()[2][1, 2] == 0).all()
 
 
+def exact_logp(h, w, b, ids):
+    logits = h.double() @ w.double().T + b.double()
+    return torch.log_softmax(logits, -1).gather(-1, ids[..., None])[..., 0]
+
+
 def _fused_cases():
     logits, ids, logp, old, adv, ref, ent, mask = _batch()
     g = torch.Generator().manual_seed(2)
@@ -318,8 +345,8 @@ def _fused_cases():
 
     def loss_and_grads(hidden, **kw):
         x, wt = hidden.detach().clone().requires_grad_(), w.clone().requires_grad_()
-        loss, _ = rf.fused_linear_policy_loss(x, wt, ids, old, adv, mask, chunk_tokens=4, chunk_vocab=3, ref_logp=ref,
-                                              **{**LOSS_KW, **kw})  # fmt: skip
+        opts = dict(chunk_tokens=4, chunk_vocab=3, ref_logp=ref, **{**LOSS_KW, **kw})
+        loss, _ = rf.fused_linear_policy_loss(x, wt, ids, old, adv, mask, **opts)
         loss.backward()
         return loss, x.grad, wt.grad
 
@@ -334,9 +361,7 @@ def _fused_cases():
         "shape-bias": (lambda: fl(h, w, ids, bias=b[:-1]), Raises(ValueError, "bias")),
         "empty": (lambda: fl(h[:0], w, ids[:0]), Matches(lambda: torch.zeros(0, T))),
         "ids-out-of-range": (lambda: fl(h, w, ids + V), Raises(ValueError, "token_ids")),
-        "strided-hidden": (lambda: fl(strided(h), w, ids, bias=b),
-                           Matches(lambda: torch.log_softmax(h.double() @ w.double().T + b.double(), -1)
-                                   .gather(-1, ids[..., None])[..., 0])),  # fmt: skip
+        "strided-hidden": (lambda: fl(strided(h), w, ids, bias=b), Matches(lambda: exact_logp(h, w, b, ids))),
         "masked-nan-hidden": (lambda: loss_and_grads(junk, entropy_coef=0.0),
                               Matches(lambda: loss_and_grads(h, entropy_coef=0.0))),
         "masked-nan-hidden-entropy": (lambda: loss_and_grads(junk), Matches(lambda: loss_and_grads(h))),
@@ -357,8 +382,9 @@ def test_fused_linear(name, backend):
 # video ops (extension kernels: cpp on CPU, no backend fixture)
 # ----------------------------------------------------------------------------------------------
 
-LAYOUT = rf.VideoTokenLayout(frame_shape=(2, 2), visual_vocab=10, action_offset=10, action_bins=4,
-                             action_tokens_per_frame=0)  # fmt: skip
+LAYOUT = rf.VideoTokenLayout(
+    frame_shape=(2, 2), visual_vocab=10, action_offset=10, action_bins=4, action_tokens_per_frame=0
+)
 
 
 def _video_cases():
@@ -380,15 +406,18 @@ def _video_cases():
     bad[0, 1] = 10_000  # out-of-range id: that rollout is invalid, the others are not
 
     return {
-        "unpack-device-mask": (lambda: unpack(resp, meta(rmask), LAYOUT), Raises(ValueError, "response_mask")),
+        "unpack-device-mask": (lambda: unpack(resp, meta(rmask), LAYOUT),
+                               Raises(ValueError, "response_mask")),
         "unpack-dtype": (lambda: unpack(resp.float(), rmask, LAYOUT), Raises(TypeError, "responses")),
         "unpack-shape": (lambda: unpack(resp, rmask[:, 1:], LAYOUT), Raises(ValueError, "response_mask")),
-        "unpack-empty": (lambda: unpack(resp[:0], rmask[:0], LAYOUT)[1].float(), Matches(lambda: torch.zeros(0))),
+        "unpack-empty": (lambda: unpack(resp[:0], rmask[:0], LAYOUT)[1].float(),
+                         Matches(lambda: torch.zeros(0))),
         "unpack-out-of-range": (lambda: unpack(bad, rmask, LAYOUT)[1].float(),
                                 Matches(lambda: torch.tensor([0.0, 1.0, 1.0, 1.0]))),
         "unpack-strided": (lambda: unpack(strided(resp), strided(rmask), LAYOUT)[0],
                            Matches(lambda: unpack(resp, rmask, LAYOUT)[0])),
-        "codes-device-table": (lambda: rf.codes_to_latents(codes, meta(table)), Raises(ValueError, "quantizer")),
+        "codes-device-table": (lambda: rf.codes_to_latents(codes, meta(table)),
+                               Raises(ValueError, "quantizer")),
         "codes-dtype": (lambda: rf.codes_to_latents(codes.float(), quant), Raises(TypeError, "codes")),
         "codes-shape": (lambda: rf.codes_to_latents(codes[0, 0], quant), Raises(ValueError, "codes")),
         "codes-empty-grid": (lambda: rf.codes_to_latents(codes[:, :0], quant), Raises(ValueError, "codes")),
@@ -399,7 +428,8 @@ def _video_cases():
         "pixel-device": (lambda: pm(pred, meta(target), group_size=2), Raises(ValueError, "target")),
         "pixel-dtype": (lambda: pm(pred.long(), target, group_size=2), Raises(TypeError, "pred")),
         "pixel-shape": (lambda: pm(pred, target[:1], group_size=2), Raises(ValueError, "pred")),
-        "pixel-empty-frames": (lambda: pm(pred[..., :0], target[..., :0], group_size=2), Raises(ValueError, "pred")),
+        "pixel-empty-frames": (lambda: pm(pred[..., :0], target[..., :0], group_size=2),
+                               Raises(ValueError, "pred")),
         "pixel-k1-nan": (lambda: pm(pred, target, group_size=2, k1=NAN), Raises(ValueError, "k1")),
         "pixel-k2-negative": (lambda: pm(pred, target, group_size=2, k2=-1), Raises(ValueError, "k2")),
         "pixel-strided": (lambda: pm(pred.transpose(-1, -2), target.transpose(-1, -2), group_size=2),
@@ -407,14 +437,15 @@ def _video_cases():
                                              target.transpose(-1, -2).contiguous(), group_size=2))),
         "reward-device-valid": (lambda: rf.pixel_reward(pred, target, {"mse": 1.0}, group_size=2,
                                                         valid=meta(torch.ones(4, dtype=torch.bool))),
-                                Raises(ValueError, "valid")),  # fmt: skip
+                                Raises(ValueError, "valid")),
         "reward-weights-nan": (lambda: rf.pixel_reward(pred, target, {"mse": NAN}, group_size=2),
                                Raises(ValueError, "weights['mse']")),
         "scatter-device": (lambda: ssr(reward, meta(smask)), Raises(ValueError, "response_mask")),
         "scatter-dtype": (lambda: ssr(reward.long(), smask), Raises(TypeError, "reward")),
         "scatter-shape": (lambda: ssr(reward, smask[:3]), Raises(ValueError, "response_mask")),
         "scatter-empty": (lambda: ssr(reward, smask[:, :0]), Matches(lambda: torch.zeros(4, 0))),
-        "scatter-nan": (lambda: ssr(torch.where(reward > 0, NAN, reward), smask), Raises(ValueError, "reward")),
+        "scatter-nan": (lambda: ssr(torch.where(reward > 0, NAN, reward), smask),
+                        Raises(ValueError, "reward")),
         "scatter-strided": (lambda: ssr(strided(reward), strided(smask)),
                             Matches(lambda: rf.scatter_sequence_reward_ref(reward, smask))),
     }
@@ -430,10 +461,14 @@ def test_video_ops(name):
 
 def test_every_public_op_is_swept():
     """A new public op must join the sweep."""
-    swept = {"group_advantages", "token_logprobs", "policy_loss", "policy_loss_from_logits", "fused_linear_logprobs",
-             "fused_linear_policy_loss", "unpack_video_tokens", "codes_to_latents", "pixel_metrics", "pixel_reward",
-             "scatter_sequence_reward"}  # fmt: skip
-    helpers = {"default_chunks", "aggregate_frames", "default_invalid_reward", "fsq_codebook", "Quantizer",
-               "VideoTokenLayout", "AGG_MODES", "KL_TYPES", "METRICS"}  # fmt: skip
+    swept = set(
+        "group_advantages token_logprobs policy_loss policy_loss_from_logits fused_linear_logprobs "
+        "fused_linear_policy_loss unpack_video_tokens codes_to_latents pixel_metrics pixel_reward "
+        "scatter_sequence_reward".split()
+    )
+    helpers = set(
+        "default_chunks aggregate_frames default_invalid_reward fsq_codebook Quantizer VideoTokenLayout "
+        "AGG_MODES KL_TYPES METRICS".split()
+    )
     public = {n for n in rf.ops.__all__ if not n.endswith(("_ref", "_backward_ref"))}
     assert public - helpers == swept

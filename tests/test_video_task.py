@@ -141,8 +141,8 @@ def test_video_reward_refuses_float_targets_outside_unit_range(monkeypatch):
     tok = _tok(2)
     layout = _layout(tok, frames=3, actions=2)
     g = torch.Generator().manual_seed(2)
-    responses = layout.response_ids(torch.randint(0, tok.num_codes, (2, 3, 8, 8), generator=g),
-                                    torch.randint(0, 16, (2, 3, 2), generator=g))  # fmt: skip
+    codes = torch.randint(0, tok.num_codes, (2, 3, 8, 8), generator=g)
+    responses = layout.response_ids(codes, torch.randint(0, 16, (2, 3, 2), generator=g))
     present = torch.ones_like(responses, dtype=torch.bool)
     target = torch.rand(2, 3, 3, 64, 64, generator=g)
     reward = VideoReward.from_tokenizer(layout, tok, {"mae": 1.0})
@@ -151,7 +151,8 @@ def test_video_reward_refuses_float_targets_outside_unit_range(monkeypatch):
             reward(responses, present, bad)
         assert shown in str(info.value)
     as_uint8 = reward(responses, present, (target * 255).round().to(torch.uint8))  # uint8 is scaled, fine
-    torch.testing.assert_close(as_uint8.scores, reward(responses, present, (target * 255).round() / 255).scores)
+    rescaled = reward(responses, present, (target * 255).round() / 255)
+    torch.testing.assert_close(as_uint8.scores, rescaled.scores)
     monkeypatch.setenv("RLVR_FAST_CHECK_VALUES", "0")  # the check costs a sync; it can be switched off
     assert torch.isfinite(reward(responses, present, target * 255).scores).all()
 

@@ -236,7 +236,8 @@ def whiten(
         weight = weight * (response_mask != 0).sum(1)
     total = weight.sum()
     # batch statistics of adv / s (s: a power of two, exact) so that squares cannot overflow
-    scale = power_of_two_scale(torch.where(valid, adv, 0.0).abs().amax() if adv.numel() else adv.new_zeros(()))
+    peak = torch.where(valid, adv, 0.0).abs().amax() if adv.numel() else adv.new_zeros(())
+    scale = power_of_two_scale(peak)
     x = adv / scale
     mean = (weight * x).sum() / total.clamp_min(1.0)
     m2 = (weight * (x - mean) ** 2).sum()

@@ -162,14 +162,13 @@ def fused_linear_policy_loss(
                                 return_entropy=entropy_coef != 0, chunk_tokens=chunk_tokens, chunk_vocab=chunk_vocab)  # fmt: skip
     logp, entropy = out if entropy_coef != 0 else (out, None)
     try:
-        loss, metrics = policy_loss(logp, old_logp, advantages, response_mask, entropy=entropy,
-                                    entropy_coef=entropy_coef, **loss_options)  # fmt: skip
+        loss_options.update(entropy=entropy, entropy_coef=entropy_coef)
+        loss, metrics = policy_loss(logp, old_logp, advantages, response_mask, **loss_options)
     except ValueError as e:  # the log-probs are computed here: name the argument they come from
-        if not str(e).startswith(("logp:", "entropy:")):
+        name, _, rest = str(e).partition(": ")
+        if name not in ("logp", "entropy"):
             raise
-        raise ValueError(
-            f"hidden: {str(e).split(': ', 1)[1]} (the {str(e).split(':')[0]} computed from hidden, weight and bias)"
-        ) from None
+        raise ValueError(f"hidden: {rest} (the {name} computed from hidden, weight and bias)") from None
     metrics["logp"] = logp.detach()
     if entropy is not None:
         metrics["entropy_tokens"] = entropy.detach()

@@ -101,7 +101,8 @@ def policy_loss(
 
     Returns:
         ``(loss, metrics)``: ``loss`` is a float32 scalar; ``metrics`` maps names to float32 0-d
-        tensors (no host sync beyond the value check of the module docstring): ``pg_loss`` (the aggregated clipped term alone), ``clipfrac``,
+        tensors (no host sync beyond the value check of the module docstring): ``pg_loss`` (the aggregated
+        clipped term alone), ``clipfrac``,
         ``clipfrac_lower`` (dual clip), ``approx_kl`` (mean of old - new log-prob, verl's ppo_kl),
         ``kl`` (mean KL estimate), ``ratio_mean|min|max``, ``entropy`` (mean; only when ``entropy``
         is given), ``n_tokens``. All means are over valid tokens; with no valid token they are 0.
@@ -317,11 +318,12 @@ def _row_partials_torch(logp, old_logp, adv, mask, ref, entropy, clip_low, clip_
     def total(x):
         return torch.where(valid, x, 0.0).sum(1)
 
+    clipped = (pg2 > pg1).to(dtype)
+    rmin, rmax = torch.where(valid, rdet, big).amin(1), torch.where(valid, rdet, -big).amax(1)
     cols = [
-        total(loss), m.sum(1), total(pg), total((pg2 > pg1).to(dtype)), total(clip_lower), total(-neg_kl.detach()),
-        total(kl.detach()), total(rdet), torch.where(valid, rdet, big).amin(1), torch.where(valid, rdet, -big).amax(1),
-        total(ent.detach()),
-    ]
+        total(loss), m.sum(1), total(pg), total(clipped), total(clip_lower), total(-neg_kl.detach()),
+        total(kl.detach()), total(rdet), rmin, rmax, total(ent.detach()),
+    ]  # fmt: skip
     return torch.stack(cols, dim=1)
 
 
@@ -474,21 +476,20 @@ def _policy_loss_op(
     agg: str,
     norm_const: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    cfg = (clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef, agg, norm_const)
+    cfg = (clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef)
+    cfg += (agg, norm_const)
     return _policy_loss_impl(logp, old_logp, advantages, response_mask, ref_logp, entropy, cfg)
 
 
 def _policy_loss_impl(logp, old_logp, advantages, response_mask, ref_logp, entropy, cfg, logp_name="logp"):
     """Eager forward of both loss ops: value checks, row partials, aggregation."""
     cfg_tok, (agg, norm_const) = cfg[:8], cfg[8:]
-    kl_type, kl_coef = cfg_tok[3], cfg_tok[4]
-    used_ref = ref_logp if kl_type else None
+    used_ref = ref_logp if cfg_tok[3] else None  # read for the KL term and metric only when kl_type is set
     hint = " (a NaN/Inf logit in a row makes its log-prob non-finite)" if logp_name == "logits" else ""
     # only positions that count are checked: whatever the mask hides is never read into the loss
-    C.check_finite_where(
-        response_mask != 0, "where response_mask is nonzero", hint, **{logp_name: logp}, old_logp=old_logp,
-        advantages=advantages, ref_logp=used_ref, entropy=entropy,
-    )  # fmt: skip
+    named = {logp_name: logp, "old_logp": old_logp, "advantages": advantages}
+    named.update(ref_logp=used_ref, entropy=entropy)
+    C.check_finite_where(response_mask != 0, "where response_mask is nonzero", hint, **named)
     partials = _forward_partials(logp, old_logp, advantages, response_mask, ref_logp, entropy, cfg_tok)
     loss, metrics, w = finish(partials, agg, norm_const, logp.shape[1])
     return loss, metrics, w
@@ -576,7 +577,8 @@ def _policy_loss_from_logits_op(
         logits, token_ids, temperature, compute_entropy, ignore_index, inplace_backward
     )
     mask = (response_mask != 0) & (token_ids != ignore_index)
-    cfg = (clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef, agg, norm_const)
+    cfg = (clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef)
+    cfg += (agg, norm_const)
     loss, metrics, w = _policy_loss_impl(
         logp, old_logp, advantages, mask, ref_logp, ent if compute_entropy else None, cfg, logp_name="logits"
     )

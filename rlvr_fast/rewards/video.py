@@ -50,8 +50,10 @@ def _check_frame_range(name: str, frames: torch.Tensor, data_range: float) -> No
     lo, hi = torch.stack(torch.aminmax(frames.detach())).tolist()  # the one sync
     if not (0.0 <= lo and hi <= data_range):  # also False for NaN
         hint = " (uint8 frames are scaled by 1/255; divide float frames in [0, 255] by 255)" if hi > 1 else ""
-        raise ValueError(f"{name}: expected float frames in [0, {data_range}] (data_range), got values in "
-                         f"[{lo}, {hi}]{hint}")  # fmt: skip
+        raise ValueError(
+            f"{name}: expected float frames in [0, {data_range}] (data_range), got values in "
+            f"[{lo}, {hi}]{hint}"
+        )
 
 
 def default_weights(lpips: bool) -> dict[str, float]:

@@ -270,7 +270,9 @@ def _check_ranges(ranges: Any, name: str = "ranges") -> torch.Tensor:
     flat = (ranges[:, 0] == ranges[:, 1]).nonzero().flatten().tolist()
     if flat:
         # no width to divide into bins: the value itself would map to bin 0 and anything above to the last
-        raise ValueError(f"{name}: expected min < max in every action dim, got min == max in action dims {flat}")
+        raise ValueError(
+            f"{name}: expected min < max in every action dim, got min == max in action dims {flat}"
+        )
     return ranges
 
 
