@@ -19,6 +19,11 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
+class OutOfRangeError(IndexError, ValueError):
+    """Ids or codes outside their range: an IndexError (as before) that is also a ValueError, so callers
+    can catch every bad-argument error of the library with ``except ValueError``."""
+
+
 def value_checks_enabled(t: torch.Tensor | None = None) -> bool:
     """True unless ``RLVR_FAST_CHECK_VALUES=0``: data-dependent checks cost a host sync on GPU.
 
@@ -78,26 +83,28 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None
 
 
 def check_ids_in_range(name: str, ids: torch.Tensor, vocab: int, ignore_index: int) -> None:
-    """Raise IndexError if any id outside ``[0, vocab)`` is not ``ignore_index`` (one host sync)."""
+    """Raise OutOfRangeError (an IndexError and a ValueError) if any id outside ``[0, vocab)`` is not
+    ``ignore_index`` (one host sync)."""
     if ids.numel() == 0 or not value_checks_enabled(ids):
         return
     bad = ((ids < 0) | (ids >= vocab)) & (ids != ignore_index)
     if bool(bad.any()):
         first = ids[bad].flatten()[0].item()
         count = int(bad.sum())
-        raise IndexError(
+        raise OutOfRangeError(
             f"{name}: token ids must be in [0, {vocab}) or equal ignore_index={ignore_index}; "
             f"got {count} out-of-range id(s), e.g. {first}"
         )
 
 
 def check_in_range(name: str, t: torch.Tensor, high: int, what: str = "values") -> None:
-    """Raise IndexError if any integer in ``t`` is outside ``[0, high)`` (one host sync)."""
+    """Raise OutOfRangeError (an IndexError and a ValueError) if any integer in ``t`` is outside
+    ``[0, high)`` (one host sync)."""
     if t.numel() == 0 or not value_checks_enabled(t):
         return
     bad = (t < 0) | (t >= high)
     if bool(bad.any()):
-        raise IndexError(
+        raise OutOfRangeError(
             f"{name}: expected {what} in [0, {high}), got {int(bad.sum())} outside, e.g. {t[bad][0].item()}"
         )
 
@@ -113,3 +120,28 @@ def check_finite(name: str, t: torch.Tensor, hint: str = "") -> None:
             f"{name}: expected finite values, got {int(bad.sum())} non-finite value(s), first at flat index "
             f"{idx} ({t.flatten()[idx].item()}){hint}"
         )
+
+
+def check_finite_where(
+    where: torch.Tensor, what: str, hint: str = "", **tensors: torch.Tensor | None
+) -> None:
+    """Raise ValueError naming the first of ``tensors`` with NaN/Inf where ``where`` is True.
+
+    ``where`` is a bool [B, T]; a [B] tensor is checked on the rows with any True in ``where``. Values at
+    other positions are not looked at (they never reach the result). ``what`` describes ``where`` in the
+    message. One host sync for all tensors together.
+    """
+    items = [(k, v) for k, v in tensors.items() if v is not None and v.numel() > 0]
+    if not items or where.numel() == 0 or not value_checks_enabled(where):
+        return
+    masks = [where if v.dim() == where.dim() else where.any(-1) for _, v in items]
+    bad = [~torch.isfinite(v) & w for (_, v), w in zip(items, masks)]
+    flags = torch.stack([b.any() for b in bad]).tolist()  # the one sync
+    for (name, v), b, flag in zip(items, bad, flags):
+        if flag:
+            first = tuple(int(i) for i in b.nonzero()[0])
+            count = int(b.sum())
+            raise ValueError(
+                f"{name}: expected finite values {what}, got {count} non-finite value(s), first at index "
+                f"{first} ({v[first].item()}){hint}"
+            )

@@ -190,3 +190,17 @@ def test_fully_masked_rows(backend):
     loss, _ = rf.fused_linear_policy_loss(hid, w.detach(), tok, old, torch.tensor([1.0, 5.0]), mask)
     (g,) = torch.autograd.grad(loss, [hid])
     assert torch.equal(g[1], torch.zeros_like(g[1])) and g[0].abs().sum() > 0
+
+
+def test_default_chunks_depend_on_shapes_only(monkeypatch):
+    """The tiles (and so the summation order) never depend on the memory free at the time of the call."""
+
+    def no_query(*args, **kwargs):
+        raise AssertionError("default_chunks must not query the free memory")
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", no_query)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert rf.default_chunks(8192, 151936, cuda) == (4096, 21760)  # 3 float32 tiles in 1 GiB
+    assert rf.default_chunks(8192, 151936, cpu) == (4096, 1280)  # ... in 64 MiB
+    assert rf.default_chunks(100, 1000, cuda) == (100, 1000)  # V smaller than the budget allows
+    assert rf.default_chunks(1, 7, "cuda") == (1, 7)

@@ -136,6 +136,27 @@ def test_video_reward_multistep_aggregation_and_checks():
         VideoReward.from_tokenizer(layout, tok, {"lpips": 1.0})
 
 
+def test_video_reward_refuses_float_targets_outside_unit_range(monkeypatch):
+    """Float frames in [0, 255] used to be clamped to [0, 1] silently (every reward about -0.998)."""
+    tok = _tok(2)
+    layout = _layout(tok, frames=3, actions=2)
+    g = torch.Generator().manual_seed(2)
+    codes = torch.randint(0, tok.num_codes, (2, 3, 8, 8), generator=g)
+    responses = layout.response_ids(codes, torch.randint(0, 16, (2, 3, 2), generator=g))
+    present = torch.ones_like(responses, dtype=torch.bool)
+    target = torch.rand(2, 3, 3, 64, 64, generator=g)
+    reward = VideoReward.from_tokenizer(layout, tok, {"mae": 1.0})
+    for bad, shown in ((target * 255, "divide float frames in [0, 255] by 255"), (target - 0.5, "[0, 1.0]")):
+        with pytest.raises(ValueError, match=r"^target: expected float frames in \[0, 1.0\]") as info:
+            reward(responses, present, bad)
+        assert shown in str(info.value)
+    as_uint8 = reward(responses, present, (target * 255).round().to(torch.uint8))  # uint8 is scaled, fine
+    rescaled = reward(responses, present, (target * 255).round() / 255)
+    torch.testing.assert_close(as_uint8.scores, rescaled.scores)
+    monkeypatch.setenv("RLVR_FAST_CHECK_VALUES", "0")  # the check costs a sync; it can be switched off
+    assert torch.isfinite(reward(responses, present, target * 255).scores).all()
+
+
 # ----------------------------------------------------------------------------- forced tokens
 
 

@@ -318,6 +318,11 @@ def test_rt1_ranges_and_loading(tmp_path) -> None:
         load_action_ranges(tmp_path / "junk.pth")
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_action_ranges(tmp_path / "missing.pth")
+    flat = ranges.clone()
+    flat[4] = torch.tensor([1.0, 1.0])  # min == max: 1.0 would go to bin 0 and 1.0001 to bin 255
+    torch.save(flat, tmp_path / "flat.pth")
+    with pytest.raises(ValueError, match=r"flat\.pth: expected min < max.*min == max in action dims \[4\]"):
+        load_action_ranges(tmp_path / "flat.pth")
 
 
 # ----------------------------------------------------------------------------- RT-1 npz episodes

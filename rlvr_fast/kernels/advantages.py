@@ -52,19 +52,25 @@ def _contiguous_group_kernel(
     r = tl.where(valid, r, 0.0)
     vf = valid.to(tl.float32)
     n = tl.sum(vf, axis=0)
-    mean = tl.sum(r, axis=0) / tl.maximum(n, 1.0)
-    dev = (r - mean) * vf
+    # statistics of x = r / s, s the largest power of two <= max |r| (exponent bits; 1 for 0/subnormal):
+    # exact scaling, so squares of scores up to 3e38 never overflow (the reference does the same)
+    amax = tl.max(tl.abs(r), axis=0)
+    scale = (amax.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)
+    scale = tl.where(scale > 0.0, scale, 1.0)
+    x = r / scale
+    mean = tl.sum(x, axis=0) / tl.maximum(n, 1.0)
+    dev = tl.where(valid, x - mean, 0.0)
     m2 = tl.sum(dev * dev, axis=0)
     if UNBIASED:
         var = m2 / tl.maximum(n - 1.0, 1.0)
     else:
         var = m2 / tl.maximum(n, 1.0)
     if ESTIMATOR == 0:
-        adv = dev / (tl.sqrt(var) + eps)
+        adv = dev / (tl.sqrt(var) + eps / scale)
     elif ESTIMATOR == 2:
-        adv = dev * n / tl.maximum(n - 1.0, 1.0)
+        adv = dev * n / tl.maximum(n - 1.0, 1.0) * scale
     else:
-        adv = dev
+        adv = dev * scale
     if SINGLETON_VERL:
         if ESTIMATOR == 0:
             lone = r / (1.0 + eps)

@@ -56,10 +56,12 @@ def _tile_grad_kernel(
     base = z_ptr + row.to(tl.int64) * stride_z
     dbase = dz_ptr + row.to(tl.int64) * stride_dz
     g = tl.load(g_ptr + row) * inv_temp  # 0 for ignored rows (the launcher masks them)
+    live = g != 0.0
     lse = tl.load(lse_ptr + row)
     local = tl.load(ids_ptr + row) - v0
     if ENTROPY:
         ge = tl.load(ge_ptr + row) * inv_temp
+        live = live | (ge != 0.0)
         mean = tl.load(mean_ptr + row)
     for c0 in range(0, v, BLOCK_V):
         cols = c0 + tl.arange(0, BLOCK_V)
@@ -68,6 +70,7 @@ def _tile_grad_kernel(
         d = tl.where(cols == local, g, 0.0) - g * p
         if ENTROPY:
             d += ge * p * tl.where(p > 0, mean - x, 0.0)  # a -inf logit has p = 0
+        d = tl.where(live, d, 0.0)  # a row without gradient (masked) writes exact zeros, whatever it holds
         tl.store(dbase + cols, d.to(dz_ptr.dtype.element_ty), mask=cols < v)
 
 

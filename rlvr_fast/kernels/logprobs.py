@@ -91,13 +91,18 @@ def _logprobs_bwd_kernel(
     base = _row_base(logits_ptr, row, inner, stride_outer, stride_inner)
     dbase = _row_base(dlogits_ptr, row, d_inner, d_stride_outer, d_stride_inner)
     tid = tl.load(ids_ptr + row)
-    keep = tid != ignore_index
-    scale = tl.where(keep, inv_temp, 0.0)
-    g = tl.load(glogp_ptr + row).to(tl.float32) * scale
-    lse = tl.load(lse_ptr + row)
+    g = tl.load(glogp_ptr + row).to(tl.float32)
+    live = g != 0.0
     if ENTROPY:
-        ge = tl.load(gent_ptr + row).to(tl.float32) * scale
-        H = tl.load(ent_ptr + row)
+        ge = tl.load(gent_ptr + row).to(tl.float32)
+        live = live | (ge != 0.0)
+    # an ignored row, or one without upstream gradient (masked), writes exact zeros whatever its logits
+    live = live & (tid != ignore_index)
+    g = tl.where(live, g * inv_temp, 0.0)
+    lse = tl.where(live, tl.load(lse_ptr + row), 0.0)
+    if ENTROPY:
+        ge = tl.where(live, ge * inv_temp, 0.0)
+        H = tl.where(live, tl.load(ent_ptr + row), 0.0)
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         x = tl.load(base + cols, mask=cols < V, other=0.0).to(tl.float32) * inv_temp
@@ -106,6 +111,7 @@ def _logprobs_bwd_kernel(
         d = tl.where(cols == tid, g, 0.0) - g * p
         if ENTROPY:  # p log p -> 0 where p underflows (also for -inf logits)
             d -= ge * p * (tl.where(p > 0, logp, 0.0) + H)
+        d = tl.where(live, d, 0.0)
         tl.store(dbase + cols, d.to(dlogits_ptr.dtype.element_ty), mask=cols < V)
 
 

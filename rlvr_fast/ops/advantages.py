@@ -160,6 +160,17 @@ def _segment_sum(values: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -
     return (prefix[end] - prefix[start]).to(values.dtype)
 
 
+def power_of_two_scale(a: torch.Tensor) -> torch.Tensor:
+    """The largest power of two <= ``a`` (float32/float64, ``a`` >= 0) elementwise; 1 where ``a`` is 0 or
+    subnormal. Dividing by it is exact, so statistics of ``x / s`` are those of ``x``, scaled, bit for bit.
+    """
+    if a.dtype == torch.float64:
+        s = (a.view(torch.int64) & 0x7FF0000000000000).view(torch.float64)
+    else:
+        s = (a.float().view(torch.int32) & 0x7F800000).view(torch.float32).to(a.dtype)
+    return torch.where(s > 0, s, torch.ones_like(s))
+
+
 def group_centered(
     scores: torch.Tensor,
     group_ids: torch.Tensor | None,
@@ -184,15 +195,21 @@ def group_centered(
     r0 = torch.where(valid, r, 0.0)
     vf = valid.to(dtype)
     n = _segment_sum(vf, start, end)
-    mean = _segment_sum(r0, start, end) / n.clamp_min(1.0)
-    dev = (r0 - mean) * vf
+    # statistics of x = r / s with s the group's power-of-two scale: exact, so results are unchanged where
+    # nothing overflows, and squares of scores near 1e20..3e38 no longer overflow float32 (s is per group,
+    # the segment start is its key)
+    gmax = torch.zeros_like(r0).scatter_reduce_(0, start, r0.abs(), "amax")
+    scale = power_of_two_scale(gmax)[start]
+    x = r0 / scale
+    mean = _segment_sum(x, start, end) / n.clamp_min(1.0)
+    dev = torch.where(valid, x - mean, 0.0)
     var = _segment_sum(dev * dev, start, end) / ((n - 1.0) if unbiased_std else n).clamp_min(1.0)
     if estimator == "grpo":
-        adv = dev / (var.sqrt() + eps)
+        adv = dev / (var.sqrt() + eps / scale)
     elif estimator == "rloo":
-        adv = dev * n / (n - 1.0).clamp_min(1.0)
+        adv = dev * n / (n - 1.0).clamp_min(1.0) * scale  # scale last: no overflow on the way
     else:  # drgrpo, reinforce_pp_baseline: mean baseline only
-        adv = dev
+        adv = dev * scale
     if singleton == "verl":  # verl: mean 0, std 1 for a group of one -> r / (1 + eps) or r
         lone = r0 / (1.0 + eps) if estimator == "grpo" else r0
         adv = torch.where(n == 1, lone, adv)
@@ -218,11 +235,15 @@ def whiten(
     if response_mask is not None:
         weight = weight * (response_mask != 0).sum(1)
     total = weight.sum()
-    mean = (weight * adv).sum() / total.clamp_min(1.0)
-    m2 = (weight * (adv - mean) ** 2).sum()
+    # batch statistics of adv / s (s: a power of two, exact) so that squares cannot overflow
+    peak = torch.where(valid, adv, 0.0).abs().amax() if adv.numel() else adv.new_zeros(())
+    scale = power_of_two_scale(peak)
+    x = adv / scale
+    mean = (weight * x).sum() / total.clamp_min(1.0)
+    m2 = (weight * (x - mean) ** 2).sum()
     denom = (total - 1.0) if unbiased_std else total
     var = torch.where(total > 1, m2 / denom.clamp_min(1.0), torch.zeros_like(m2))
-    return torch.where(valid, (adv - mean) * torch.rsqrt(var + WHITEN_EPS), 0.0)
+    return torch.where(valid, (x - mean) * torch.rsqrt(var + WHITEN_EPS / (scale * scale)), 0.0)
 
 
 def group_advantages_ref(

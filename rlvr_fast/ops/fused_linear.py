@@ -31,8 +31,10 @@ d(logits) tile are float32 (the tile is rounded to the inputs' dtype for the gra
 unfused backward rounds d(logits)).
 
 Default chunk sizes (:func:`default_chunks`): ``chunk_tokens = min(N, 4096)`` and ``chunk_vocab`` the
-largest multiple of 256 (at most V) whose three float32 tiles fit a budget: 64 MiB on CPU; on CUDA
-1/8 of the free device memory, at most 1 GiB.
+largest multiple of 256 (at most V) whose three float32 tiles fit a fixed budget: 64 MiB on CPU, 1 GiB on
+CUDA. The tiles are a function of N, V and the device type only, never of the free memory at the time of
+the call, so two identical calls sum in the same order and give the same bits. On a GPU with little
+memory, pass a smaller ``chunk_vocab``.
 """
 
 from __future__ import annotations
@@ -44,17 +46,17 @@ from .._dispatch import select_backend
 from .policy_loss import policy_loss
 
 CPU_TILE_BUDGET = 64 << 20
-CUDA_TILE_BUDGET_MAX = 1 << 30
+CUDA_TILE_BUDGET = 1 << 30
 
 
 def default_chunks(n_tokens: int, vocab: int, device: torch.device) -> tuple[int, int]:
-    """(chunk_tokens, chunk_vocab) for ``n_tokens`` x ``vocab`` on ``device`` (module docstring)."""
+    """(chunk_tokens, chunk_vocab) for ``n_tokens`` x ``vocab`` on ``device`` (module docstring).
+
+    A pure function of its arguments (only ``device.type`` matters): the summation order, and so the
+    result bits, never depend on how much memory happens to be free.
+    """
     chunk_tokens = max(1, min(n_tokens, 4096))
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        budget = min(CUDA_TILE_BUDGET_MAX, free // 8)
-    else:
-        budget = CPU_TILE_BUDGET
+    budget = CUDA_TILE_BUDGET if torch.device(device).type == "cuda" else CPU_TILE_BUDGET
     per_column = 3 * 4 * chunk_tokens  # three float32 tiles
     chunk_vocab = max(256, (budget // per_column) // 256 * 256)
     return chunk_tokens, min(vocab, chunk_vocab)
@@ -113,7 +115,7 @@ def fused_linear_logprobs(
         if value is not None:
             C.check_positive(name, value)
     h = hidden.reshape(-1, hidden.shape[-1])
-    # 0 = the default, resolved inside the op (it reads the free device memory, which a trace must not)
+    # 0 = the default, resolved inside the op from the shapes (default_chunks)
     logp, entropy, _, _ = torch.ops.rlvr_fast.fused_linear_logprobs(
         h, weight, bias, token_ids.reshape(-1), float(temperature), bool(return_entropy), int(ignore_index),
         int(chunk_tokens or 0), int(chunk_vocab or 0),
@@ -159,8 +161,14 @@ def fused_linear_policy_loss(
     out = fused_linear_logprobs(hidden, weight, token_ids, bias=bias, temperature=temperature,
                                 return_entropy=entropy_coef != 0, chunk_tokens=chunk_tokens, chunk_vocab=chunk_vocab)  # fmt: skip
     logp, entropy = out if entropy_coef != 0 else (out, None)
-    loss, metrics = policy_loss(logp, old_logp, advantages, response_mask, entropy=entropy, entropy_coef=entropy_coef,
-                                **loss_options)  # fmt: skip
+    try:
+        loss_options.update(entropy=entropy, entropy_coef=entropy_coef)
+        loss, metrics = policy_loss(logp, old_logp, advantages, response_mask, **loss_options)
+    except ValueError as e:  # the log-probs are computed here: name the argument they come from
+        name, _, rest = str(e).partition(": ")
+        if name not in ("logp", "entropy"):
+            raise
+        raise ValueError(f"hidden: {rest} (the {name} computed from hidden, weight and bias)") from None
     metrics["logp"] = logp.detach()
     if entropy is not None:
         metrics["entropy_tokens"] = entropy.detach()
@@ -212,6 +220,8 @@ def _grad_torch(z, dz, ids, g, ge, lse, mean, v0, temperature):
     local = ids.long() - v0
     inside = (local >= 0) & (local < v)
     d.scatter_add_(1, local.clamp(0, v - 1)[:, None], (g * inside)[:, None])
+    live = (g != 0) if ge is None else (g != 0) | (ge != 0)
+    d = torch.where(live[:, None], d, 0.0)  # rows without gradient: exactly 0 (their logits may overflow)
     if temperature != 1.0:
         d /= temperature
     dz.copy_(d)
@@ -279,9 +289,14 @@ def _fused_backward(grad_logp, grad_entropy, hidden, weight, bias, token_ids, ls
     grad = fns[1]
     N, V = hidden.shape[0], weight.shape[0]
     ids = token_ids.contiguous()
-    keep = (ids != ignore_index).float()
-    g = (grad_logp.float() * keep).contiguous()
-    ge = (grad_entropy.float() * keep).contiguous() if grad_entropy.numel() else None
+    # rows that are ignored or get no upstream gradient (masked by a loss) contribute exactly 0 whatever
+    # their hidden state holds: selected, never multiplied (0 * NaN = NaN, also inside the matmuls)
+    g, ge = grad_logp.float(), grad_entropy.float() if grad_entropy.numel() else None
+    active = (ids != ignore_index) & ((g != 0) if ge is None else ((g != 0) | (ge != 0)))
+    g = torch.where(active, g, 0.0).contiguous()
+    ge = torch.where(active, ge, 0.0).contiguous() if ge is not None else None
+    lse = torch.where(active, lse, 0.0)
+    mean_z = torch.where(active, mean_z, 0.0) if ge is not None else mean_z
     d_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
     d_weight = torch.empty_like(weight)
     d_bias = torch.empty_like(bias) if bias is not None else None
@@ -293,7 +308,7 @@ def _fused_backward(grad_logp, grad_entropy, hidden, weight, bias, token_ids, ls
         for n0 in range(0, N, chunk_tokens):
             n1 = min(N, n0 + chunk_tokens)
             rows = slice(n0, n1)
-            h = hidden[rows]
+            h = torch.where(active[rows, None], hidden[rows], 0.0)
             # d(logits) in the inputs' dtype, as an unfused lm_head backward rounds it
             dz = torch.empty(n1 - n0, v1 - v0, dtype=h.dtype, device=h.device)
             grad(_tile(h, w, b), dz, ids[rows], g[rows], ge[rows] if ge is not None else None, lse[rows],

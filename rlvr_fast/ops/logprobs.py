@@ -48,6 +48,8 @@ def token_logprobs(
         temperature: positive; logits are divided by it (sampling temperature of the rollout).
         return_entropy: also return the entropy of each row.
         ignore_index: positions with this id give log-prob 0, entropy 0 and no gradient.
+            Rows whose upstream gradients are exactly 0 (e.g. masked out by a loss) also get d(logits)
+            exactly 0, even if their logits hold NaN/Inf.
         inplace_backward: write d(logits) into the logits buffer instead of a new tensor (saves one
             logits-sized allocation; the logits must not be needed afterwards; eager mode only).
 
@@ -169,13 +171,20 @@ def token_logprobs_backward_ref(
         out = torch.empty(logits.shape, dtype=logits.dtype, device=dev)
     ids = token_ids.reshape(-1)
     n_rows = ids.shape[0]
-    # fold the mask and 1/temperature into the per-row gradients: no extra pass over the block
-    scale = (ids != ignore_index).to(dtype) / temperature
-    g = grad_logp.reshape(-1).to(dtype) * scale
-    lse = lse.reshape(-1).to(dtype)
+    # a row that is ignored or gets no upstream gradient (a masked token) contributes exactly 0,
+    # whatever its logits hold: selected, not multiplied (0 * NaN = NaN)
+    g = grad_logp.reshape(-1).to(dtype)
+    active = g != 0
     if grad_entropy is not None:
-        ge = grad_entropy.reshape(-1).to(dtype) * scale
-        H = entropy.reshape(-1).to(dtype)
+        ge = grad_entropy.reshape(-1).to(dtype)
+        active |= ge != 0
+        ge = torch.where(active, ge / temperature, 0.0)
+        H = torch.where(active, entropy.reshape(-1).to(dtype), 0.0)
+    active &= ids != ignore_index
+    g = torch.where(active, g / temperature, 0.0)
+    if grad_entropy is not None:
+        ge = torch.where(active, ge, 0.0)
+    lse = torch.where(active, lse.reshape(-1).to(dtype), 0.0)
     tid_safe = torch.where((ids >= 0) & (ids < V), ids, 0).long()
     dst_all, dst_layout = as_rows(out)
     blk = min(_block_rows(V), max(n_rows, 1))
@@ -196,6 +205,7 @@ def token_logprobs_backward_ref(
         else:
             torch.mul(p, -g[rows, None], out=w)
         w.scatter_add_(1, tid_safe[rows, None], g[rows, None])
+        w.masked_fill_(~active[rows, None], 0.0)
         if w is not dst:
             dst.copy_(w)
     if dst_all is not out:

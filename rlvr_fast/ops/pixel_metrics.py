@@ -122,6 +122,8 @@ def pixel_metrics(
         raise ValueError("metrics: expected at least one of " + ", ".join(METRIC_NAMES))
     _check_finite_positive("data_range", data_range)
     _check_finite_positive("sigma", sigma)
+    _check_finite_positive("k1", k1)
+    _check_finite_positive("k2", k2)
     if not isinstance(window_size, int) or window_size % 2 == 0 or not 1 <= window_size <= 31:
         raise ValueError(f"window_size: expected an odd int in [1, 31], got {window_size!r}")
     if aggregate is not None:

@@ -25,7 +25,10 @@ normalise by global counts under data parallelism or gradient accumulation)::
     seq-mean-token-mean      sum_b (sum_t m l / (n_b + 1e-8)) / S      norm_const -> S
     seq-mean-token-sum-norm  sum_b (sum_t m l) / (S * T)               norm_const -> T (Dr. GRPO constant)
 
-Masked tokens contribute exactly 0; an all-masked batch gives loss 0 and zero gradients, never NaN.
+Masked tokens contribute exactly 0 whatever they hold, NaN and Inf included (inputs are selected with
+``where``, never multiplied by the mask), and get gradient exactly 0; an all-masked batch gives loss 0
+and zero gradients, never NaN. NaN/Inf at unmasked positions raise ValueError naming the argument: one
+host sync per call, skipped with ``RLVR_FAST_CHECK_VALUES=0`` (then they propagate to the loss).
 Gradients flow to ``logp`` (or ``logits``) and ``entropy``; ``old_logp``, ``advantages`` and
 ``ref_logp`` are treated as constants, as in every PPO implementation.
 """
@@ -78,7 +81,7 @@ def policy_loss(
     """Clipped policy loss with optional dual clip, KL penalty and entropy bonus (module docstring).
 
     Args:
-        logp: [B, T] log-probs of the sampled tokens under the current policy (float32/bf16/fp16).
+        logp: [B, T] log-probs of the sampled tokens under the current policy (float32/bf16/fp16), T >= 1.
         old_logp: [B, T] log-probs under the rollout policy.
         advantages: [B, T] per-token advantages, or [B] per-sequence (broadcast over tokens).
         response_mask: [B, T] bool/int/float, nonzero = token counts.
@@ -98,7 +101,8 @@ def policy_loss(
 
     Returns:
         ``(loss, metrics)``: ``loss`` is a float32 scalar; ``metrics`` maps names to float32 0-d
-        tensors (no host sync): ``pg_loss`` (the aggregated clipped term alone), ``clipfrac``,
+        tensors (no host sync beyond the value check of the module docstring): ``pg_loss`` (the aggregated
+        clipped term alone), ``clipfrac``,
         ``clipfrac_lower`` (dual clip), ``approx_kl`` (mean of old - new log-prob, verl's ppo_kl),
         ``kl`` (mean KL estimate), ``ratio_mean|min|max``, ``entropy`` (mean; only when ``entropy``
         is given), ``n_tokens``. All means are over valid tokens; with no valid token they are 0.
@@ -107,6 +111,7 @@ def policy_loss(
         clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef, agg, norm_const
     )
     C.check_tensor("logp", logp, dtypes=C.FLOAT_DTYPES, ndim=2)
+    _check_has_tokens("logp", logp.shape)
     _check_loss_inputs(logp.shape, logp, old_logp, advantages, response_mask, ref_logp, entropy, cfg)
     loss, metrics_vec, _ = torch.ops.rlvr_fast.policy_loss(
         logp, old_logp, advantages, response_mask, ref_logp, entropy, *cfg
@@ -169,6 +174,8 @@ def policy_loss_from_logits(
         raise ValueError(f"logits: expected shape [B, T, V] with V >= 1, got {tuple(logits.shape)}")
     C.check_tensor("token_ids", token_ids, dtypes=C.INT_DTYPES)
     C.check_shape("token_ids", token_ids, logits.shape[:-1], "logits.shape[:-1]")
+    C.check_same_device(logits=logits, token_ids=token_ids)
+    _check_has_tokens("logits", logits.shape)
     _check_temperature(temperature)
     _check_loss_inputs(
         token_ids.shape, logits, old_logp, advantages, response_mask, ref_logp, None, cfg, entropy_required=False,
@@ -221,6 +228,15 @@ def _loss_config(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log
     )  # fmt: skip
 
 
+def _check_has_tokens(name: str, shape) -> None:
+    """Refuse T = 0: a batch of empty responses has no token to average over (mask it out instead)."""
+    if shape[1] == 0:
+        raise ValueError(
+            f"{name}: expected at least one token per row (T >= 1), got shape {tuple(shape)}; "
+            "pad empty responses to T >= 1 and mask them out with response_mask"
+        )
+
+
 def _check_loss_inputs(
     shape, like, old_logp, advantages, response_mask, ref_logp, entropy, cfg, entropy_required=True, like_name="logp"
 ) -> None:
@@ -271,9 +287,13 @@ def _row_partials_torch(logp, old_logp, adv, mask, ref, entropy, clip_low, clip_
                         kl_clamp, log_ratio_clamp, entropy_coef):  # fmt: skip
     """Per-row partial sums [B, N_PARTIALS] (differentiable in ``logp`` and ``entropy``)."""
     dtype = torch.promote_types(logp.dtype, torch.float32)
-    lp, old = logp.to(dtype), old_logp.to(dtype)
-    A = (adv[:, None] if adv.dim() == 1 else adv).to(dtype).expand_as(lp)
-    m = (mask != 0).to(dtype)
+    valid = mask != 0
+    # select, never multiply: NaN/Inf under the mask must not reach a sum (0 * NaN = NaN)
+    lp, old = _masked(logp, valid, dtype), _masked(old_logp, valid, dtype)
+    A = _masked((adv[:, None] if adv.dim() == 1 else adv).expand_as(logp), valid, dtype)
+    ref = None if ref is None else _masked(ref, valid, dtype)
+    entropy = None if entropy is None else _masked(entropy, valid, dtype)
+    m = valid.to(dtype)
     neg_kl = torch.clamp(lp - old, -log_ratio_clamp, log_ratio_clamp)
     ratio = torch.exp(neg_kl)
     pg1 = -A * ratio
@@ -295,12 +315,21 @@ def _row_partials_torch(logp, old_logp, adv, mask, ref, entropy, clip_low, clip_
         loss = loss - entropy_coef * ent
     big = torch.finfo(dtype).max
     rdet = ratio.detach()
+    def total(x):
+        return torch.where(valid, x, 0.0).sum(1)
+
+    clipped = (pg2 > pg1).to(dtype)
+    rmin, rmax = torch.where(valid, rdet, big).amin(1), torch.where(valid, rdet, -big).amax(1)
     cols = [
-        (loss * m).sum(1), m.sum(1), (pg * m).sum(1), ((pg2 > pg1).to(dtype) * m).sum(1),
-        (clip_lower * m).sum(1), (-neg_kl.detach() * m).sum(1), (kl.detach() * m).sum(1), (rdet * m).sum(1),
-        torch.where(m > 0, rdet, big).amin(1), torch.where(m > 0, rdet, -big).amax(1), (ent.detach() * m).sum(1),
+        total(loss), m.sum(1), total(pg), total(clipped), total(clip_lower), total(-neg_kl.detach()),
+        total(kl.detach()), total(rdet), rmin, rmax, total(ent.detach()),
     ]  # fmt: skip
     return torch.stack(cols, dim=1)
+
+
+def _masked(x: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype`` with 0 wherever ``valid`` is False (a select: masked NaN/Inf never propagate)."""
+    return torch.where(valid, x.to(dtype), 0.0)
 
 
 def row_weights(counts: torch.Tensor, agg: str, norm_const: float | None, T: int) -> torch.Tensor:
@@ -367,9 +396,10 @@ def policy_loss_backward_ref(
     each side half the gradient on a tie; ``torch.clamp`` passes it on the closed interval).
     """
     dtype = torch.promote_types(logp.dtype, torch.float32)
-    lp, old = logp.to(dtype), old_logp.to(dtype)
-    A = (advantages[:, None] if advantages.dim() == 1 else advantages).to(dtype).expand_as(lp)
-    scale = grad.to(dtype) * row_w.to(dtype)[:, None] * (response_mask != 0).to(dtype)
+    valid = response_mask != 0
+    lp, old = _masked(logp, valid, dtype), _masked(old_logp, valid, dtype)
+    A = _masked((advantages[:, None] if advantages.dim() == 1 else advantages).expand_as(logp), valid, dtype)
+    scale = torch.where(valid, grad.to(dtype) * row_w.to(dtype)[:, None], 0.0)
     x = lp - old
     ratio = torch.exp(torch.clamp(x, -log_ratio_clamp, log_ratio_clamp))
     dratio = torch.where(x.abs() <= log_ratio_clamp, ratio, 0.0)
@@ -385,7 +415,7 @@ def policy_loss_backward_ref(
         through = through * torch.where(A < 0, lower, 1.0)
     d = -A * through * dratio
     if kl_type and ref_logp is not None and kl_coef != 0:
-        y = lp - ref_logp.to(dtype)
+        y = lp - _masked(ref_logp, valid, dtype)
         if kl_type == "k1":
             dkl = torch.ones_like(y)
         elif kl_type == "abs":
@@ -399,7 +429,7 @@ def policy_loss_backward_ref(
             in_kld = ((kld >= -kl_clamp) & (kld <= kl_clamp)).to(dtype)
             dkl = -(torch.exp(kl) - 1) * in_kl * in_kld
         d = d + kl_coef * dkl
-    return d * scale, -entropy_coef * scale
+    return torch.where(valid, d * scale, 0.0), -entropy_coef * scale
 
 
 # ----------------------------------------------------------------------------------------------
@@ -446,7 +476,20 @@ def _policy_loss_op(
     agg: str,
     norm_const: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    cfg_tok = (clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef)
+    cfg = (clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef)
+    cfg += (agg, norm_const)
+    return _policy_loss_impl(logp, old_logp, advantages, response_mask, ref_logp, entropy, cfg)
+
+
+def _policy_loss_impl(logp, old_logp, advantages, response_mask, ref_logp, entropy, cfg, logp_name="logp"):
+    """Eager forward of both loss ops: value checks, row partials, aggregation."""
+    cfg_tok, (agg, norm_const) = cfg[:8], cfg[8:]
+    used_ref = ref_logp if cfg_tok[3] else None  # read for the KL term and metric only when kl_type is set
+    hint = " (a NaN/Inf logit in a row makes its log-prob non-finite)" if logp_name == "logits" else ""
+    # only positions that count are checked: whatever the mask hides is never read into the loss
+    named = {logp_name: logp, "old_logp": old_logp, "advantages": advantages}
+    named.update(ref_logp=used_ref, entropy=entropy)
+    C.check_finite_where(response_mask != 0, "where response_mask is nonzero", hint, **named)
     partials = _forward_partials(logp, old_logp, advantages, response_mask, ref_logp, entropy, cfg_tok)
     loss, metrics, w = finish(partials, agg, norm_const, logp.shape[1])
     return loss, metrics, w
@@ -534,10 +577,11 @@ def _policy_loss_from_logits_op(
         logits, token_ids, temperature, compute_entropy, ignore_index, inplace_backward
     )
     mask = (response_mask != 0) & (token_ids != ignore_index)
-    loss, metrics, w = torch.ops.rlvr_fast.policy_loss.default(
-        logp, old_logp, advantages, mask, ref_logp, ent if compute_entropy else None, clip_low, clip_high, dual_clip, kl_type, kl_coef,
-        kl_clamp, log_ratio_clamp, entropy_coef, agg, norm_const,
-    )  # fmt: skip
+    cfg = (clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef)
+    cfg += (agg, norm_const)
+    loss, metrics, w = _policy_loss_impl(
+        logp, old_logp, advantages, mask, ref_logp, ent if compute_entropy else None, cfg, logp_name="logits"
+    )
     return loss, metrics, logp, ent, lse, w
 
 

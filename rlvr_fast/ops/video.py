@@ -22,6 +22,7 @@ Backends (``rlvr_fast._dispatch``): ``cpp`` (the extension's C++ kernels, CPU te
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -267,16 +268,26 @@ def _(responses, response_mask, slot_pos, visual_offset, visual_vocab):
 # ----------------------------------------------------------------------------------------------
 
 
+# FSQ's codebook is materialised; 2**24 codes x 8 float64 levels is already 1 GiB.
+MAX_FSQ_CODES = 1 << 24
+
+
 def fsq_codebook(levels: Sequence[int]) -> torch.Tensor:
     """FSQ's implicit codebook, float64 [prod(levels), len(levels)].
 
     Code k has mixed-radix digits ``d_i = (k // basis_i) % L_i`` with ``basis = cumprod([1] + L[:-1])``
     and latent ``(d_i - L_i // 2) / (L_i // 2)`` (Mentzer et al. 2023, "Finite Scalar Quantization",
-    as implemented in iVideoGPT's ``FSQ.indices_to_codes``).
+    as implemented in iVideoGPT's ``FSQ.indices_to_codes``). At most ``MAX_FSQ_CODES`` (2**24) codes.
     """
     levels = [int(v) for v in levels]
     if not levels or min(levels) < 2:
         raise ValueError(f"levels: expected a non-empty list of integers >= 2, got {levels}")
+    if math.prod(levels) > MAX_FSQ_CODES:
+        raise ValueError(
+            f"levels: the codebook would have prod(levels) = {math.prod(levels)} codes, more than "
+            f"{MAX_FSQ_CODES} (2**24): its table of prod(levels) x len(levels) float64 values would not fit "
+            f"in memory (real FSQ codebooks have 2**10..2**16 codes); got {levels}"
+        )
     lv = torch.tensor(levels, dtype=torch.int64)
     basis = torch.cumprod(torch.tensor([1] + levels[:-1], dtype=torch.int64), 0)
     k = torch.arange(int(lv.prod()), dtype=torch.int64)[:, None]

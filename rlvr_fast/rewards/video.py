@@ -41,6 +41,21 @@ from ..ops.pixel_metrics import AGGREGATES, METRIC_NAMES, REWARD_TERMS
 from ..ops.video import Quantizer
 
 
+def _check_frame_range(name: str, frames: torch.Tensor, data_range: float) -> None:
+    """Refuse float frames outside [0, data_range] instead of letting the metrics clamp them (frames in
+    [0, 255] would all clamp to 1 and every reward come out near the worst). One host sync; skipped with
+    ``RLVR_FAST_CHECK_VALUES=0``."""
+    if frames.numel() == 0 or not C.value_checks_enabled(frames):
+        return
+    lo, hi = torch.stack(torch.aminmax(frames.detach())).tolist()  # the one sync
+    if not (0.0 <= lo and hi <= data_range):  # also False for NaN
+        hint = " (uint8 frames are scaled by 1/255; divide float frames in [0, 255] by 255)" if hi > 1 else ""
+        raise ValueError(
+            f"{name}: expected float frames in [0, {data_range}] (data_range), got values in "
+            f"[{lo}, {hi}]{hint}"
+        )
+
+
 def default_weights(lpips: bool) -> dict[str, float]:
     """RLVR-World's video reward weights: ``{"mae": 1, "lpips": 1}`` with LPIPS, else ``{"mae": 1, "ssim": 1}``."""
     return {"mae": 1.0, "lpips": 1.0} if lpips else {"mae": 1.0, "ssim": 1.0}
@@ -150,7 +165,8 @@ class VideoReward:
             responses: int [B, R] generated ids (groups contiguous).
             response_mask: bool or 0/1 int [B, R], the tokens present (up to and including EOS).
             target: real frames float [G, F, 3, H, W] (or [G, 3, H, W] when F = 1) in [0, data_range];
-                uint8 frames are scaled by 1/255.
+                uint8 frames are scaled by 1/255. Float frames outside [0, data_range] raise ValueError
+                (one host sync; ``RLVR_FAST_CHECK_VALUES=0`` skips the check).
             group_size: rollouts per real clip.
 
         Returns:
@@ -163,6 +179,7 @@ class VideoReward:
         if target.dim() == 4 and F == 1:
             target = target[:, None]
         C.check_tensor("target", target, dtypes=C.FLOAT_DTYPES, ndim=5)
+        _check_frame_range("target", target, self.data_range)
         if target.shape[1] != F or target.shape[2:] != frames.shape[2:]:
             raise ValueError(f"target: expected [G, {F}, {', '.join(map(str, frames.shape[2:]))}] real frames, "
                              f"got {tuple(target.shape)}")  # fmt: skip

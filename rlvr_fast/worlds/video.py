@@ -267,6 +267,12 @@ def _check_ranges(ranges: Any, name: str = "ranges") -> torch.Tensor:
     bad = (ranges[:, 0] > ranges[:, 1]).nonzero().flatten().tolist()
     if bad:
         raise ValueError(f"{name}: min > max in action dims {bad}")
+    flat = (ranges[:, 0] == ranges[:, 1]).nonzero().flatten().tolist()
+    if flat:
+        # no width to divide into bins: the value itself would map to bin 0 and anything above to the last
+        raise ValueError(
+            f"{name}: expected min < max in every action dim, got min == max in action dims {flat}"
+        )
     return ranges
 
 
