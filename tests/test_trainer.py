@@ -382,7 +382,7 @@ class _Payload:
 
 
 def _plant(file: Path, marker: Path) -> None:
-    """Replace ``file`` with a pickle payload padded to the file's size (so a size check alone cannot stop it)."""
+    """Replace ``file`` with a pickle payload padded to its size (a size check alone cannot stop it)."""
     import pickle
 
     size = file.stat().st_size
@@ -404,8 +404,9 @@ def test_no_checkpoint_file_runs_code_and_errors_name_the_file(tmp_path):
     GRPOTrainer(tiny_config(run, *SHORT)).run()
     good = run / "checkpoint"
     files = sorted(p.relative_to(good).as_posix() for p in good.rglob("*") if p.is_file())
-    assert {"model.safetensors", "trainer_state.json", "trainer_state.safetensors", "config.json",
-            "tokenizer_config.json"} <= set(files) and LEGACY_STATE not in files  # fmt: skip
+    expected = {"model.safetensors", "trainer_state.json", "trainer_state.safetensors", "config.json"}
+    expected |= {"generation_config.json", "tokenizer.json", "tokenizer_config.json"}
+    assert expected <= set(files) and LEGACY_STATE not in files
     marker = tmp_path / "pwned"
     t = GRPOTrainer(tiny_config(run, *SHORT))
     for i, rel in enumerate(files):
@@ -427,9 +428,12 @@ def test_no_checkpoint_file_runs_code_and_errors_name_the_file(tmp_path):
         (legacy / name).unlink()
     torch.save(state, legacy / LEGACY_STATE)
     # ... but a payload in it, as a torch zip or a raw pickle, is refused, as is a truncated one
-    for i, write in enumerate([lambda f: torch.save({"rng": _Payload(marker)}, f),
-                               lambda f: f.write_bytes(pickle.dumps(_Payload(marker), protocol=2)),
-                               lambda f: f.write_bytes((legacy / LEGACY_STATE).read_bytes()[:1000])]):  # fmt: skip
+    writers = [
+        lambda f: torch.save({"rng": _Payload(marker)}, f),
+        lambda f: f.write_bytes(pickle.dumps(_Payload(marker), protocol=2)),
+        lambda f: f.write_bytes((legacy / LEGACY_STATE).read_bytes()[:1000]),
+    ]
+    for i, write in enumerate(writers):
         case = tmp_path / f"legacy{i}" / "checkpoint"
         shutil.copytree(legacy, case)
         write(case / LEGACY_STATE)
@@ -445,7 +449,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
     and the run resumes from the previous one, ending where the uninterrupted run ended."""
     from rlvr_fast.trainer.checkpoint import read_trainer_state
 
-    extra = ("mle.steps=2", "trainer.steps=3", "trainer.save_every=2", "trainer.eval_every=0", f"reward.name={__name__}:_ok")
+    extra = (*SHORT, "trainer.steps=3", "trainer.save_every=2")
     GRPOTrainer(tiny_config(tmp_path, *extra)).run()
     records = _records(tmp_path)
     latest, prev = tmp_path / "checkpoint", tmp_path / "checkpoint.prev"
@@ -470,16 +474,19 @@ def test_resume_refuses_changed_settings_and_records_safe_ones(tmp_path, caplog)
 
     GRPOTrainer(tiny_config(tmp_path, *SHORT)).run()
     with pytest.raises(C.ConfigError) as e:
-        GRPOTrainer(tiny_config(tmp_path, *SHORT, "mle.steps=250", "trainer.steps=6", "algo.kl_coef=0.1")).run(resume=True)
+        changed = tiny_config(tmp_path, *SHORT, "mle.steps=250", "trainer.steps=6", "algo.kl_coef=0.1")
+        GRPOTrainer(changed).run(resume=True)
     msg = str(e.value)
-    assert "mle.steps: 2 -> 250" in msg and "algo.kl_coef: 0.0 -> 0.1" in msg and "trainer.steps: 2" not in msg
+    assert "mle.steps: 2 -> 250" in msg and "algo.kl_coef: 0.0 -> 0.1" in msg
+    assert "trainer.steps: 2" not in msg  # a changeable key is not among the refused ones
     assert json.loads((tmp_path / "config.json").read_text())["mle"]["steps"] == 2
     with caplog.at_level("WARNING"):
         GRPOTrainer(tiny_config(tmp_path, *SHORT, "trainer.steps=3", "trainer.save_every=1")).run(resume=True)
     assert "trainer.save_every: 0 -> 1, trainer.steps: 2 -> 3" in caplog.text
     assert [r["step"] for r in _records(tmp_path) if r["stage"] == "rl"] == [1, 2, 3]
     recorded = json.loads((tmp_path / "config.json").read_text())
-    assert recorded["trainer"]["steps"] == 3 and recorded["trainer"]["save_every"] == 1 and recorded["mle"]["steps"] == 2
+    trainer = recorded["trainer"]
+    assert (trainer["steps"], trainer["save_every"], recorded["mle"]["steps"]) == (3, 1, 2)
     assert read_trainer_state(tmp_path / "checkpoint")["config"]["trainer"]["steps"] == 3
 
 

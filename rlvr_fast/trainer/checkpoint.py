@@ -320,7 +320,8 @@ def _unpickling_reason(message: str) -> str:
     """The line of torch's weights-only error that says what was refused (not its advice to load unsafely)."""
     for line in message.splitlines():
         line = line.replace("WeightsUnpickler error:", "").strip()
-        if line and not line.startswith(("Weights only load failed", "Check the documentation", "(1)", "(2)")):
+        advice = ("Weights only load failed", "Check the documentation", "(1)", "(2)")
+        if line and not line.startswith(advice):
             return line[:200]
     return "an object that is not a tensor or plain data"
 
