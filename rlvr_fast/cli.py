@@ -72,7 +72,8 @@ def _report(summary: dict, out_dir: str) -> None:
     print(format_table(summary))
     if summary.get("best"):
         b = summary["best"]
-        print(f"best checkpoint by {summary['select_metric']}: GRPO step {b['step']} "
+        which = "the MLE model (before GRPO)" if b.get("stage") == "mle" else f"GRPO step {b['step']}"
+        print(f"best checkpoint by {summary['select_metric']}: {which} "
               f"({summary['select_metric']} {b.get(summary['select_metric'], float('nan')):.3f}) in {out_dir}/best")  # fmt: skip
     print(f"{summary['seconds']:.0f} s; metrics {out_dir}/metrics.jsonl, curves {summary.get('plot')}, "
           f"summary {out_dir}/summary.json, checkpoint {out_dir}/checkpoint")  # fmt: skip
@@ -179,7 +180,6 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("rest", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .trainer.config import ConfigError
 
     try:
         if args.cmd == "demo":

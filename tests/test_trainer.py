@@ -368,3 +368,149 @@ def test_demo_shows_a_finished_run_of_the_same_configuration(tmp_path, capsys):
     assert "holds a finished run" not in capsys.readouterr().out
     assert cli.main([*args, "trainer.steps=2", "--force"]) == 0
     assert "holds a finished run" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+class _Payload:
+    """Unpickling this runs a shell command that creates ``marker``: what a crafted checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _plant(file: Path, marker: Path) -> None:
+    """Replace ``file`` with a pickle payload padded to its size (a size check alone cannot stop it)."""
+    import pickle
+
+    size = file.stat().st_size
+    data = pickle.dumps(_Payload(marker), protocol=2)
+    file.write_bytes(data + b" " * max(0, size - len(data)))  # pickle ignores bytes after STOP
+
+
+SHORT = ("mle.steps=2", "trainer.steps=2", "trainer.eval_every=0", f"reward.name={__name__}:_ok")
+
+
+def test_no_checkpoint_file_runs_code_and_errors_name_the_file(tmp_path):
+    """A payload planted in any file of a checkpoint (new format, or the previous trainer_state.pt) never
+    runs: the resume is refused with an error naming that file."""
+    import pickle
+
+    from rlvr_fast.trainer.checkpoint import LEGACY_STATE, CheckpointError, read_trainer_state
+
+    run = tmp_path / "run"
+    GRPOTrainer(tiny_config(run, *SHORT)).run()
+    good = run / "checkpoint"
+    files = sorted(p.relative_to(good).as_posix() for p in good.rglob("*") if p.is_file())
+    expected = {"model.safetensors", "trainer_state.json", "trainer_state.safetensors", "config.json"}
+    expected |= {"generation_config.json", "tokenizer.json", "tokenizer_config.json"}
+    assert expected <= set(files) and LEGACY_STATE not in files
+    marker = tmp_path / "pwned"
+    t = GRPOTrainer(tiny_config(run, *SHORT))
+    for i, rel in enumerate(files):
+        case = tmp_path / f"case{i}" / "checkpoint"
+        shutil.copytree(good, case)
+        _plant(case / rel, marker)
+        with pytest.raises(CheckpointError) as e:
+            t.resume(case)
+        assert str(case / rel) in str(e.value), (rel, str(e.value))
+        assert not marker.exists(), rel
+        assert t.rl_step == 0 and t.stage == "mle"  # nothing was loaded
+
+    # the previous format: a torch.save pickle of the state (numpy RNG arrays included) still resumes ...
+    legacy = tmp_path / "legacy" / "checkpoint"
+    shutil.copytree(good, legacy)
+    state = read_trainer_state(legacy)
+    assert isinstance(state["rng"][0]["numpy"][1], __import__("numpy").ndarray)
+    for name in ("trainer_state.json", "trainer_state.safetensors"):
+        (legacy / name).unlink()
+    torch.save(state, legacy / LEGACY_STATE)
+    # ... but a payload in it, as a torch zip or a raw pickle, is refused, as is a truncated one
+    writers = [
+        lambda f: torch.save({"rng": _Payload(marker)}, f),
+        lambda f: f.write_bytes(pickle.dumps(_Payload(marker), protocol=2)),
+        lambda f: f.write_bytes((legacy / LEGACY_STATE).read_bytes()[:1000]),
+    ]
+    for i, write in enumerate(writers):
+        case = tmp_path / f"legacy{i}" / "checkpoint"
+        shutil.copytree(legacy, case)
+        write(case / LEGACY_STATE)
+        with pytest.raises(CheckpointError, match="truncated" if i == 2 else "could run code") as e:
+            t.resume(case)
+        assert str(case / LEGACY_STATE) in str(e.value) and not marker.exists()
+    t.resume(legacy)
+    assert (t.stage, t.mle_step, t.rl_step) == ("rl", 2, 2)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    """checkpoint/ keeps its predecessor in checkpoint.prev/; a truncated file in the latest one is named
+    and the run resumes from the previous one, ending where the uninterrupted run ended."""
+    from rlvr_fast.trainer.checkpoint import read_trainer_state
+
+    extra = (*SHORT, "trainer.steps=3", "trainer.save_every=2")
+    GRPOTrainer(tiny_config(tmp_path, *extra)).run()
+    records = _records(tmp_path)
+    latest, prev = tmp_path / "checkpoint", tmp_path / "checkpoint.prev"
+    assert read_trainer_state(latest)["rl_step"] == 3 and read_trainer_state(prev)["rl_step"] == 2
+    weights = (latest / "model.safetensors").read_bytes()
+    for broken in ("model.safetensors", "trainer_state.safetensors"):
+        f = latest / broken
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            summary = GRPOTrainer(tiny_config(tmp_path, *extra)).run(resume=True)
+        assert str(f) in caplog.text and f"resuming from the previous good checkpoint {prev}" in caplog.text
+        assert [r["step"] for r in _records(tmp_path) if r["stage"] == "rl"] == [1, 2, 3]
+        assert _records(tmp_path) == records and summary["counters"] == read_trainer_state(latest)["counters"]
+        # the new latest is complete; the broken one was dropped, not kept as the fallback
+        assert read_trainer_state(latest)["rl_step"] == 3 and read_trainer_state(prev)["rl_step"] == 2
+        assert (latest / "model.safetensors").read_bytes() == weights
+
+
+def test_resume_refuses_changed_settings_and_records_safe_ones(tmp_path, caplog):
+    from rlvr_fast.trainer.checkpoint import read_trainer_state
+
+    GRPOTrainer(tiny_config(tmp_path, *SHORT)).run()
+    with pytest.raises(C.ConfigError) as e:
+        changed = tiny_config(tmp_path, *SHORT, "mle.steps=250", "trainer.steps=6", "algo.kl_coef=0.1")
+        GRPOTrainer(changed).run(resume=True)
+    msg = str(e.value)
+    assert "mle.steps: 2 -> 250" in msg and "algo.kl_coef: 0.0 -> 0.1" in msg
+    assert "trainer.steps: 2" not in msg  # a changeable key is not among the refused ones
+    assert json.loads((tmp_path / "config.json").read_text())["mle"]["steps"] == 2
+    with caplog.at_level("WARNING"):
+        GRPOTrainer(tiny_config(tmp_path, *SHORT, "trainer.steps=3", "trainer.save_every=1")).run(resume=True)
+    assert "trainer.save_every: 0 -> 1, trainer.steps: 2 -> 3" in caplog.text
+    assert [r["step"] for r in _records(tmp_path) if r["stage"] == "rl"] == [1, 2, 3]
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    trainer = recorded["trainer"]
+    assert (trainer["steps"], trainer["save_every"], recorded["mle"]["steps"]) == (3, 1, 2)
+    assert read_trainer_state(tmp_path / "checkpoint")["config"]["trainer"]["steps"] == 3
+
+
+def test_mle_model_is_a_candidate_for_best(tmp_path):
+    """GRPO evaluations worse than the MLE model's leave best/ holding the MLE model."""
+    from safetensors.torch import load_file
+
+    from rlvr_fast.trainer.checkpoint import read_trainer_state
+
+    t = GRPOTrainer(tiny_config(tmp_path, "mle.steps=2", "trainer.steps=4", f"reward.name={__name__}:_ok"))
+    real, scripted, at_mle = t.evaluate, [0.5, 0.25, 0.4], {}
+
+    def evaluate():
+        m = real()
+        if t.stage == "mle":
+            at_mle.update({k: v.clone() for k, v in t.module.state_dict().items()})
+        return {**m, "exact": scripted.pop(0)}
+
+    t.evaluate = evaluate
+    summary = t.run()
+    assert not scripted and summary["rlvr"]["exact"] == 0.4 and summary["mle"]["exact"] == 0.5
+    assert summary["best"] == {**summary["mle"], "step": 0, "stage": "mle"}
+    state = read_trainer_state(tmp_path / "best")
+    assert (state["stage"], state["mle_step"], state["rl_step"]) == ("mle", 2, 0)
+    best = load_file(tmp_path / "best" / "model.safetensors")
+    assert all(torch.equal(best[k], v) for k, v in at_mle.items() if k in best)
+    assert any(not torch.equal(best[k], v) for k, v in t.module.state_dict().items() if k in best)

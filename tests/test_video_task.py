@@ -337,6 +337,7 @@ def test_resume_keeps_the_mle_preview_and_the_tokenizer(tmp_path, monkeypatch):
     """A run continued with --resume reuses the cached tokenizer and still draws the MLE predictions."""
     from rlvr_fast.models import video_tokenizer as vt
     from rlvr_fast.trainer import train
+    from rlvr_fast.trainer.checkpoint import read_trainer_state
 
     train(C.load_config(None, [*SHORT, f"trainer.out_dir={tmp_path}"]))
     first = json.loads((tmp_path / "summary.json").read_text())
@@ -344,7 +345,7 @@ def test_resume_keeps_the_mle_preview_and_the_tokenizer(tmp_path, monkeypatch):
     monkeypatch.setattr(vt, "train_tokenizer", lambda *a, **k: pytest.fail("the cached tokenizer was not reused"))
     summary = train(C.load_config(None, [*SHORT, "trainer.steps=3", f"trainer.out_dir={tmp_path}"]), resume=True)
     assert summary["mle"] == first["mle"] and (tmp_path / "preview.png").is_file()
-    state = torch.load(tmp_path / "checkpoint" / "trainer_state.pt", weights_only=False)
+    state = read_trainer_state(tmp_path / "checkpoint")
     assert set(state["previews"]) == {"mle", "rlvr"} and state["rl_step"] == 3
 
 

@@ -55,6 +55,37 @@ from .rollout import Rollout, encode_answer, encode_prompt, response_logits, sam
 
 log = logging.getLogger(__name__)
 
+# Settings that ``--resume`` may change: they do not alter what the run computes, only how long it runs,
+# when it evaluates or saves, how it reports, and where its directory is. Any other change is refused.
+RESUME_CHANGEABLE = frozenset(
+    {
+        "trainer.steps",
+        "trainer.eval_every",
+        "trainer.save_every",
+        "trainer.progress",
+        "trainer.tensorboard",
+        "trainer.cpu_threads",
+        "trainer.out_dir",
+        "reward.workers",
+    }
+)
+# what resume() reads from a checkpoint's trainer state
+STATE_KEYS = "stage mle_step rl_step stream optimizer scheduler results best counters elapsed ref rng".split()
+
+
+def config_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
+    """``{"section.key": (saved value, current value)}`` for every setting that differs between two
+    ``Config.to_dict()`` trees; keys only one of them has (options added or removed since) are skipped."""
+    out = {}
+    for section, values in current.items():
+        old = saved.get(section)
+        if not (isinstance(values, dict) and isinstance(old, dict)):
+            continue
+        for key, value in values.items():
+            if key in old and old[key] != value:
+                out[f"{section}.{key}"] = (old[key], value)
+    return out
+
 
 class DataStream:
     """Endless shuffled indices over ``n`` examples; a fresh permutation per epoch from ``seed``.
@@ -130,6 +161,7 @@ class GRPOTrainer:
         self.counters = {"nan_skipped": 0, "reward_errors": 0, "reward_timeouts": 0}
         self.elapsed = 0.0
         self._stop = False
+        self._resume_changes: dict[str, tuple[Any, Any]] = {}
         if cfg.mle.steps:
             self._new_optimizer(cfg.mle.lr, cfg.mle.warmup_steps, decay_steps=cfg.mle.steps)
         else:
@@ -364,8 +396,9 @@ class GRPOTrainer:
         self.logger.write({"stage": "eval", "step": self.rl_step, "rl_step": self.rl_step,
                            **{f"eval/{k}": v for k, v in metrics.items()}})  # fmt: skip
         key = self.task.select_metric
-        if self.stage == "rl" and metrics.get(key, -math.inf) > self.best.get(key, -math.inf):
-            self.best = {"step": self.rl_step, **metrics}
+        # the MLE model (GRPO step 0) is a candidate too: GRPO must beat it to replace it
+        if metrics.get(key, -math.inf) > self.best.get(key, -math.inf):
+            self.best = {"step": self.rl_step, "stage": self.stage, **metrics}
             self.save("best")
         return metrics
 
@@ -386,11 +419,34 @@ class GRPOTrainer:
         if self.dist.main:
             state = self._state()
             state["rng"] = rngs
+            # the latest checkpoint keeps its predecessor (the resume fallback); best/ needs none
             save_checkpoint(self.out / name, D.unwrap(self.model), self.tok, state, weights=weights,
-                            assets=self.task.save_assets)  # fmt: skip
+                            assets=self.task.save_assets, keep_previous=name == "checkpoint")  # fmt: skip
+
+    def _check_resume_config(self, state: dict) -> None:
+        """Refuse a resume whose settings differ from the checkpoint's beyond :data:`RESUME_CHANGEABLE`
+        (ConfigError listing the keys); note the accepted changes, recorded once the state is loaded."""
+        saved = state.get("config")
+        if not isinstance(saved, dict):
+            log.warning("the checkpoint records no configuration: changed settings cannot be checked")
+            self._resume_changes = {}
+            return
+        changes = config_changes(saved, self.cfg.to_dict())
+        refused = sorted(k for k in changes if k not in RESUME_CHANGEABLE)
+        if refused:
+            listed = ", ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in refused)
+            raise ConfigError(
+                f"--resume: settings differ from the checkpoint's ({listed}); a resumed run must keep them "
+                f"(changeable on resume: {sorted(RESUME_CHANGEABLE)}). Resume with the original values, or "
+                "start a new run in another trainer.out_dir"
+            )
+        self._resume_changes = changes
 
     def resume(self, path: Path) -> None:
-        state = load_checkpoint(path, D.unwrap(self.model))
+        """Continue from the checkpoint ``path`` (or, if a file of it is broken, the previous good one)."""
+        module = D.unwrap(self.model)
+        state = load_checkpoint(path, module, required=STATE_KEYS, check=self._check_resume_config)
+        path = Path(state.pop("loaded_from"))
         self.stage, self.mle_step, self.rl_step = state["stage"], state["mle_step"], state["rl_step"]
         self.stream.load_state_dict(state["stream"])
         self.results, self.best, self.counters, self.elapsed = state["results"], state["best"], state["counters"], state["elapsed"]
@@ -408,6 +464,12 @@ class GRPOTrainer:
         self.logger.truncate(lambda rec: (rec["stage"] == "mle" and rec["step"] <= m) or
                              (rec["stage"] in ("rl", "eval") and s == "rl" and rec["step"] <= r))  # fmt: skip
         log.info("resumed from %s at stage %s (MLE step %d, GRPO step %d)", path, s, m, r)
+        if self._resume_changes:
+            listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(self._resume_changes.items()))
+            where = self.out / "config.json"
+            log.warning("--resume: changed settings accepted, recorded in %s: %s", where, listed)
+            if self.dist.main:
+                (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
 
     def _make_ref(self, weights: dict | None = None) -> None:
         """The frozen reference: a copy of the policy, or of ``weights`` (from a checkpoint)."""
