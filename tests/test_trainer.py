@@ -82,6 +82,66 @@ def test_config_file_errors(tmp_path):
         C.load_config(tmp_path / "bad.yaml")
 
 
+def _float_keys() -> list[str]:
+    """Every float field of the config tree (float or optional float), as section.key."""
+    import typing
+
+    keys = []
+    for section in C.dataclasses.fields(C.Config()):
+        node = getattr(C.Config(), section.name)
+        hints = typing.get_type_hints(type(node))
+        keys += [f"{section.name}.{k}" for k, h in hints.items() if h is float or float in typing.get_args(h)]
+    return keys
+
+
+def test_the_float_sweep_covers_every_float_field():
+    keys = set(_float_keys())
+    assert len(keys) == 16 and {"reward.timeout_s", "reward.failure_reward", "video.gamma"} <= keys
+    assert C.INF_ALLOWED == {"reward.timeout_s"}
+
+
+@pytest.mark.parametrize("key", _float_keys())
+@pytest.mark.parametrize("value", ["nan", ".nan", "inf", ".inf", "-inf", "-.inf"])
+def test_every_float_must_be_finite(key, value):
+    """NaN and +-inf are refused for every float key, naming it; reward.timeout_s=inf means no limit."""
+    if key in C.INF_ALLOWED and value in ("inf", ".inf"):
+        assert getattr(C.load_config(None, [f"{key}={value}"]).reward, key.split(".")[1]) == float("inf")
+        return
+    with pytest.raises(C.ConfigError) as e:
+        C.load_config(None, [f"{key}={value}"])
+    assert str(e.value).startswith(f"{key} must be")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.betas=[.nan, 0.9]", "trainer.betas must be a finite number, got [nan, 0.9]"),
+        ("trainer.betas=[nan, 0.9]", "trainer.betas must be two numbers in [0, 1), got ['nan', 0.9]"),
+        ("video.reward_weights={mae: .inf}",
+         "video.reward_weights must be a finite number, got {'mae': inf}"),
+        ("video.reward_weights={mae: nan}", "video.reward_weights must map terms to numbers"),
+        ("reward.timeout_s=0", "reward.timeout_s must be > 0 (inf: no limit), got 0.0"),
+        ("reward.timeout_s=-1", "reward.timeout_s must be > 0"),
+        ("reward.workers=0", "reward.workers must be >= 1, got 0"),
+        ("video.gamma=0", "video.gamma must be in (0, 1], got 0.0"),
+        ("video.gamma=1.5", "video.gamma must be in (0, 1]"),
+        ("video.tokenizer_lr=0", "video.tokenizer_lr must be > 0"),
+        ("trainer.weight_decay=-0.1", "trainer.weight_decay must be >= 0, got -0.1"),
+    ],
+)
+def test_config_ranges_name_the_key(override, message):
+    with pytest.raises(C.ConfigError) as e:
+        C.load_config(None, [override])
+    assert message in str(e.value)
+
+
+def test_finite_values_at_the_edges_are_accepted():
+    edges = ["reward.failure_reward=-1e30", "video.gamma=1", "reward.timeout_s=1e-3",
+             "video.reward_weights={mae: 2, ssim: 0.5}", "trainer.betas=[0, 0.99]"]
+    cfg = C.load_config(None, edges)
+    assert (cfg.reward.failure_reward, cfg.video.gamma, cfg.reward.timeout_s) == (-1e30, 1.0, 1e-3)
+
+
 def test_demo_config_is_valid():
     cfg = C.load_config(ROOT / "rlvr_fast" / "configs" / "demo.yaml")
     assert cfg.data.world == "synthetic_text_game" and cfg.mle.steps > 0 and cfg.trainer.steps > 0
