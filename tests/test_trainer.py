@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -80,6 +81,66 @@ def test_config_file_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("- a list\n")
     with pytest.raises(C.ConfigError, match="must hold a mapping"):
         C.load_config(tmp_path / "bad.yaml")
+
+
+def _float_keys() -> list[str]:
+    """Every float field of the config tree (float or optional float), as section.key."""
+    import typing
+
+    keys = []
+    for section in C.dataclasses.fields(C.Config()):
+        node = getattr(C.Config(), section.name)
+        hints = typing.get_type_hints(type(node))
+        keys += [f"{section.name}.{k}" for k, h in hints.items() if h is float or float in typing.get_args(h)]
+    return keys
+
+
+def test_the_float_sweep_covers_every_float_field():
+    keys = set(_float_keys())
+    assert len(keys) == 16 and {"reward.timeout_s", "reward.failure_reward", "video.gamma"} <= keys
+    assert C.INF_ALLOWED == {"reward.timeout_s"}
+
+
+@pytest.mark.parametrize("key", _float_keys())
+@pytest.mark.parametrize("value", ["nan", ".nan", "inf", ".inf", "-inf", "-.inf"])
+def test_every_float_must_be_finite(key, value):
+    """NaN and +-inf are refused for every float key, naming it; reward.timeout_s=inf means no limit."""
+    if key in C.INF_ALLOWED and value in ("inf", ".inf"):
+        assert getattr(C.load_config(None, [f"{key}={value}"]).reward, key.split(".")[1]) == float("inf")
+        return
+    with pytest.raises(C.ConfigError) as e:
+        C.load_config(None, [f"{key}={value}"])
+    assert str(e.value).startswith(f"{key} must be")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.betas=[.nan, 0.9]", "trainer.betas must be a finite number, got [nan, 0.9]"),
+        ("trainer.betas=[nan, 0.9]", "trainer.betas must be two numbers in [0, 1), got ['nan', 0.9]"),
+        ("video.reward_weights={mae: .inf}",
+         "video.reward_weights must be a finite number, got {'mae': inf}"),
+        ("video.reward_weights={mae: nan}", "video.reward_weights must map terms to numbers"),
+        ("reward.timeout_s=0", "reward.timeout_s must be > 0 (inf: no limit), got 0.0"),
+        ("reward.timeout_s=-1", "reward.timeout_s must be > 0"),
+        ("reward.workers=0", "reward.workers must be >= 1, got 0"),
+        ("video.gamma=0", "video.gamma must be in (0, 1], got 0.0"),
+        ("video.gamma=1.5", "video.gamma must be in (0, 1]"),
+        ("video.tokenizer_lr=0", "video.tokenizer_lr must be > 0"),
+        ("trainer.weight_decay=-0.1", "trainer.weight_decay must be >= 0, got -0.1"),
+    ],
+)
+def test_config_ranges_name_the_key(override, message):
+    with pytest.raises(C.ConfigError) as e:
+        C.load_config(None, [override])
+    assert message in str(e.value)
+
+
+def test_finite_values_at_the_edges_are_accepted():
+    edges = ["reward.failure_reward=-1e30", "video.gamma=1", "reward.timeout_s=1e-3",
+             "video.reward_weights={mae: 2, ssim: 0.5}", "trainer.betas=[0, 0.99]"]
+    cfg = C.load_config(None, edges)
+    assert (cfg.reward.failure_reward, cfg.video.gamma, cfg.reward.timeout_s) == (-1e30, 1.0, 1e-3)
 
 
 def test_demo_config_is_valid():
@@ -206,6 +267,155 @@ def test_reward_timeouts_do_not_stall_the_batch():
     assert out == [1.0, -2.0, 1.0, -2.0, 1.0] and stats.timeouts == 2
     out, stats = rewards.score(_boom, ["a"], [ex], failure_reward=0.25)
     assert out == [0.25] and stats.errors == 1
+
+
+def _misbehave(c, e):
+    """Spins (after writing its pid), exits, interrupts, ends its process, or returns len(c)."""
+    if c == "spin":
+        Path(e.extra["pidfile"]).write_text(str(os.getpid()))
+        while True:
+            pass
+    if c == "exit":
+        raise SystemExit(3)
+    if c == "interrupt":
+        raise KeyboardInterrupt
+    if c == "die":
+        os._exit(1)
+    return len(c)
+
+
+def test_a_spinning_reward_is_killed_and_exits_are_failures(tmp_path):
+    ex = Example("p", "a", "g", extra={"pidfile": str(tmp_path / "pid")})
+    batch = ["a", "spin", "bb", "exit", "ccc", "interrupt", "dddd", "die", "eeeee"]
+    t0 = time.monotonic()
+    out, stats = rewards.score(_misbehave, batch, [ex] * len(batch), timeout_s=0.5, failure_reward=-1.0,
+                               workers=2)
+    assert time.monotonic() - t0 < 5.0
+    assert out == [1.0, -1.0, 2.0, -1.0, 3.0, -1.0, 4.0, -1.0, 5.0]
+    assert (stats.errors, stats.timeouts, stats.non_finite) == (3, 1, 0)
+    spinner = int((tmp_path / "pid").read_text())
+    with pytest.raises(ProcessLookupError):  # stopped, not abandoned: it no longer burns a core
+        os.kill(spinner, 0)
+    # the pool stays up from call to call: same processes, no fork per step
+    pids = sorted(w.proc.pid for w in rewards._POOL.workers)
+    assert spinner not in pids and len(pids) == 2
+    for _ in range(3):
+        out, stats = rewards.score(_misbehave, ["x" * i for i in range(256)], [ex] * 256, workers=2)
+        assert out == [float(i) for i in range(256)] and stats == rewards.ScoreStats()
+    assert sorted(w.proc.pid for w in rewards._POOL.workers) == pids
+    rewards.close_pool()
+    assert rewards._POOL is None
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_a_worker_killed_from_outside_is_replaced_and_examples_must_pickle():
+    ex = Example("p", "a", "g")
+    assert rewards.score(_ok, ["ab"] * 4, [ex] * 4, workers=2) == ([2.0] * 4, rewards.ScoreStats())
+    victim = rewards._POOL.workers[0].proc.pid
+    os.kill(victim, signal.SIGKILL)
+    assert rewards.score(_ok, ["abc"] * 8, [ex] * 8, workers=2) == ([3.0] * 8, rewards.ScoreStats())
+    assert victim not in [w.proc.pid for w in rewards._POOL.workers]
+    bad = Example("p", "a", "g", extra={"f": lambda: 0}, source="x.jsonl:3")
+    with pytest.raises(TypeError, match="examples: x.jsonl:3 cannot be pickled"):
+        rewards.score(_ok, ["a"], [bad])
+    assert rewards._POOL is None  # an interrupted call closes the pool
+
+
+def test_score_arguments_are_checked():
+    ex = Example("p", "a", "g")
+    cases = [({"timeout_s": float("nan")}, "timeout_s"), ({"timeout_s": 0}, "timeout_s"),
+             ({"failure_reward": float("nan")}, "failure_reward"),
+             ({"failure_reward": float("-inf")}, "failure_reward"), ({"workers": 0}, "workers")]
+    for kwargs, name in cases:
+        with pytest.raises(ValueError, match=f"^{name} must"):
+            rewards.score(_ok, ["a"], [ex], **kwargs)
+    assert rewards.score(_ok, ["abc"], [ex], timeout_s=float("inf")) == ([3.0], rewards.ScoreStats())
+
+
+def _raises_exit(c, e):
+    raise SystemExit(3)
+
+
+def _raises_interrupt(c, e):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("fn", ["_raises_exit", "_raises_interrupt"])
+def test_reward_that_exits_or_interrupts_is_a_failure_not_the_end_of_the_run(tmp_path, fn):
+    cfg = tiny_config(tmp_path, "mle.steps=0", "trainer.steps=1", "trainer.eval_every=0",
+                      f"reward.name={__name__}:{fn}", "reward.failure_reward=-1")
+    summary = GRPOTrainer(cfg).run()
+    rl = [r for r in _records(tmp_path) if r["stage"] == "rl"]
+    assert [r["reward"] for r in rl] == [-1.0] and summary["counters"]["reward_errors"] == 16
+    assert rewards._POOL is None  # the run closed its worker processes
+
+
+_REWARD_MODULE = """
+import os
+import time
+
+
+def forever(c, e):
+    time.sleep(10**6)
+
+
+def slow(c, e):
+    open("scoring.started", "a").close()
+    time.sleep(0.5)
+    return 1.0
+"""
+
+
+def _cli_run(tmp_path: Path, *extra: str) -> subprocess.Popen:
+    """The CLI in its own session (so the test can signal the whole process group, as a terminal does)."""
+    (tmp_path / "my_rewards.py").write_text(_REWARD_MODULE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "rlvr_fast.cli", "train", *TINY, f"trainer.out_dir={tmp_path / 'run'}",
+           "mle.steps=0", "trainer.eval_every=0", "trainer.cpu_threads=1", *extra]
+    return subprocess.Popen(cmd, env=env, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _communicate(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        out, err = proc.communicate()
+        pytest.fail(f"the run did not exit within {timeout} s:\n{out[-2000:]}\n{err[-3000:]}")
+
+
+def test_a_run_whose_reward_never_returns_finishes_and_exits(tmp_path):
+    """Every call sleeps forever: each is stopped after reward.timeout_s, the run finishes, and the process
+    exits right after writing its summary, leaving no process behind (before: it never exited)."""
+    proc = _cli_run(tmp_path, "trainer.steps=2", "reward.name=my_rewards:forever", "reward.timeout_s=0.3")
+    out, err = _communicate(proc, 240)
+    exited = time.time()
+    assert proc.returncode == 0, out[-2000:] + err[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["counters"]["reward_timeouts"] == 2 * 16 and summary["counters"]["reward_errors"] == 0
+    assert exited - (tmp_path / "run" / "summary.json").stat().st_mtime < 15
+    with pytest.raises(ProcessLookupError):  # nothing of the run's process group is left
+        os.killpg(proc.pid, 0)
+
+
+def test_ctrl_c_during_scoring_takes_the_trainer_interrupt_path(tmp_path):
+    """SIGINT to the whole process group while rewards run (as a terminal's Ctrl-C): the workers ignore it,
+    the step completes with no reward failure, the trainer writes its checkpoint and says so."""
+    proc = _cli_run(tmp_path, "trainer.steps=100", "reward.name=my_rewards:slow", "reward.timeout_s=30")
+    deadline = time.monotonic() + 200
+    while not (tmp_path / "scoring.started").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = _communicate(proc, 120)
+    assert proc.returncode == 130, out[-2000:] + err[-3000:]
+    assert f"checkpoint written to {tmp_path / 'run' / 'checkpoint'}; continue with --resume" in out
+    assert (tmp_path / "run" / "checkpoint" / "model.safetensors").is_file()
+    rl = [r for r in _records(tmp_path / "run") if r["stage"] == "rl"]
+    assert 1 <= len(rl) < 100 and all(r["reward"] == 1.0 and r["reward_errors"] == 0 for r in rl)
 
 
 # ------------------------------------------------------------------------------------------ the loop

@@ -10,6 +10,7 @@ raise :class:`ConfigError` with a message that lists what is valid. ``describe()
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -104,9 +105,10 @@ class RolloutConfig:
 @dataclass
 class RewardConfig:
     name: str | None = _f(None, "registered reward or 'module:function'; empty: the task's default")
-    timeout_s: float = _f(10.0, "a reward call running longer gets failure_reward")
-    failure_reward: float = _f(0.0, "reward for a call that raises, times out or returns NaN")
-    workers: int = _f(4, "threads scoring a batch")
+    timeout_s: float = _f(10.0, "a reward call running longer is stopped (its worker process killed) and "
+                          "gets failure_reward; inf: no limit")
+    failure_reward: float = _f(0.0, "reward for a call that raises, exits, times out or returns NaN")
+    workers: int = _f(4, "worker processes scoring a batch (rlvr_fast.rewards.score)")
 
 
 @dataclass
@@ -279,9 +281,43 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
+# Float keys for which inf means something (said in their help text). Every other number in the
+# config, lists and mappings included, must be finite: NaN passes every `x > 0` test by failing none.
+INF_ALLOWED = frozenset({"reward.timeout_s"})
+
+
+def _numbers(value):
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _numbers(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _numbers(v)
+    elif isinstance(value, float):
+        yield value
+
+
+def _check_finite(cfg: Config) -> None:
+    """The generic rule: every float anywhere in the tree is finite, except +inf for INF_ALLOWED keys."""
+    for section in dataclasses.fields(cfg):
+        node = getattr(cfg, section.name)
+        for f in dataclasses.fields(node):
+            key, value = f"{section.name}.{f.name}", getattr(node, f.name)
+            for v in _numbers(value):
+                if not math.isfinite(v) and not (v == math.inf and key in INF_ALLOWED):
+                    allowed = " (or inf)" if key in INF_ALLOWED else ""
+                    raise ConfigError(f"{key} must be a finite number{allowed}, got {value!r}")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def validate(cfg: Config) -> None:
-    """Cross-field checks: raise :class:`ConfigError` naming the keys and what would be valid."""
-    r, a, t = cfg.rollout, cfg.algo, cfg.trainer
+    """Finiteness of every float (:data:`INF_ALLOWED` lists the exceptions), ranges and cross-field
+    checks: raise :class:`ConfigError` naming the keys and what would be valid."""
+    _check_finite(cfg)
+    r, a, t, v, rw = cfg.rollout, cfg.algo, cfg.trainer, cfg.video, cfg.reward
     checks = [
         (r.n >= 1, f"rollout.n must be >= 1, got {r.n}"),
         (r.n >= 2 or a.estimator not in ("grpo", "drgrpo", "rloo"),
@@ -296,11 +332,19 @@ def validate(cfg: Config) -> None:
         (a.clip_low >= 0 and a.clip_high >= 0, "algo.clip_low and algo.clip_high must be >= 0"),
         (a.dual_clip is None or a.dual_clip > 1, f"algo.dual_clip must be > 1 or empty, got {a.dual_clip}"),
         (a.kl_coef >= 0, f"algo.kl_coef must be >= 0, got {a.kl_coef}"),
+        (rw.timeout_s > 0, f"reward.timeout_s must be > 0 (inf: no limit), got {rw.timeout_s}"),
+        (rw.workers >= 1, f"reward.workers must be >= 1, got {rw.workers}"),
+        (v.tokenizer_lr > 0, f"video.tokenizer_lr must be > 0, got {v.tokenizer_lr}"),
+        (0 < v.gamma <= 1, f"video.gamma must be in (0, 1], got {v.gamma}"),
+        (v.reward_weights is None or all(_is_number(w) for w in v.reward_weights.values()),
+         f"video.reward_weights must map terms to numbers, got {v.reward_weights!r}"),
+        (t.weight_decay >= 0, f"trainer.weight_decay must be >= 0, got {t.weight_decay}"),
         (t.steps >= 0 and cfg.mle.steps >= 0, "trainer.steps and mle.steps must be >= 0"),
         (t.lr > 0 and cfg.mle.lr > 0, "trainer.lr and mle.lr must be > 0"),
         (t.grad_clip >= 0, f"trainer.grad_clip must be >= 0, got {t.grad_clip}"),
         (t.cpu_threads >= 0, f"trainer.cpu_threads must be >= 0 (0: adapt to idle cores), got {t.cpu_threads}"),
-        (len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), f"trainer.betas must be two numbers in [0, 1), got {t.betas}"),
+        (len(t.betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in t.betas),
+         f"trainer.betas must be two numbers in [0, 1), got {t.betas}"),
         (t.eval_size >= 1 and t.eval_batch_size >= 1, "trainer.eval_size and trainer.eval_batch_size must be >= 1"),
         (cfg.data.world not in ("text_game", "web_page") or (cfg.data.train_path and cfg.data.test_path),
          f"data.world = {cfg.data.world!r} reads local files: set data.train_path and data.test_path"),

@@ -531,6 +531,7 @@ class GRPOTrainer:
             self.save()
         finally:
             signal.signal(signal.SIGINT, previous)
+            rewards.close_pool()  # the reward worker processes live for one run
             self.logger.close()
         return self._finish()
 
