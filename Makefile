@@ -24,7 +24,7 @@ $(PY):
 # unpinned torch would pull several GB of CUDA wheels), then the package without build isolation so
 # the build (and the extension rlvr_fast._C) sees that torch.
 $(BASE_STAMP): setup.py pyproject.toml $(LOCK) | $(PY)
-	$(PIP_LOCKED) torch ninja pybind11
+	$(PIP_LOCKED) torch numpy ninja pybind11
 	$(PIP_LOCKED) --no-build-isolation -e .
 	@touch $@ $(EXT_STAMP)
 
