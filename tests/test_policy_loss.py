@@ -344,3 +344,25 @@ def test_bad_input(backend, device):
         rf.policy_loss_from_logits(logits, torch.full((5, 12), 9, device=device), old, adv, mask)
     with pytest.raises(ValueError, match="logits: expected a 3-d tensor"):
         rf.policy_loss_from_logits(logits[0], torch.zeros(12, dtype=torch.long, device=device), old, adv, mask)
+
+
+@pytest.mark.parametrize("coef", [0.0, 0.01])
+def test_entropy_gradient_written_only_when_weighted(backend, device, coef):
+    """entropy_coef == 0: the backward writes no [B, T] d(entropy) (all zeros); autograd gets None."""
+    B, T = 4, 33
+    logp = (torch.randn(B, T, device=device) - 2).requires_grad_()
+    old = logp.detach() + 0.05 * torch.randn(B, T, device=device)
+    adv, mask = torch.randn(B, device=device), torch.rand(B, T, device=device) > 0.3
+    ent = torch.rand(B, T, device=device).requires_grad_()
+    loss, _ = rf.policy_loss(logp, old, adv, mask, entropy=ent, entropy_coef=coef)
+    loss.backward()
+    w = torch.ones(B, device=device) / mask.sum()  # token-mean weights of the row partials
+    gl, ge = torch.ops.rlvr_fast.policy_loss_backward(
+        torch.tensor(1.0, device=device), w, logp.detach(), old, adv, mask, None, 0.2, 0.2, None, "", 0.0, 10.0,
+        20.0, coef,
+    )
+    if coef == 0:
+        assert ge.numel() == 0 and ent.grad is None
+    else:
+        assert ge.shape == (B, T)
+        torch.testing.assert_close(ent.grad, torch.where(mask, -coef / mask.sum(), 0.0).float())

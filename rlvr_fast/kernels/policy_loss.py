@@ -117,7 +117,7 @@ def _policy_loss_bwd_kernel(
     B, T,
     s_lp_b, s_lp_t, s_old_b, s_old_t, s_adv_b, s_adv_t, s_m_b, s_m_t, s_ref_b, s_ref_t,
     clip_low, clip_high, dual_clip, kl_coef, kl_clamp, lrc, entropy_coef,
-    DUAL: tl.constexpr, KL: tl.constexpr, HAS_REF: tl.constexpr, BLOCK_T: tl.constexpr,
+    DUAL: tl.constexpr, KL: tl.constexpr, HAS_REF: tl.constexpr, ENT_GRAD: tl.constexpr, BLOCK_T: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -159,7 +159,8 @@ def _policy_loss_bwd_kernel(
         d += kl_coef * dkl
     s = tl.where(valid, scale, 0.0)
     tl.store(glp_ptr + row * T + cols, d * s, mask=inb)
-    tl.store(gent_ptr + row * T + cols, -entropy_coef * s, mask=inb)
+    if ENT_GRAD:  # with entropy_coef == 0 the [B, T] d(entropy) would be a constant 0: not written
+        tl.store(gent_ptr + row * T + cols, -entropy_coef * s, mask=inb)
 
 
 def _strides(t: torch.Tensor | None) -> tuple[int, int]:
@@ -199,20 +200,22 @@ def policy_loss_forward(logp, old_logp, advantages, response_mask, ref_logp, ent
 @on_tensor_device
 def policy_loss_backward(grad, row_w, logp, old_logp, advantages, response_mask, ref_logp, clip_low, clip_high,
                          dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef):  # fmt: skip
-    """(d logp, d entropy), float32 [B, T] each, for the scalar upstream gradient ``grad``."""
+    """(d logp, d entropy), float32 [B, T] each, for the scalar upstream gradient ``grad``; d entropy is
+    empty (0 elements, nothing written) when ``entropy_coef == 0``."""
     B, T = logp.shape
     glp = torch.empty(B, T, dtype=torch.float32, device=logp.device)
-    gent = torch.empty_like(glp)
+    ent_grad = entropy_coef != 0
+    gent = torch.empty_like(glp) if ent_grad else glp.new_empty(0)
     mask = loadable_mask(response_mask)
     has_ref = bool(kl_type) and ref_logp is not None and kl_coef != 0
     block_t = max(16, min(triton.next_power_of_2(max(T, 1)), 1024))
     _policy_loss_bwd_kernel[(B, triton.cdiv(T, block_t))](
         grad.reshape(1).float(), row_w.float().contiguous(), logp, old_logp, advantages, mask,
-        ref_logp if has_ref else logp, glp, gent, B, T,
+        ref_logp if has_ref else logp, glp, gent if ent_grad else glp, B, T,
         *_strides(logp), *_strides(old_logp), *_strides(advantages), *_strides(mask),
         *_strides(ref_logp if has_ref else None),
         *_scalars(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef),
-        DUAL=dual_clip is not None, KL=KL_IDS[kl_type], HAS_REF=has_ref, BLOCK_T=block_t,
+        DUAL=dual_clip is not None, KL=KL_IDS[kl_type], HAS_REF=has_ref, ENT_GRAD=ent_grad, BLOCK_T=block_t,
         **LAUNCH_OPTIONS,
     )  # fmt: skip
     return glp, gent

@@ -448,13 +448,14 @@ def _forward_partials(logp, old_logp, advantages, response_mask, ref_logp, entro
 
 
 def _backward_tokens(grad, row_w, logp, old_logp, advantages, response_mask, ref_logp, cfg_tok):
-    """(d logp, d entropy) float32 [B, T] on the chosen backend."""
+    """(d logp, d entropy) float32 [B, T] on the chosen backend; d entropy has 0 elements when
+    ``entropy_coef == 0`` (it would be all zeros: autograd takes None for it, so nothing is written)."""
     if use_triton("policy_loss_backward", logp):
         from ..kernels import policy_loss as K
 
         return K.policy_loss_backward(grad, row_w, logp, old_logp, advantages, response_mask, ref_logp, *cfg_tok)
     gl, ge = policy_loss_backward_ref(grad, row_w, logp, old_logp, advantages, response_mask, ref_logp, *cfg_tok)
-    return gl.float(), ge.float()
+    return gl.float(), ge.float() if cfg_tok[7] != 0 else ge.new_empty(0, dtype=torch.float32)
 
 
 @torch.library.custom_op("rlvr_fast::policy_loss", mutates_args=())
@@ -525,9 +526,9 @@ def _policy_loss_backward_op(
 
 @_policy_loss_backward_op.register_fake
 def _(grad, row_weight, logp, *rest):
-    return torch.empty(logp.shape, dtype=torch.float32, device=logp.device), torch.empty(
-        logp.shape, dtype=torch.float32, device=logp.device
-    )
+    f32 = dict(dtype=torch.float32, device=logp.device)
+    entropy_coef = rest[-1]
+    return torch.empty(logp.shape, **f32), torch.empty(logp.shape if entropy_coef != 0 else (0,), **f32)
 
 
 def _pl_setup(ctx, inputs, output):
@@ -543,7 +544,7 @@ def _pl_backward(ctx, grad_loss, _grad_metrics, _grad_w):
     gl, ge = torch.ops.rlvr_fast.policy_loss_backward(
         grad_loss, w, logp, old_logp, advantages, response_mask, ref_logp, *ctx.cfg_tok
     )
-    g_ent = None if ctx.dtypes[1] is None else ge.to(ctx.dtypes[1])
+    g_ent = None if ctx.dtypes[1] is None or ctx.cfg_tok[7] == 0 else ge.to(ctx.dtypes[1])
     return (gl.to(ctx.dtypes[0]), None, None, None, None, g_ent) + (None,) * 10
 
 
