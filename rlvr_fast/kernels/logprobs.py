@@ -86,6 +86,7 @@ def _logprobs_bwd_kernel(
     ignore_index,
     BLOCK_V: tl.constexpr,
     ENTROPY: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     row = tl.program_id(0)
     base = _row_base(logits_ptr, row, inner, stride_outer, stride_inner)
@@ -103,7 +104,9 @@ def _logprobs_bwd_kernel(
     if ENTROPY:
         ge = tl.where(live, ge * inv_temp, 0.0)
         H = tl.where(live, tl.load(ent_ptr + row), 0.0)
-    for v0 in range(0, V, BLOCK_V):
+    # pipelined like the forward: the next tiles' loads are in flight while this one is written (they
+    # read other columns, so an in-place backward, dlogits == logits, is still safe)
+    for v0 in tl.range(0, V, BLOCK_V, num_stages=STAGES):
         cols = v0 + tl.arange(0, BLOCK_V)
         x = tl.load(base + cols, mask=cols < V, other=0.0).to(tl.float32) * inv_temp
         logp = x - lse
@@ -169,6 +172,6 @@ def logprobs_backward(
         max(layout.inner, 1), layout.stride_outer, layout.stride_inner,
         max(d_layout.inner, 1), d_layout.stride_outer, d_layout.stride_inner,
         V, 1.0 / temperature, ignore_index,
-        BLOCK_V=block_v, ENTROPY=has_ent, num_warps=_num_warps(block_v),
+        BLOCK_V=block_v, ENTROPY=has_ent, STAGES=_STAGES, num_warps=_num_warps(block_v),
         **LAUNCH_OPTIONS,
     )
