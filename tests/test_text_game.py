@@ -644,6 +644,65 @@ def test_parquet_bad_row_names_row(tmp_path):
         load_text_game(tmp_path / "bad.parquet")
 
 
+def test_unreadable_files_raise_data_file_error_naming_file_and_line(tmp_path):
+    from rlvr_fast.worlds._files import DataFileError
+
+    good = [json.dumps(rlvr_row(i)).encode() for i in range(2)]
+    bad_utf8 = tmp_path / "bad_utf8.jsonl"
+    bad_utf8.write_bytes(b"\n".join([*good, b'{"prompt": "caf\xe9 \xff"}']) + b"\n")
+    with pytest.raises(DataFileError, match=re.escape(f"{bad_utf8}:3: not UTF-8 (invalid")):
+        load_text_game(bad_utf8)
+    garbage = tmp_path / "garbage.json"
+    garbage.write_bytes(bytes(range(255, -1, -1)) * 20)  # starts 0xff: never valid in UTF-8
+    with pytest.raises(DataFileError, match=re.escape(f"{garbage}:1: not UTF-8")):
+        load_text_game(garbage)
+    # A JSON array whose bad byte is on line 3 names that line too.
+    array = tmp_path / "array.json"
+    array.write_bytes(b"[\n" + good[0] + b",\n\"\xff\"\n]")
+    with pytest.raises(DataFileError, match=re.escape(f"{array}:3: not UTF-8")):
+        load_text_game(array)
+    # json.loads raises RecursionError (not a ValueError) for input nested this deep.
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataFileError, match=re.escape(f"{deep}: invalid JSON (nested too deep to parse)")):
+        load_text_game(deep)
+    deep_lines = tmp_path / "deep.jsonl"
+    deep_lines.write_text(json.dumps(rlvr_row(0)) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(DataFileError, match=re.escape(f"{deep_lines}:2: invalid JSON (nested too deep")):
+        load_text_game(deep_lines)
+    # A state string nested too deep is reported by row and field, not as a RecursionError.
+    row = rlvr_row(0)
+    row["extra_info"]["data_state"] = "[" * 100_000 + "]" * 100_000
+    deep_state = write_jsonl(tmp_path / "deep_state.jsonl", [row])
+    with pytest.raises(ValueError, match=re.escape(f"{deep_state}:1: extra_info.data_state or")):
+        load_text_game(deep_state)
+
+
+def test_truncated_and_fake_parquet_raise_data_file_error(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rlvr_fast.worlds._files import DataFileError, iter_rows
+
+    fake = tmp_path / "fake.parquet"
+    fake.write_text("this is not a parquet file\n")
+    with pytest.raises(DataFileError, match=re.escape(f"{fake}: not a readable parquet file (")):
+        load_text_game(fake)
+    whole = tmp_path / "whole.parquet"
+    pq.write_table(pa.table({"x": list(range(1000))}), whole)
+    data = whole.read_bytes()
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(data[: len(data) // 2])  # the footer (and its magic bytes) is gone
+    with pytest.raises(DataFileError, match=re.escape(f"{truncated}: not a readable parquet file (")):
+        load_text_game(truncated)
+    # Footer intact, column data cut out: the error comes while reading rows and names the first one.
+    assert [row["x"] for _, row in iter_rows(whole)] == list(range(1000))
+    gutted = tmp_path / "gutted.parquet"
+    gutted.write_bytes(data[:100] + data[150:])
+    with pytest.raises(DataFileError, match=re.escape(f"{gutted}:0: unreadable parquet data")):
+        list(iter_rows(gutted))
+
+
 def test_text_game_task(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", [rlvr_row(i, split="train") for i in range(3)])
     test = write_jsonl(tmp_path / "test.jsonl", [rlvr_row(i) for i in range(2)])

@@ -167,7 +167,7 @@ def _example(row: Any, where: str, split: str | None) -> Example | None:
     answer = sft_answer(row, where)  # the SFT response if the row has one
     try:
         curr, nxt = json.loads(state), json.loads(gold)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested too deep to parse
         raise ValueError(
             f"{where}: extra_info.data_state or reward_model.ground_truth is not JSON ({e})"
         ) from None
