@@ -174,7 +174,9 @@ def _rows_json(path: str) -> Iterator[tuple[str, Any]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataFileError(f"{where}: not UTF-8 ({e.reason} at byte {e.start} of the line)") from None
+                raise DataFileError(
+                    f"{where}: not UTF-8 ({e.reason} at byte {e.start} of the line)"
+                ) from None
             if not line.strip():
                 continue
             try:
