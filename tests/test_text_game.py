@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -711,3 +712,30 @@ def test_text_game_task(tmp_path):
     assert (task.name, len(task.train), len(task.test)) == ("text_game", 3, 2)
     assert (task.default_reward, task.select_metric, task.metrics) == ("text_game/task", "exact", tg.metrics)
     assert task.metrics(task.test[0].answer, task.test[0])["exact"] == 1.0
+
+
+def test_eval_needs_only_the_held_out_file(tmp_path, capsys):
+    """`rlvr-fast eval` of a text-game checkpoint reads data.test_path only; training still needs both."""
+    from rlvr_fast.cli import main
+    from rlvr_fast.models import tiny_llama
+    from rlvr_fast.trainer.config import ConfigError, ModelConfig, load_config
+    from rlvr_fast.worlds.synthetic import synthetic_text_game_task
+
+    tok = synthetic_text_game_task(seed=0, n_train=4, n_test=2).tokenizer
+    torch.manual_seed(0)
+    model = tiny_llama(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok)
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    test = write_jsonl(tmp_path / "test.jsonl", [rlvr_row(i) for i in range(3)])
+    args = ["data.world=text_game", f"data.test_path={test}", "rollout.max_new_tokens=4", "trainer.progress=false"]
+    assert main(["eval", "--checkpoint", str(ckpt), *args, f"trainer.out_dir={tmp_path / 'eval'}"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads(printed[printed.index("{") :])
+    assert {"exact", "task", "property_acc"} <= set(metrics)
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("exact", "task", "property_acc"))
+    # a training config still needs the training file, and eval still needs the held-out one
+    with pytest.raises(ConfigError, match=r"set data\.train_path and data\.test_path"):
+        load_config(None, [*args, f"model.path={ckpt}"])
+    with pytest.raises(ConfigError, match=r"set data\.test_path \(eval reads only the held-out file\)"):
+        load_config(None, ["data.world=text_game", f"model.path={ckpt}"], for_eval=True)

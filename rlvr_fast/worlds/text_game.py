@@ -99,7 +99,7 @@ def load_text_game(
 
 
 def text_game_task(
-    train_path: str | os.PathLike,
+    train_path: str | os.PathLike | None,
     test_path: str | os.PathLike,
     *,
     train_split: str | None = None,
@@ -108,10 +108,10 @@ def text_game_task(
 ) -> Task:
     """The text-game task: :func:`load_text_game` on both files (``limit`` applies to each), eval by
     :func:`rlvr_fast.rewards.text_game.metrics`, reward ``"text_game/task"``, best checkpoint by
-    ``exact``."""
+    ``exact``. ``train_path`` None: no train split (evaluation only)."""
     return Task(
         name="text_game",
-        train=load_text_game(train_path, split=train_split, limit=limit),
+        train=[] if train_path is None else load_text_game(train_path, split=train_split, limit=limit),
         test=load_text_game(test_path, split=test_split, limit=limit),
         metrics=_reward.metrics,
         default_reward="text_game/task",
