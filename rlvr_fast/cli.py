@@ -45,13 +45,13 @@ TABLE_METRICS = (
 USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
 
 
-def _config(path: str | None, overrides: list[str], default: str | None = None):
+def _config(path: str | None, overrides: list[str], default: str | None = None, *, for_eval: bool = False):
     from .trainer.config import load_config
 
     if path is None and default is not None:
         with resources.as_file(resources.files("rlvr_fast.configs") / default) as p:
-            return load_config(p, overrides)
-    return load_config(path, overrides)
+            return load_config(p, overrides, for_eval=for_eval)
+    return load_config(path, overrides, for_eval=for_eval)
 
 
 def format_table(summary: dict) -> str:
@@ -134,8 +134,9 @@ def cmd_eval(args) -> int:
     if not (ckpt / "config.json").is_file():
         raise FileNotFoundError(f"--checkpoint {args.checkpoint!r} is not a checkpoint directory (no config.json; "
                                 "use a run's out_dir/best or out_dir/checkpoint)")
-    cfg = _config(args.config, [*args.overrides, f"model.path={args.checkpoint}"])
-    metrics = GRPOTrainer(cfg).evaluate()
+    # eval reads only the held-out data: a text world's config needs no data.train_path
+    cfg = _config(args.config, [*args.overrides, f"model.path={args.checkpoint}"], for_eval=True)
+    metrics = GRPOTrainer(cfg, eval_only=True).evaluate()
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -7,6 +7,7 @@ The weight files are random but written in the real formats: torchvision's vgg16
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -209,6 +210,20 @@ def test_missing_file_names_path_and_source(tmp_path, weight_files):
         LPIPS.from_files(tmp_path / "nope.pth", lin_path)
     with pytest.raises(FileNotFoundError, match=r"gone\.pth.*lpips/weights/v0\.1/vgg\.pth"):
         LPIPS.from_files(vgg_path, tmp_path / "gone.pth")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_unreadable_file_names_path(tmp_path, weight_files, damage):
+    vgg_path, lin_path, _, _ = weight_files
+    for which, path in (("vgg", vgg_path), ("lin", lin_path)):
+        data = path.read_bytes()
+        bad = tmp_path / f"{which}_{damage}.pth"
+        contents = {"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"\x00garbage" * 50}
+        bad.write_bytes(contents[damage])
+        args = (bad, lin_path) if which == "vgg" else (vgg_path, bad)
+        with pytest.raises(ValueError, match=re.escape(f"{str(bad)!r}: cannot read the file (")) as e:
+            LPIPS.from_files(*args)
+        assert ("vgg16-397923af.pth" if which == "vgg" else "lpips/weights/v0.1/vgg.pth") in str(e.value)
 
 
 def test_wrong_vgg_file(tmp_path, weight_files):

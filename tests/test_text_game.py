@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -644,6 +645,65 @@ def test_parquet_bad_row_names_row(tmp_path):
         load_text_game(tmp_path / "bad.parquet")
 
 
+def test_unreadable_files_raise_data_file_error_naming_file_and_line(tmp_path):
+    from rlvr_fast.worlds._files import DataFileError
+
+    good = [json.dumps(rlvr_row(i)).encode() for i in range(2)]
+    bad_utf8 = tmp_path / "bad_utf8.jsonl"
+    bad_utf8.write_bytes(b"\n".join([*good, b'{"prompt": "caf\xe9 \xff"}']) + b"\n")
+    with pytest.raises(DataFileError, match=re.escape(f"{bad_utf8}:3: not UTF-8 (invalid")):
+        load_text_game(bad_utf8)
+    garbage = tmp_path / "garbage.json"
+    garbage.write_bytes(bytes(range(255, -1, -1)) * 20)  # starts 0xff: never valid in UTF-8
+    with pytest.raises(DataFileError, match=re.escape(f"{garbage}:1: not UTF-8")):
+        load_text_game(garbage)
+    # A JSON array whose bad byte is on line 3 names that line too.
+    array = tmp_path / "array.json"
+    array.write_bytes(b"[\n" + good[0] + b",\n\"\xff\"\n]")
+    with pytest.raises(DataFileError, match=re.escape(f"{array}:3: not UTF-8")):
+        load_text_game(array)
+    # json.loads raises RecursionError (not a ValueError) for input nested this deep.
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataFileError, match=re.escape(f"{deep}: invalid JSON (nested too deep to parse)")):
+        load_text_game(deep)
+    deep_lines = tmp_path / "deep.jsonl"
+    deep_lines.write_text(json.dumps(rlvr_row(0)) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(DataFileError, match=re.escape(f"{deep_lines}:2: invalid JSON (nested too deep")):
+        load_text_game(deep_lines)
+    # A state string nested too deep is reported by row and field, not as a RecursionError.
+    row = rlvr_row(0)
+    row["extra_info"]["data_state"] = "[" * 100_000 + "]" * 100_000
+    deep_state = write_jsonl(tmp_path / "deep_state.jsonl", [row])
+    with pytest.raises(ValueError, match=re.escape(f"{deep_state}:1: extra_info.data_state or")):
+        load_text_game(deep_state)
+
+
+def test_truncated_and_fake_parquet_raise_data_file_error(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rlvr_fast.worlds._files import DataFileError, iter_rows
+
+    fake = tmp_path / "fake.parquet"
+    fake.write_text("this is not a parquet file\n")
+    with pytest.raises(DataFileError, match=re.escape(f"{fake}: not a readable parquet file (")):
+        load_text_game(fake)
+    whole = tmp_path / "whole.parquet"
+    pq.write_table(pa.table({"x": list(range(1000))}), whole)
+    data = whole.read_bytes()
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(data[: len(data) // 2])  # the footer (and its magic bytes) is gone
+    with pytest.raises(DataFileError, match=re.escape(f"{truncated}: not a readable parquet file (")):
+        load_text_game(truncated)
+    # Footer intact, column data cut out: the error comes while reading rows and names the first one.
+    assert [row["x"] for _, row in iter_rows(whole)] == list(range(1000))
+    gutted = tmp_path / "gutted.parquet"
+    gutted.write_bytes(data[:100] + data[150:])
+    with pytest.raises(DataFileError, match=re.escape(f"{gutted}:0: unreadable parquet data")):
+        list(iter_rows(gutted))
+
+
 def test_text_game_task(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", [rlvr_row(i, split="train") for i in range(3)])
     test = write_jsonl(tmp_path / "test.jsonl", [rlvr_row(i) for i in range(2)])
@@ -652,3 +712,30 @@ def test_text_game_task(tmp_path):
     assert (task.name, len(task.train), len(task.test)) == ("text_game", 3, 2)
     assert (task.default_reward, task.select_metric, task.metrics) == ("text_game/task", "exact", tg.metrics)
     assert task.metrics(task.test[0].answer, task.test[0])["exact"] == 1.0
+
+
+def test_eval_needs_only_the_held_out_file(tmp_path, capsys):
+    """`rlvr-fast eval` of a text-game checkpoint reads data.test_path only; training still needs both."""
+    from rlvr_fast.cli import main
+    from rlvr_fast.models import tiny_llama
+    from rlvr_fast.trainer.config import ConfigError, ModelConfig, load_config
+    from rlvr_fast.worlds.synthetic import synthetic_text_game_task
+
+    tok = synthetic_text_game_task(seed=0, n_train=4, n_test=2).tokenizer
+    torch.manual_seed(0)
+    model = tiny_llama(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok)
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    test = write_jsonl(tmp_path / "test.jsonl", [rlvr_row(i) for i in range(3)])
+    args = ["data.world=text_game", f"data.test_path={test}", "rollout.max_new_tokens=4", "trainer.progress=false"]
+    assert main(["eval", "--checkpoint", str(ckpt), *args, f"trainer.out_dir={tmp_path / 'eval'}"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads(printed[printed.index("{") :])
+    assert {"exact", "task", "property_acc"} <= set(metrics)
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("exact", "task", "property_acc"))
+    # a training config still needs the training file, and eval still needs the held-out one
+    with pytest.raises(ConfigError, match=r"set data\.train_path and data\.test_path"):
+        load_config(None, [*args, f"model.path={ckpt}"])
+    with pytest.raises(ConfigError, match=r"set data\.test_path \(eval reads only the held-out file\)"):
+        load_config(None, ["data.world=text_game", f"model.path={ckpt}"], for_eval=True)

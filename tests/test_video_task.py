@@ -372,3 +372,37 @@ def test_lpips_weight_files_switch_the_default_reward_to_mae_plus_lpips(tmp_path
     cfg = C.load_config(None, [*SHORT, f"video.lpips_vgg_path={tmp_path / 'vgg16.pth'}"])
     with pytest.raises(ValueError, match="both video.lpips_vgg_path and video.lpips_lin_path"):
         VideoTask(cfg.data, cfg.video)
+
+
+def test_ctrl_c_during_preparation_says_what_is_discarded_and_propagates(tmp_path, monkeypatch, caplog):
+    from rlvr_fast.models import video_tokenizer as vt
+    from rlvr_fast.worlds.video import SpriteWorld
+    from rlvr_fast.worlds.video_task import VideoTask
+
+    cfg = C.load_config(None, SHORT)
+    real_examples = SpriteWorld.examples
+
+    def two_then_ctrl_c(self, split="train", n=None):
+        for i, ex in enumerate(real_examples(self, split, n)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield ex
+
+    monkeypatch.setattr(SpriteWorld, "examples", two_then_ctrl_c)
+    with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
+        VideoTask(cfg.data, cfg.video, seed=0, cache_dir=tmp_path / "tok")
+    clips = f"interrupted while generating the sprite_video train clips (2/{cfg.data.n_train})"
+    assert clips + ": nothing was saved; the next run starts this step again" in caplog.text
+    monkeypatch.setattr(SpriteWorld, "examples", real_examples)
+    caplog.clear()
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vt, "train_tokenizer", ctrl_c)
+    with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
+        VideoTask(cfg.data, cfg.video, seed=0, cache_dir=tmp_path / "tok")
+    steps = cfg.video.tokenizer_steps
+    tokenizer = f"interrupted while training the frame tokenizer ({steps} steps): nothing was saved"
+    assert tokenizer + "; the next run trains it again from step 0" in caplog.text
+    assert not (tmp_path / "tok" / "fingerprint.txt").exists()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import time
 
 import pytest
 import torch
@@ -23,6 +25,9 @@ from rlvr_fast.models.video_tokenizer import (
     CNNFSQTokenizer,
     TinyFSQConfig,
     TinyFSQTokenizer,
+    MAX_BLOCKS,
+    MAX_CHANNELS,
+    MAX_CODES,
     key_schema,
     tiny_key_schema,
     train_tokenizer,
@@ -426,3 +431,72 @@ def test_train_tokenizer_bf16_autocast_channels_last_smoke():
             )
         )
     assert codes.shape == (4, 8, 8) and out.shape == (4, 3, 64, 64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Unreadable files and oversized configs
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cut", ["empty", "truncated"])
+def test_from_pretrained_unreadable_weights_names_file(tmp_path, cut):
+    d = seeded(TinyFSQTokenizer, TINY_TEST).save_pretrained(tmp_path / "tiny")
+    weights = d / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(b"" if cut == "empty" else data[: len(data) // 2])
+    with pytest.raises(ValueError, match=re.escape(f"{str(weights)!r}: cannot read the file (")):
+        TinyFSQTokenizer.from_pretrained(d)
+    garbage = tmp_path / "w.pth"
+    garbage.write_bytes(b"not a torch file" * 8)
+    with pytest.raises(ValueError, match=re.escape(f"{str(garbage)!r}: cannot read the file (")):
+        CNNFSQTokenizer.from_pretrained(garbage)
+
+
+def test_from_pretrained_bad_config_json_names_file(tmp_path):
+    d = seeded(TinyFSQTokenizer, TINY_TEST).save_pretrained(tmp_path / "tiny")
+    cfg = d / "config.json"
+    good = cfg.read_bytes()
+    cfg.write_bytes(b"\xff\xfe" + good)
+    message = f"{str(cfg)!r}: not UTF-8 (invalid start byte at byte 0)"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TinyFSQTokenizer.from_pretrained(d)
+    cfg.write_text("{not json")
+    with pytest.raises(ValueError, match=re.escape(f"{str(cfg)!r}: invalid JSON (")):
+        TinyFSQTokenizer.from_pretrained(d)
+    cfg.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=re.escape(f"{str(cfg)!r}: invalid JSON (nested too deep")):
+        CNNFSQTokenizer.from_pretrained(d)
+    cfg.write_text("[1, 2]")
+    with pytest.raises(TypeError, match=re.escape(f"{str(cfg)!r}: config: expected a mapping")):
+        TinyFSQTokenizer.from_pretrained(d)
+    cfg.write_bytes(good)
+    assert TinyFSQTokenizer.from_pretrained(d).config == TINY_TEST
+
+
+_TOO_BIG = [
+    (TinyFSQTokenizer, "res_blocks", 100_000, "res_blocks: a block count must be <= 64, got 100000"),
+    (TinyFSQTokenizer, "latent_channels", 10**6, f"latent_channels: a width must be <= {MAX_CHANNELS}"),
+    (TinyFSQTokenizer, "channels", [16] * 9, "channels: at most 8 entries, got 9"),
+    (TinyFSQTokenizer, "fsq_levels", [1024, 1024, 2], f"fsq_levels: at most {MAX_CODES} codes"),
+    (CNNFSQTokenizer, "layers_per_block", 100_000, "layers_per_block: a block count must be <= 64"),
+    (CNNFSQTokenizer, "block_out_channels", [32, 10**5], "block_out_channels: a width must be <= 8192"),
+]
+
+
+@pytest.mark.parametrize("cls, key, value, message", _TOO_BIG)
+def test_from_pretrained_bounds_config_sizes_before_building(tmp_path, cls, key, value, message):
+    config = TINY_TEST if cls is TinyFSQTokenizer else SMALL
+    d = seeded(cls, config).save_pretrained(tmp_path / "m")
+    cfg = d / "config.json"
+    cfg.write_text(json.dumps(dict(json.loads(cfg.read_text()), **{key: value})))
+    start = time.perf_counter()
+    owner = cls._config_class.__name__
+    with pytest.raises(ValueError, match=re.escape(f"{str(cfg)!r}: {owner}.{message}")):
+        cls.from_pretrained(d)
+    assert time.perf_counter() - start < 5.0  # the 100000-block config took > 40 s before
+
+
+def test_config_sizes_at_the_bounds_are_accepted():
+    assert TinyFSQConfig(res_blocks=MAX_BLOCKS, fsq_levels=(1024, 1024)).num_codes == MAX_CODES
+    cfg = CNNFSQConfig(block_out_channels=(32, MAX_CHANNELS), layers_per_block=MAX_BLOCKS)
+    assert (cfg.block_out_channels, cfg.layers_per_block) == ((32, 8192), 64)

@@ -375,6 +375,22 @@ def test_loader_bad_parquet_row_names_row(tmp_path):
         load_web_page(path)
 
 
+def test_loader_unreadable_files_name_file_and_line(tmp_path):
+    from rlvr_fast.worlds._files import DataFileError
+
+    good = [json.dumps(row(i)).encode() for i in range(2)]
+    (tmp_path / "utf.jsonl").write_bytes(b"\n".join([*good, b'{"question": "\xc3\x28"}']) + b"\n")
+    with pytest.raises(DataFileError, match=r"utf\.jsonl:3: not UTF-8 \(invalid continuation byte"):
+        load_web_page(tmp_path / "utf.jsonl")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    with pytest.raises(DataFileError, match=r"deep\.json: invalid JSON \(nested too deep to parse\)"):
+        load_web_page(tmp_path / "deep.json")
+    data = write_parquet(tmp_path / "d.parquet", [row(0), row(1)]).read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(data[: len(data) - 10])
+    with pytest.raises(DataFileError, match=r"cut\.parquet: not a readable parquet file \(.*magic bytes"):
+        load_web_page(tmp_path / "cut.parquet")
+
+
 def test_loader_bad_files(tmp_path, caplog):
     (tmp_path / "bad.jsonl").write_text(json.dumps(row(0)) + "\n{not json\n", encoding="utf-8")
     with pytest.raises(ValueError, match="bad.jsonl:2: invalid JSON"):

@@ -14,16 +14,26 @@ import torch
 
 
 def read_state_dict(path, help_text: str) -> dict[str, torch.Tensor]:
-    """A flat ``{key: tensor}`` from a .pth/.pt (torch.load, weights only) or .safetensors file."""
+    """A flat ``{key: tensor}`` from a .pth/.pt (torch.load, weights only) or .safetensors file.
+
+    A missing file raises FileNotFoundError, one that cannot be read (truncated, empty, garbage) or
+    that is not a flat dict of tensors raises ValueError; both name the file and what it should be.
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"no file at {str(p)!r}: expected {help_text}")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        sd = load_file(str(p), device="cpu")
-    else:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
+            sd = load_file(str(p), device="cpu")
+        else:
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated, empty or garbage files raise many types
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{str(p)!r}: cannot read the file ({reason}): expected {help_text}") from None
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(
             f"{str(p)!r}: expected a flat state dict of tensors ({help_text}), got {type(sd).__name__}"

@@ -175,8 +175,9 @@ class LPIPS(nn.Module):
         [1, C_l, 1, 1]). device / dtype: where the module lives and the trunk's dtype (default CPU,
         float32).
 
-        Raises FileNotFoundError for a missing file (naming the path and the file expected there) and
-        ValueError listing missing keys, unexpected keys (other than ``classifier.*`` in the VGG file)
+        Raises FileNotFoundError for a missing file (naming the path and the file expected there),
+        ValueError naming a file that cannot be read (truncated, empty, garbage), and ValueError listing
+        missing keys, unexpected keys (other than ``classifier.*`` in the VGG file)
         and wrong shapes. Unlike the ``lpips`` package (``strict=False``), nothing is left at random.
         Does not touch torch's global random generator.
         """

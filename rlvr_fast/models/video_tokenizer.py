@@ -128,6 +128,14 @@ FSQ_LEVELS_BY_BITS: dict[int, tuple[int, ...]] = {
     14: (8, 8, 8, 6, 5),
     16: (8, 8, 8, 5, 5, 5),
 }
+# Upper bounds on a tokenizer config's sizes, checked before anything is built: a config.json asking for
+# 100000 residual blocks once spent > 40 s building the model before any other check ran. Each is far
+# above any real tokenizer (iVideoGPT's widest layer is 768, its deepest stack 5 levels of 2 resnets).
+MAX_CHANNELS = 8192  # any width: in/out/latent channels, block_out_channels / channels, norm_num_groups
+MAX_STAGES = 8  # len(block_out_channels) / len(channels): up to 2**8 downsampling
+MAX_BLOCKS = 64  # layers_per_block / res_blocks
+MAX_FSQ_DIMS = 16  # len(fsq_levels)
+MAX_CODES = 2**20  # prod(fsq_levels): the code table is [codes, latent_channels]
 FSQ_BOUND_EPS = 1e-3  # FSQ.bound's eps
 RESNET_EPS = 1e-6  # resnet_eps / conv_norm_out eps everywhere in CNNEncoder / CNNDecoder
 
@@ -193,6 +201,15 @@ class CNNFSQConfig:
         )
         for name in ("in_channels", "out_channels", "layers_per_block", "latent_channels", "norm_num_groups"):
             _int_tuple(f"CNNFSQConfig.{name}", (getattr(self, name),))
+        _check_sizes(
+            "CNNFSQConfig",
+            widths=(
+                "in_channels", "out_channels", "latent_channels", "norm_num_groups", "block_out_channels"
+            ),
+            stages="block_out_channels",
+            blocks="layers_per_block",
+            values=asdict(self),
+        )
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
         if bad:
             raise ValueError(
@@ -276,6 +293,23 @@ def _int_tuple(name: str, values, minimum: int = 1) -> tuple[int, ...]:
     if not out or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in out):
         raise ValueError(f"{name}: expected ints >= {minimum}, got {values!r}")
     return out
+
+
+def _check_sizes(owner: str, *, widths: tuple[str, ...], stages: str, blocks: str, values: Mapping) -> None:
+    """ValueError naming the field unless every size is within :data:`MAX_CHANNELS` and the other bounds."""
+    limits = [(k, MAX_CHANNELS, "a width") for k in widths]
+    limits += [(blocks, MAX_BLOCKS, "a block count")]
+    for key, limit, what in limits:
+        value = values[key]
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if v > limit:
+                raise ValueError(f"{owner}.{key}: {what} must be <= {limit}, got {v}")
+    for key, limit in ((stages, MAX_STAGES), ("fsq_levels", MAX_FSQ_DIMS)):
+        if len(values[key]) > limit:
+            raise ValueError(f"{owner}.{key}: at most {limit} entries, got {len(values[key])}")
+    codes = math.prod(values["fsq_levels"])
+    if codes > MAX_CODES:
+        raise ValueError(f"{owner}.fsq_levels: at most {MAX_CODES} codes (their product), got {codes}")
 
 
 def key_schema(config: CNNFSQConfig | None = None) -> dict[str, tuple[int, ...]]:
@@ -750,14 +784,15 @@ class _FSQTokenizer(nn.Module):
         Old diffusers attention names (``query``/``key``/``value``/``proj_attn``) are renamed as
         diffusers does. Raises FileNotFoundError naming the path and the files looked for, and
         ValueError listing every missing key, unexpected key and wrong shape (or a config.json of
-        another model); then loads with ``strict=True``. Does not touch torch's global random generator.
+        another model, or one that is not UTF-8 JSON, or sizes past :data:`MAX_CHANNELS` and the other
+        bounds, naming the file and the key; or a weight file that cannot be read, naming it) before
+        anything is built; then loads with ``strict=True``. Does not touch torch's global random generator.
         """
         p = Path(path)
         if p.is_dir():
             cfg_file = p / "config.json"
             if config is None and cfg_file.is_file():
-                with open(cfg_file) as f:
-                    config = cls._config_class.from_dict(json.load(f))
+                config = cls._read_config(cfg_file)
             weights = next((p / name for name in WEIGHT_FILES if (p / name).is_file()), None)
             if weights is None:
                 raise FileNotFoundError(
@@ -770,8 +805,6 @@ class _FSQTokenizer(nn.Module):
         cfg = config if config is not None else cls._config_class()
         if not isinstance(cfg, cls._config_class):
             raise TypeError(f"config: expected a {cls._config_class.__name__}, got {type(cfg).__name__}")
-        
-
         sd = rename_deprecated_attention_keys(read_state_dict(weights, cls._file_help))
         check_against_schema(sd, cls._schema(cfg), weights, cls._file_help)
         with torch.device("meta"):  # no random init to throw away, no draw from the global generator
@@ -782,6 +815,23 @@ class _FSQTokenizer(nn.Module):
         model.load_state_dict(sd, strict=True)
         model.dynamics_quantize.reset_constants()
         return model.eval()
+
+    @classmethod
+    def _read_config(cls, path: Path):
+        """The config in ``path`` (a ``config.json``); every error names the file."""
+        try:
+            d = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            where = f"{str(path)!r}: not UTF-8 ({e.reason} at byte {e.start})"
+            raise ValueError(f"{where}: expected JSON") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{str(path)!r}: invalid JSON ({e})") from None
+        except RecursionError:
+            raise ValueError(f"{str(path)!r}: invalid JSON (nested too deep to parse)") from None
+        try:
+            return cls._config_class.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{str(path)!r}: {e}") from None
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and the weights (``diffusion_pytorch_model.safetensors`` for
@@ -875,6 +925,13 @@ class TinyFSQConfig:
         for name in ("in_channels", "out_channels", "latent_channels"):
             _int_tuple(f"TinyFSQConfig.{name}", (getattr(self, name),))
         _int_tuple("TinyFSQConfig.res_blocks", (self.res_blocks,), minimum=0)
+        _check_sizes(
+            "TinyFSQConfig",
+            widths=("in_channels", "out_channels", "latent_channels", "channels"),
+            stages="channels",
+            blocks="res_blocks",
+            values=asdict(self),
+        )
 
     @property
     def downsample_factor(self) -> int:
@@ -1230,6 +1287,11 @@ __all__ = [
     "TinyFSQTokenizer",
     "TrainResult",
     "ivideogpt_config",
+    "MAX_BLOCKS",
+    "MAX_CHANNELS",
+    "MAX_CODES",
+    "MAX_FSQ_DIMS",
+    "MAX_STAGES",
     "key_schema",
     "rename_deprecated_attention_keys",
     "round_ste",

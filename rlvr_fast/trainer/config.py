@@ -258,8 +258,15 @@ def parse_override(text: str) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: Config | None = None) -> Config:
-    """Build a :class:`Config`: defaults (or ``base``), then the YAML file, then each override."""
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: Config | None = None,
+    *,
+    for_eval: bool = False,
+) -> Config:
+    """Build a :class:`Config`: defaults (or ``base``), then the YAML file, then each override; then
+    :func:`validate` it (``for_eval``: for ``rlvr-fast eval``, which needs no training file)."""
     import copy
 
     import yaml
@@ -277,7 +284,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         _apply(cfg, data)
     for text in overrides:
         _apply(cfg, parse_override(text))
-    validate(cfg)
+    validate(cfg, for_eval=for_eval)
     return cfg
 
 
@@ -313,11 +320,18 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, *, for_eval: bool = False) -> None:
     """Finiteness of every float (:data:`INF_ALLOWED` lists the exceptions), ranges and cross-field
-    checks: raise :class:`ConfigError` naming the keys and what would be valid."""
+    checks: raise :class:`ConfigError` naming the keys and what would be valid.
+
+    ``for_eval``: the config of an evaluation (``rlvr-fast eval``), which reads only the held-out file
+    of a text_game / web_page world, so ``data.train_path`` may be unset.
+    """
     _check_finite(cfg)
-    r, a, t, v, rw = cfg.rollout, cfg.algo, cfg.trainer, cfg.video, cfg.reward
+    r, a, t, v, rw, d = cfg.rollout, cfg.algo, cfg.trainer, cfg.video, cfg.reward, cfg.data
+    files = "data.train_path and data.test_path"
+    if for_eval:
+        files = "data.test_path (eval reads only the held-out file)"
     checks = [
         (r.n >= 1, f"rollout.n must be >= 1, got {r.n}"),
         (r.n >= 2 or a.estimator not in ("grpo", "drgrpo", "rloo"),
@@ -346,8 +360,8 @@ def validate(cfg: Config) -> None:
         (len(t.betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in t.betas),
          f"trainer.betas must be two numbers in [0, 1), got {t.betas}"),
         (t.eval_size >= 1 and t.eval_batch_size >= 1, "trainer.eval_size and trainer.eval_batch_size must be >= 1"),
-        (cfg.data.world not in ("text_game", "web_page") or (cfg.data.train_path and cfg.data.test_path),
-         f"data.world = {cfg.data.world!r} reads local files: set data.train_path and data.test_path"),
+        (d.world not in ("text_game", "web_page") or bool(d.test_path and (for_eval or d.train_path)),
+         f"data.world = {d.world!r} reads local files: set {files}"),
         (cfg.data.world not in ("text_game", "web_page") or cfg.model.path,
          f"data.world = {cfg.data.world!r} needs a pretrained model with its tokenizer: set model.path to a local "
          "Hugging Face model directory (config.json, weights, tokenizer files), e.g. one saved with "

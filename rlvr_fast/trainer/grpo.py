@@ -121,10 +121,12 @@ class GRPOTrainer:
     """MLE then GRPO on one task; ``run()`` returns the summary (also written to ``summary.json``).
 
     cfg: the :class:`~rlvr_fast.trainer.config.Config` tree. task: defaults to ``load_task(cfg.data)``.
+    eval_only: only :meth:`evaluate` will be called: the train split is not encoded and may be empty
+    (``rlvr-fast eval`` of a text world whose config has no ``data.train_path``).
     Launch under ``torchrun --nproc_per_node=N`` for data parallelism (prompts split over ranks).
     """
 
-    def __init__(self, cfg: Config, task: Task | None = None):
+    def __init__(self, cfg: Config, task: Task | None = None, *, eval_only: bool = False):
         self.cfg = cfg
         self.dist, self.device = D.init(cfg.trainer.device)
         torch.manual_seed(cfg.trainer.seed)  # the same initial weights on every rank
@@ -151,7 +153,7 @@ class GRPOTrainer:
         self.bf16 = cfg.trainer.bf16 == "on" or (cfg.trainer.bf16 == "auto" and self.device.type == "cuda")
         self.logger = RunLogger(self.out, enabled=self.dist.main, tensorboard=cfg.trainer.tensorboard,
                                 progress=cfg.trainer.progress)  # fmt: skip
-        self.train_set = self._encode(self.task.train, "train")
+        self.train_set = [] if eval_only else self._encode(self.task.train, "train")
         self.test_set = self._encode(self.task.test[: cfg.trainer.eval_size], "test")
         self.stream = DataStream(len(self.train_set), cfg.trainer.seed)
         self.stage, self.mle_step, self.rl_step = "mle", 0, 0

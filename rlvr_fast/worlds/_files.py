@@ -6,6 +6,10 @@ blank lines skipped) and ``.json`` (a JSON array of rows, or JSON lines as
 location ``"<path>:<n>"``: n the 1-based line for JSON lines, the 0-based row index for parquet files
 and JSON arrays. :func:`field` looks a (dotted) field up in a row; every error it raises is
 ``"<where>: missing field 'a.b'"`` or ``"<where>: field 'a.b' must be <kind>, got <what>"``.
+
+A file that cannot be read as its extension says (invalid UTF-8, binary garbage, JSON nested too deep
+to parse, a truncated or fake parquet file) raises :class:`DataFileError` naming the file and, where
+there is one, the line (JSON lines, JSON arrays) or the first row of the unreadable batch (parquet).
 """
 
 from __future__ import annotations
@@ -16,6 +20,14 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 _KINDS = {str: "a str", Mapping: "an object", list: "a list"}
+# Errors the open/read of a data file raises that are the user's to fix and are not a problem of the
+# file's contents; they pass through unchanged (the CLI already reports them by path).
+_PASS_THROUGH = (FileNotFoundError, IsADirectoryError, PermissionError)
+
+
+class DataFileError(ValueError):
+    """A data file that cannot be read as its extension says; the message starts with the file's path
+    (and ``:<line>`` or ``:<row>`` where one is known)."""
 
 
 def iter_rows(path: str | os.PathLike, limit: int | None = None) -> Iterator[tuple[str, Any]]:
@@ -23,7 +35,9 @@ def iter_rows(path: str | os.PathLike, limit: int | None = None) -> Iterator[tup
 
     The extension is checked here (ValueError naming ``path``), the file is read lazily as the
     iterator is consumed: a parquet file batch by batch, so stopping early does not read it in full.
-    A line or file that is not JSON raises ValueError ``"<where>: invalid JSON (...)"``.
+    A line or file that is not JSON (or not UTF-8, or nested too deep to parse) raises
+    :class:`DataFileError` ``"<where>: invalid JSON (...)"`` / ``"<where>: not UTF-8 (...)"``; a
+    parquet file that pyarrow cannot read raises :class:`DataFileError` naming it.
     """
     path = os.fspath(path)
     if path.endswith(".parquet"):
@@ -114,33 +128,64 @@ def _rows_parquet(path: str) -> Iterator[tuple[str, Any]]:
             f"reading {path} needs pyarrow: pip install pyarrow (or pip install rlvr_fast[data])"
         ) from e
     # Batches keep a `limit` from reading a multi-GB file in full; to_pylist gives plain Python objects.
+    import pyarrow as pa
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=256)
+    except _PASS_THROUGH:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DataFileError(f"{path}: not a readable parquet file ({e})") from None
     index = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
-        for row in batch.to_pylist():
+    while True:
+        try:
+            batch = next(batches, None)
+            rows = None if batch is None else batch.to_pylist()
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise DataFileError(f"{path}:{index}: unreadable parquet data from this row on ({e})") from None
+        if rows is None:
+            return
+        for row in rows:
             yield f"{path}:{index}", row
             index += 1
 
 
 def _rows_json(path: str) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as f:
+    # Binary mode, decoded here: a UTF-8 error then names its line, which a text-mode read cannot.
+    with open(path, "rb") as f:
         head = f.read(4096).lstrip()
         f.seek(0)
-        if path.endswith(".json") and head.startswith("["):
+        if path.endswith(".json") and head.startswith(b"["):
+            data = f.read()
             try:
-                rows = json.load(f)
+                rows = json.loads(data.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                line = data.count(b"\n", 0, e.start) + 1
+                raise DataFileError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start})") from None
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: invalid JSON ({e})") from None
+                raise DataFileError(f"{path}: invalid JSON ({e})") from None
+            except RecursionError:
+                raise DataFileError(f"{path}: invalid JSON (nested too deep to parse)") from None
             for index, row in enumerate(rows):
                 yield f"{path}:{index}", row
             return
-        for lineno, line in enumerate(f, start=1):
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataFileError(
+                    f"{where}: not UTF-8 ({e.reason} at byte {e.start} of the line)"
+                ) from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e})") from None
-            yield f"{path}:{lineno}", row
+                raise DataFileError(f"{where}: invalid JSON ({e})") from None
+            except RecursionError:
+                raise DataFileError(f"{where}: invalid JSON (nested too deep to parse)") from None
+            yield where, row
 
 
-__all__ = ["check", "describe", "field", "iter_rows", "plain", "sft_answer"]
+__all__ = ["DataFileError", "check", "describe", "field", "iter_rows", "plain", "sft_answer"]

@@ -99,7 +99,7 @@ def load_text_game(
 
 
 def text_game_task(
-    train_path: str | os.PathLike,
+    train_path: str | os.PathLike | None,
     test_path: str | os.PathLike,
     *,
     train_split: str | None = None,
@@ -108,10 +108,10 @@ def text_game_task(
 ) -> Task:
     """The text-game task: :func:`load_text_game` on both files (``limit`` applies to each), eval by
     :func:`rlvr_fast.rewards.text_game.metrics`, reward ``"text_game/task"``, best checkpoint by
-    ``exact``."""
+    ``exact``. ``train_path`` None: no train split (evaluation only)."""
     return Task(
         name="text_game",
-        train=load_text_game(train_path, split=train_split, limit=limit),
+        train=[] if train_path is None else load_text_game(train_path, split=train_split, limit=limit),
         test=load_text_game(test_path, split=test_split, limit=limit),
         metrics=_reward.metrics,
         default_reward="text_game/task",
@@ -167,7 +167,7 @@ def _example(row: Any, where: str, split: str | None) -> Example | None:
     answer = sft_answer(row, where)  # the SFT response if the row has one
     try:
         curr, nxt = json.loads(state), json.loads(gold)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested too deep to parse
         raise ValueError(
             f"{where}: extra_info.data_state or reward_model.ground_truth is not JSON ({e})"
         ) from None

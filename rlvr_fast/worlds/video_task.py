@@ -108,11 +108,21 @@ def _collect(world, split: str, n: int, what: str):
     from tqdm.auto import tqdm
 
     ctx, tgt, act, src = [], [], [], []
-    for ex in tqdm(world.examples(split, n), total=n, desc=f"{what} {split} clips", leave=False, mininterval=1.0):
-        ctx.append((ex.context * 255).round_().to(torch.uint8))
-        tgt.append((ex.target * 255).round_().to(torch.uint8))
-        act.append(ex.actions)
-        src.append(ex.source)
+    try:
+        desc = f"{what} {split} clips"
+        clips = tqdm(world.examples(split, n), total=n, desc=desc, leave=False, mininterval=1.0)
+        for ex in clips:
+            ctx.append((ex.context * 255).round_().to(torch.uint8))
+            tgt.append((ex.target * 255).round_().to(torch.uint8))
+            act.append(ex.actions)
+            src.append(ex.source)
+    except KeyboardInterrupt:  # say what Ctrl-C discards, then let it end the run (exit code 130)
+        message = (
+            f"interrupted while generating the {what} {split} clips ({len(src)}/{n}): nothing was saved; "
+            "the next run starts this step again"
+        )
+        log.warning(message)
+        raise
     if not src:
         raise ValueError(f"the {split} split of {what} is empty")
     return torch.stack(ctx), torch.stack(tgt), torch.stack(act), src
@@ -138,9 +148,17 @@ def _tokenizer(video_cfg, frames: torch.Tensor, cache: Path | None, fingerprint:
         cfg = TinyFSQConfig(channels=tuple(video_cfg.tokenizer_channels), res_blocks=video_cfg.tokenizer_res_blocks)
         cuda = torch.device(device).type == "cuda"
         log.info("training the frame tokenizer: %d steps on %d frames", video_cfg.tokenizer_steps, frames.shape[0])
-        res = train_tokenizer(frames, video_cfg.tokenizer_steps, lr=video_cfg.tokenizer_lr, seed=seed, config=cfg,
-                              batch_size=video_cfg.tokenizer_batch_size, device=device,
-                              autocast_dtype=torch.bfloat16 if cuda else None, channels_last=cuda)  # fmt: skip
+        try:
+            res = train_tokenizer(frames, video_cfg.tokenizer_steps, lr=video_cfg.tokenizer_lr, seed=seed, config=cfg,
+                                  batch_size=video_cfg.tokenizer_batch_size, device=device,
+                                  autocast_dtype=torch.bfloat16 if cuda else None, channels_last=cuda)  # fmt: skip
+        except KeyboardInterrupt:  # the tokenizer is cached only once trained: say so, then end the run
+            message = (
+                f"interrupted while training the frame tokenizer ({video_cfg.tokenizer_steps} steps): "
+                "nothing was saved; the next run trains it again from step 0"
+            )
+            log.warning(message)
+            raise
         log.info("tokenizer trained: final reconstruction MSE %.5f", res.losses[-1] if res.losses else float("nan"))
         if cache is None:
             return res.tokenizer.to(memory_format=torch.contiguous_format)

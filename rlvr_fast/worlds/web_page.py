@@ -114,13 +114,14 @@ def load_web_page(path: str | os.PathLike, *, limit: int | None = None) -> list[
 
 
 def web_page_task(
-    train_path: str | os.PathLike, test_path: str | os.PathLike, *, limit: int | None = None
+    train_path: str | os.PathLike | None, test_path: str | os.PathLike, *, limit: int | None = None
 ) -> Task:
     """The web-page task: :func:`load_web_page` on both splits (``limit`` applies to each), eval by
-    :func:`rlvr_fast.rewards.web_page.metrics`, reward ``"web_page/f1"``, best checkpoint by ``f1``."""
+    :func:`rlvr_fast.rewards.web_page.metrics`, reward ``"web_page/f1"``, best checkpoint by ``f1``.
+    ``train_path`` None: no train split (evaluation only)."""
     return Task(
         name="web_page",
-        train=load_web_page(train_path, limit=limit),
+        train=[] if train_path is None else load_web_page(train_path, limit=limit),
         test=load_web_page(test_path, limit=limit),
         metrics=_reward.metrics,
         default_reward="web_page/f1",
