@@ -22,6 +22,12 @@
 # The GRPO-step bench runs shortened (see DEVICE_RUN_TRAINER_ARGS), without its memory processes when
 # less than 150 s are left.
 #
+# The peers travel as wheels in .whl/ (gitignored; `carry: [".whl"]` in the device call). Fetch them
+# here first, pure-Python wheels for the device's Python 3.12 (versions as in constraints.txt):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 -d .whl liger-kernel==0.8.5 trl==1.16.0 datasets==5.2.0 \
+#     multiprocess==0.70.19 dill==0.4.1 piqa==1.3.2 pytorch-msssim==1.0.0
+#
 # Environment knobs:
 #   DEVICE_RUN_BUDGET_S   wall-clock budget of the whole script in seconds (default 420)
 #   DEVICE_RUN_STAGES     space-separated subset of the stages below (default: all, in this order)
