@@ -315,6 +315,7 @@ def _row_partials_torch(logp, old_logp, adv, mask, ref, entropy, clip_low, clip_
         loss = loss - entropy_coef * ent
     big = torch.finfo(dtype).max
     rdet = ratio.detach()
+
     def total(x):
         return torch.where(valid, x, 0.0).sum(1)
 
@@ -390,7 +391,8 @@ def policy_loss_backward_ref(
     grad, row_w, logp, old_logp, advantages, response_mask, ref_logp, clip_low, clip_high, dual_clip, kl_type,
     kl_coef, kl_clamp, log_ratio_clamp, entropy_coef,
 ):  # fmt: skip
-    """Analytic d(loss)/d(logp) and d(loss)/d(entropy), [B, T] each, in ``promote(logp.dtype, float32)``.
+    """Analytic d(loss)/d(logp) and d(loss)/d(entropy), [B, T] each, in ``promote(logp.dtype, float32)``;
+    d(entropy) is empty (0 elements) when ``entropy_coef == 0``.
 
     Mirrors autograd through :func:`policy_loss_ref` exactly, ties included (``torch.maximum`` gives
     each side half the gradient on a tie; ``torch.clamp`` passes it on the closed interval).
@@ -429,7 +431,9 @@ def policy_loss_backward_ref(
             in_kld = ((kld >= -kl_clamp) & (kld <= kl_clamp)).to(dtype)
             dkl = -(torch.exp(kl) - 1) * in_kl * in_kld
         d = d + kl_coef * dkl
-    return torch.where(valid, d * scale, 0.0), -entropy_coef * scale
+    # with entropy_coef == 0, d(entropy) would be all zeros: empty instead (autograd takes None for it)
+    ge = -entropy_coef * scale if entropy_coef != 0 else scale.new_empty(0)
+    return torch.where(valid, d * scale, 0.0), ge
 
 
 # ----------------------------------------------------------------------------------------------
@@ -455,7 +459,7 @@ def _backward_tokens(grad, row_w, logp, old_logp, advantages, response_mask, ref
 
         return K.policy_loss_backward(grad, row_w, logp, old_logp, advantages, response_mask, ref_logp, *cfg_tok)
     gl, ge = policy_loss_backward_ref(grad, row_w, logp, old_logp, advantages, response_mask, ref_logp, *cfg_tok)
-    return gl.float(), ge.float() if cfg_tok[7] != 0 else ge.new_empty(0, dtype=torch.float32)
+    return gl.float(), ge.float()
 
 
 @torch.library.custom_op("rlvr_fast::policy_loss", mutates_args=())
@@ -477,14 +481,14 @@ def _policy_loss_op(
     agg: str,
     norm_const: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    cfg = (clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef)
-    cfg += (agg, norm_const)
-    return _policy_loss_impl(logp, old_logp, advantages, response_mask, ref_logp, entropy, cfg)
+    cfg_tok = (clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef)
+    return _policy_loss_impl(logp, old_logp, advantages, response_mask, ref_logp, entropy, cfg_tok, agg, norm_const)
 
 
-def _policy_loss_impl(logp, old_logp, advantages, response_mask, ref_logp, entropy, cfg, logp_name="logp"):
+def _policy_loss_impl(
+    logp, old_logp, advantages, response_mask, ref_logp, entropy, cfg_tok, agg, norm_const, logp_name="logp"
+):
     """Eager forward of both loss ops: value checks, row partials, aggregation."""
-    cfg_tok, (agg, norm_const) = cfg[:8], cfg[8:]
     used_ref = ref_logp if cfg_tok[3] else None  # read for the KL term and metric only when kl_type is set
     hint = " (a NaN/Inf logit in a row makes its log-prob non-finite)" if logp_name == "logits" else ""
     # only positions that count are checked: whatever the mask hides is never read into the loss
@@ -578,10 +582,10 @@ def _policy_loss_from_logits_op(
         logits, token_ids, temperature, compute_entropy, ignore_index, inplace_backward
     )
     mask = (response_mask != 0) & (token_ids != ignore_index)
-    cfg = (clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef)
-    cfg += (agg, norm_const)
+    cfg_tok = (clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef)
     loss, metrics, w = _policy_loss_impl(
-        logp, old_logp, advantages, mask, ref_logp, ent if compute_entropy else None, cfg, logp_name="logits"
+        logp, old_logp, advantages, mask, ref_logp, ent if compute_entropy else None, cfg_tok, agg, norm_const,
+        logp_name="logits",
     )
     return loss, metrics, logp, ent, lse, w
 

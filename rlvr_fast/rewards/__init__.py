@@ -274,6 +274,16 @@ def score(
     chunk = max(1, math.ceil(len(completions) / (2 * workers)))
     pending = collections.deque(range(len(completions)))
     finished, lost = False, 0
+
+    def requeue(w: _Worker, items: list[int]) -> None:
+        """``w`` died before running any of ``items``: nothing failed, they go back; a new worker."""
+        nonlocal lost
+        pending.extendleft(reversed(items))
+        lost += 1
+        if lost > 2 * workers:
+            raise RuntimeError("reward workers keep dying before any call")
+        pool.replace(w)
+
     try:
         while pending or any(w.todo for w in pool.workers):
             for w in list(pool.workers):
@@ -281,12 +291,8 @@ def score(
                     items = [pending.popleft() for _ in range(min(chunk, len(pending)))]
                     try:
                         w.send(items, completions, examples)
-                    except OSError:  # it died while idle: nothing of this chunk ran, so nothing failed
-                        pending.extendleft(reversed(items))
-                        lost += 1
-                        if lost > 2 * workers:
-                            raise RuntimeError("reward workers keep dying before any call") from None
-                        pool.replace(w)
+                    except OSError:  # it died while idle
+                        requeue(w, items)
             busy = [w for w in pool.workers if w.todo]
             wait = max(0.0, min(w.since for w in busy) + timeout_s - time.monotonic())
             ready = mpc.wait([w.conn for w in busy], timeout=None if math.isinf(wait) else wait)
@@ -303,13 +309,10 @@ def score(
                             out[i] = _checked(ok, value, stats, out[i], examples[i], fn)
                         continue
                     except (EOFError, OSError):
-                        if not w.received:  # killed from outside before reading its chunk: nothing ran
-                            pending.extendleft(reversed(w.todo))
+                        if not w.received:  # killed from outside before reading its chunk
+                            items = list(w.todo)
                             w.todo.clear()
-                            lost += 1
-                            if lost > 2 * workers:
-                                raise RuntimeError("reward workers keep dying before any call") from None
-                            pool.replace(w)
+                            requeue(w, items)
                             continue
                         stats.errors += 1  # the reward ended its process (os._exit, a crash)
                         where = examples[w.todo[0]].source or "an example"

@@ -163,7 +163,6 @@ class GRPOTrainer:
         self.counters = {"nan_skipped": 0, "reward_errors": 0, "reward_timeouts": 0}
         self.elapsed = 0.0
         self._stop = False
-        self._resume_changes: dict[str, tuple[Any, Any]] = {}
         if cfg.mle.steps:
             self._new_optimizer(cfg.mle.lr, cfg.mle.warmup_steps, decay_steps=cfg.mle.steps)
         else:
@@ -425,14 +424,13 @@ class GRPOTrainer:
             save_checkpoint(self.out / name, D.unwrap(self.model), self.tok, state, weights=weights,
                             assets=self.task.save_assets, keep_previous=name == "checkpoint")  # fmt: skip
 
-    def _check_resume_config(self, state: dict) -> None:
-        """Refuse a resume whose settings differ from the checkpoint's beyond :data:`RESUME_CHANGEABLE`
-        (ConfigError listing the keys); note the accepted changes, recorded once the state is loaded."""
+    def _resume_changes(self, state: dict) -> dict[str, tuple[Any, Any]]:
+        """The settings that differ from the checkpoint's; ConfigError listing the keys if any of them is
+        not in :data:`RESUME_CHANGEABLE`. Called before the weights are loaded."""
         saved = state.get("config")
         if not isinstance(saved, dict):
             log.warning("the checkpoint records no configuration: changed settings cannot be checked")
-            self._resume_changes = {}
-            return
+            return {}
         changes = config_changes(saved, self.cfg.to_dict())
         refused = sorted(k for k in changes if k not in RESUME_CHANGEABLE)
         if refused:
@@ -442,12 +440,12 @@ class GRPOTrainer:
                 f"(changeable on resume: {sorted(RESUME_CHANGEABLE)}). Resume with the original values, or "
                 "start a new run in another trainer.out_dir"
             )
-        self._resume_changes = changes
+        return changes
 
     def resume(self, path: Path) -> None:
         """Continue from the checkpoint ``path`` (or, if a file of it is broken, the previous good one)."""
         module = D.unwrap(self.model)
-        state = load_checkpoint(path, module, required=STATE_KEYS, check=self._check_resume_config)
+        state = load_checkpoint(path, module, required=STATE_KEYS, check=self._resume_changes)
         path = Path(state.pop("loaded_from"))
         self.stage, self.mle_step, self.rl_step = state["stage"], state["mle_step"], state["rl_step"]
         self.stream.load_state_dict(state["stream"])
@@ -466,8 +464,10 @@ class GRPOTrainer:
         self.logger.truncate(lambda rec: (rec["stage"] == "mle" and rec["step"] <= m) or
                              (rec["stage"] in ("rl", "eval") and s == "rl" and rec["step"] <= r))  # fmt: skip
         log.info("resumed from %s at stage %s (MLE step %d, GRPO step %d)", path, s, m, r)
-        if self._resume_changes:
-            listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(self._resume_changes.items()))
+        saved = state.get("config")  # the changes the check above accepted: record them
+        changes = config_changes(saved, self.cfg.to_dict()) if isinstance(saved, dict) else {}
+        if changes:
+            listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changes.items()))
             where = self.out / "config.json"
             log.warning("--resume: changed settings accepted, recorded in %s: %s", where, listed)
             if self.dist.main:
