@@ -219,7 +219,7 @@ def test_pixel_reward_and_scatter_cuda(_cuda_ext, monkeypatch):
 def test_video_reward_path_cuda_matches_cpu(_cuda_ext, monkeypatch):
     """The trainer's reward path on CUDA (bf16 channels_last latents, decoder under bf16 autocast)
     against the same path on the CPU in float32: bf16 rounding only."""
-    from rlvr_fast.models.video_tokenizer import TinyFSQConfig, TinyFSQTokenizer
+    from rlvr_fast.models.tiny_fsq import TinyFSQConfig, TinyFSQTokenizer
     from rlvr_fast.rewards.video import VideoReward
 
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlvr_fast.models.video_tokenizer import TinyFSQConfig, TinyFSQTokenizer
+from rlvr_fast.models.tiny_fsq import TinyFSQConfig, TinyFSQTokenizer
 from rlvr_fast.ops import VideoTokenLayout, codes_to_latents, pixel_metrics_ref
 from rlvr_fast.rewards.video import VideoReward, default_weights
 from rlvr_fast.trainer import config as C
@@ -206,14 +206,14 @@ def test_forced_slots_in_generation_and_teacher_batch():
 
 
 def test_sprite_task_tokens_match_the_layout_and_the_tokenizer_is_cached(tmp_path, monkeypatch):
-    from rlvr_fast.models import video_tokenizer as vt
+    import rlvr_fast.trainer.train_tokenizer as tt
     from rlvr_fast.worlds.video import SpriteWorld, discretize_actions
     from rlvr_fast.worlds.video_task import VideoTask
 
     cfg = C.load_config(None, SHORT)
     calls = []
-    real_train = vt.train_tokenizer
-    monkeypatch.setattr(vt, "train_tokenizer", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    real_train = tt.train_tokenizer
+    monkeypatch.setattr(tt, "train_tokenizer", lambda *a, **k: calls.append(1) or real_train(*a, **k))
     vtask = VideoTask(cfg.data, cfg.video, seed=0, cache_dir=tmp_path / "tok")
     assert len(calls) == 1 and (tmp_path / "tok" / "fingerprint.txt").is_file()
     lay = vtask.layout
@@ -335,14 +335,14 @@ def test_sprite_accuracy_sees_erased_and_moved_sprites():
 
 def test_resume_keeps_the_mle_preview_and_the_tokenizer(tmp_path, monkeypatch):
     """A run continued with --resume reuses the cached tokenizer and still draws the MLE predictions."""
-    from rlvr_fast.models import video_tokenizer as vt
+    import rlvr_fast.trainer.train_tokenizer as tt
     from rlvr_fast.trainer import train
     from rlvr_fast.trainer.checkpoint import read_trainer_state
 
     train(C.load_config(None, [*SHORT, f"trainer.out_dir={tmp_path}"]))
     first = json.loads((tmp_path / "summary.json").read_text())
     (tmp_path / "preview.png").unlink()
-    monkeypatch.setattr(vt, "train_tokenizer", lambda *a, **k: pytest.fail("the cached tokenizer was not reused"))
+    monkeypatch.setattr(tt, "train_tokenizer", lambda *a, **k: pytest.fail("the cached tokenizer was not reused"))
     summary = train(C.load_config(None, [*SHORT, "trainer.steps=3", f"trainer.out_dir={tmp_path}"]), resume=True)
     assert summary["mle"] == first["mle"] and (tmp_path / "preview.png").is_file()
     state = read_trainer_state(tmp_path / "checkpoint")
@@ -375,7 +375,7 @@ def test_lpips_weight_files_switch_the_default_reward_to_mae_plus_lpips(tmp_path
 
 
 def test_ctrl_c_during_preparation_says_what_is_discarded_and_propagates(tmp_path, monkeypatch, caplog):
-    from rlvr_fast.models import video_tokenizer as vt
+    import rlvr_fast.trainer.train_tokenizer as tt
     from rlvr_fast.worlds.video import SpriteWorld
     from rlvr_fast.worlds.video_task import VideoTask
 
@@ -399,7 +399,7 @@ def test_ctrl_c_during_preparation_says_what_is_discarded_and_propagates(tmp_pat
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vt, "train_tokenizer", ctrl_c)
+    monkeypatch.setattr(tt, "train_tokenizer", ctrl_c)
     with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
         VideoTask(cfg.data, cfg.video, seed=0, cache_dir=tmp_path / "tok")
     steps = cfg.video.tokenizer_steps

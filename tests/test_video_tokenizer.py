@@ -1,4 +1,5 @@
-"""FSQ video tokenizers (rlvr_fast.models.video_tokenizer).
+"""FSQ frame tokenizers (rlvr_fast.models.fsq, .frame_tokenizer, .cnn_fsq, .tiny_fsq) and their training
+(rlvr_fast.trainer.train_tokenizer).
 
 - the iVideoGPT-compatible ``CNNFSQTokenizer``: state-dict keys/shapes equal ``key_schema`` and the
   names diffusers gives ``CNNFSQModel256``; strict loads from files in diffusers' formats; 256x320 ->
@@ -19,19 +20,10 @@ import time
 import pytest
 import torch
 
-from rlvr_fast.models.video_tokenizer import (
-    FSQ,
-    CNNFSQConfig,
-    CNNFSQTokenizer,
-    TinyFSQConfig,
-    TinyFSQTokenizer,
-    MAX_BLOCKS,
-    MAX_CHANNELS,
-    MAX_CODES,
-    key_schema,
-    tiny_key_schema,
-    train_tokenizer,
-)
+from rlvr_fast.models.cnn_fsq import CNNFSQConfig, CNNFSQTokenizer, key_schema
+from rlvr_fast.models.fsq import FSQ, MAX_BLOCKS, MAX_CHANNELS, MAX_CODES
+from rlvr_fast.models.tiny_fsq import TinyFSQConfig, TinyFSQTokenizer, tiny_key_schema
+from rlvr_fast.trainer.train_tokenizer import train_tokenizer
 from rlvr_fast.ops import codes_to_latents, fsq_codebook
 
 # A narrow CNNFSQModel256 (same block structure, 4x downsampling) for the fast tests.

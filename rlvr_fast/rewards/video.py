@@ -132,7 +132,7 @@ class VideoReward:
 
     @classmethod
     def from_tokenizer(cls, layout: VideoTokenLayout, tokenizer, weights=None, **kwargs) -> VideoReward:
-        """From a :class:`~rlvr_fast.models.video_tokenizer.TinyFSQTokenizer` or ``CNNFSQTokenizer``:
+        """From a :class:`~rlvr_fast.models.tiny_fsq.TinyFSQTokenizer` or ``CNNFSQTokenizer``:
         its ``quantizer()`` and unclamped ``decode_latents``."""
         return cls(layout, tokenizer.quantizer(), lambda z: tokenizer.decode_latents(z, clamp=False),
                    weights, **kwargs)  # fmt: skip

@@ -132,7 +132,9 @@ def _tokenizer(video_cfg, frames: torch.Tensor, cache: Path | None, fingerprint:
                checkpoint: str | None, seed: int):  # fmt: skip
     """The frame tokenizer: ``video.tokenizer_path``, else the one saved with the model checkpoint being
     loaded, else the cache, else trained (rank 0) and cached."""
-    from ..models.video_tokenizer import CNNFSQTokenizer, TinyFSQConfig, TinyFSQTokenizer, train_tokenizer
+    from ..models.cnn_fsq import CNNFSQTokenizer
+    from ..models.tiny_fsq import TinyFSQConfig, TinyFSQTokenizer
+    from ..trainer.train_tokenizer import train_tokenizer
 
     cls = TinyFSQTokenizer if video_cfg.tokenizer == "tiny" else CNNFSQTokenizer
     saved = Path(checkpoint) / ASSET_DIR if checkpoint else None
@@ -169,7 +171,8 @@ def _tokenizer(video_cfg, frames: torch.Tensor, cache: Path | None, fingerprint:
 
 
 def _load_saved(path: Path, device):
-    from ..models.video_tokenizer import CNNFSQTokenizer, TinyFSQTokenizer
+    from ..models.cnn_fsq import CNNFSQTokenizer
+    from ..models.tiny_fsq import TinyFSQTokenizer
 
     kind = json.loads((path / "config.json").read_text()).get("_class_name", "")
     cls = TinyFSQTokenizer if kind == "TinyFSQTokenizer" else CNNFSQTokenizer
