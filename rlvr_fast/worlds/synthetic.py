@@ -83,7 +83,7 @@ __all__ = [
     "SyntheticTextGame",
     "build_tokenizer",
     "dumps",
-    "state_diff",
+    "gold_diff",
     "step",
     "synthetic_text_game_task",
 ]
@@ -247,18 +247,17 @@ def step(state: dict, action: str) -> dict:
     return {"game_state": [_with(o) for o in objs] + [score]}
 
 
-def state_diff(state: dict, next_state: dict) -> dict:
-    """RLVR-World's diff: changed objects (full, in state order), removed uuids, the score object."""
-    before = {o["uuid"]: o for o in _objects(state)}
-    after = {o["uuid"]: o for o in _objects(next_state)}
-    added = set(after) - set(before)
+def gold_diff(state: dict, next_state: dict) -> dict:
+    """The gold answer of a transition: :func:`rlvr_fast.rewards.text_game.state_diff`, refusing a
+    next state that adds objects (RLVR-World's reward drops them, so no answer to it could be exact)."""
+    from ..rewards.text_game import state_diff  # imported on use, as the metrics below are
+
+    diff = state_diff(state, next_state)
+    before = {o["uuid"] for o in _objects(state)}
+    added = sorted(o["uuid"] for o in diff["modified"] if o["uuid"] not in before)
     if added:
-        raise ValueError(f"state_diff: next_state adds objects {sorted(added)}; the format cannot say so")
-    return {
-        "modified": [o for u, o in after.items() if o != before[u]],
-        "removed": [u for u in before if u not in after],
-        "score": dict(next_state["game_state"][-1]),
-    }
+        raise ValueError(f"gold_diff: next_state adds objects {added}; RLVR-World's reward would drop them")
+    return diff
 
 
 # ----------------------------------------------------------------------------- the world
@@ -404,7 +403,7 @@ class SyntheticTextGame:
         nxt = step(state, action)
         return Example(
             prompt=format_prompt(state, action),
-            answer=dumps(state_diff(state, nxt)),
+            answer=dumps(gold_diff(state, nxt)),
             ground_truth=json.dumps(nxt),
             extra={"data_state": json.dumps(state), "data_action": action},
             source=source,
