@@ -207,7 +207,8 @@ def test_forced_slots_in_generation_and_teacher_batch():
 
 def test_sprite_task_tokens_match_the_layout_and_the_tokenizer_is_cached(tmp_path, monkeypatch):
     from rlvr_fast.models import video_tokenizer as vt
-    from rlvr_fast.worlds.video import SpriteWorld, discretize_actions
+    from rlvr_fast.worlds.sprite import SpriteWorld
+    from rlvr_fast.worlds.video import discretize_actions
     from rlvr_fast.worlds.video_task import VideoTask
 
     cfg = C.load_config(None, SHORT)
@@ -316,7 +317,7 @@ def test_text_reward_name_is_refused_for_video_worlds(tmp_path, capsys):
 
 
 def test_sprite_accuracy_sees_erased_and_moved_sprites():
-    from rlvr_fast.worlds.video import SpriteWorld, sprite_accuracy
+    from rlvr_fast.worlds.sprite import SpriteWorld, sprite_accuracy
 
     w = SpriteWorld(n_sprites=3)
     ex = w.sample(0)
@@ -376,7 +377,7 @@ def test_lpips_weight_files_switch_the_default_reward_to_mae_plus_lpips(tmp_path
 
 def test_ctrl_c_during_preparation_says_what_is_discarded_and_propagates(tmp_path, monkeypatch, caplog):
     from rlvr_fast.models import video_tokenizer as vt
-    from rlvr_fast.worlds.video import SpriteWorld
+    from rlvr_fast.worlds.sprite import SpriteWorld
     from rlvr_fast.worlds.video_task import VideoTask
 
     cfg = C.load_config(None, SHORT)
