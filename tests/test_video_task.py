@@ -11,7 +11,7 @@ import torch
 
 from rlvr_fast.models.video_tokenizer import TinyFSQConfig, TinyFSQTokenizer
 from rlvr_fast.ops import VideoTokenLayout, codes_to_latents, pixel_metrics_ref
-from rlvr_fast.rewards.video import VideoReward, default_weights
+from rlvr_fast.rewards.video import VideoReward, default_invalid_reward, default_weights
 from rlvr_fast.trainer import config as C
 from rlvr_fast.trainer.rollout import sample, teacher_batch
 
@@ -81,8 +81,6 @@ def test_video_reward_matches_per_sample_reference(weights):
     assert reward.weights == w
     assert out.valid.tolist() == [True, False, True, True, False, True]
     # the default penalty is the worst reward a valid rollout can get
-    from rlvr_fast.ops import default_invalid_reward
-
     ref = _reference(tok, layout, responses, present, target, n, w, default_invalid_reward(w))
     torch.testing.assert_close(out.token_rewards.double(), ref, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(out.scores.double(), ref.sum(1), atol=2e-5, rtol=1e-5)
