@@ -18,6 +18,7 @@ import torch
 
 import rlvr_fast as rf
 from rlvr_fast.ops.policy_loss import policy_loss_ref
+from rlvr_fast.rewards.video import pixel_reward
 
 NAN, INF = float("nan"), float("inf")
 
@@ -435,10 +436,10 @@ def _video_cases():
         "pixel-strided": (lambda: pm(pred.transpose(-1, -2), target.transpose(-1, -2), group_size=2),
                           Matches(lambda: pm(pred.transpose(-1, -2).contiguous(),
                                              target.transpose(-1, -2).contiguous(), group_size=2))),
-        "reward-device-valid": (lambda: rf.pixel_reward(pred, target, {"mse": 1.0}, group_size=2,
-                                                        valid=meta(torch.ones(4, dtype=torch.bool))),
+        "reward-device-valid": (lambda: pixel_reward(pred, target, {"mse": 1.0}, group_size=2,
+                                                     valid=meta(torch.ones(4, dtype=torch.bool))),
                                 Raises(ValueError, "valid")),
-        "reward-weights-nan": (lambda: rf.pixel_reward(pred, target, {"mse": NAN}, group_size=2),
+        "reward-weights-nan": (lambda: pixel_reward(pred, target, {"mse": NAN}, group_size=2),
                                Raises(ValueError, "weights['mse']")),
         "scatter-device": (lambda: ssr(reward, meta(smask)), Raises(ValueError, "response_mask")),
         "scatter-dtype": (lambda: ssr(reward.long(), smask), Raises(TypeError, "reward")),
@@ -463,11 +464,11 @@ def test_every_public_op_is_swept():
     """A new public op must join the sweep."""
     swept = set(
         "group_advantages token_logprobs policy_loss policy_loss_from_logits fused_linear_logprobs "
-        "fused_linear_policy_loss unpack_video_tokens codes_to_latents pixel_metrics pixel_reward "
+        "fused_linear_policy_loss unpack_video_tokens codes_to_latents pixel_metrics "
         "scatter_sequence_reward".split()
     )
     helpers = set(
-        "default_chunks aggregate_frames default_invalid_reward fsq_codebook Quantizer VideoTokenLayout "
+        "default_chunks aggregate_frames fsq_codebook Quantizer VideoTokenLayout "
         "AGG_MODES KL_TYPES METRICS".split()
     )
     public = {n for n in rf.ops.__all__ if not n.endswith(("_ref", "_backward_ref"))}

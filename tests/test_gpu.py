@@ -204,15 +204,17 @@ def test_pixel_metrics_cuda(_cuda_ext, dtype, shape, groups, group_size):
 
 
 def test_pixel_reward_and_scatter_cuda(_cuda_ext, monkeypatch):
+    from rlvr_fast.rewards.video import pixel_reward
+
     pred, target = torch.rand(64, 2, 3, 32, 40, device="cuda"), torch.rand(4, 2, 3, 32, 40, device="cuda")
     valid = torch.rand(64, device="cuda") > 0.2
-    r = rf.pixel_reward(pred, target, {"mae": 1.0, "ssim": 1.0}, group_size=16, valid=valid, aggregate="discount")
+    r = pixel_reward(pred, target, {"mae": 1.0, "ssim": 1.0}, group_size=16, valid=valid, aggregate="discount")
     mask = torch.arange(700, device="cuda")[None] < torch.randint(0, 700, (64, 1), device="cuda")
     tok = rf.scatter_sequence_reward(r, mask)
     assert torch.equal(tok.cpu(), rf.ops.scatter_sequence_reward_ref(r.cpu(), mask.cpu()))
     monkeypatch.setenv("RLVR_FAST_BACKEND", "cpp")
-    cpu_r = rf.pixel_reward(pred.cpu(), target.cpu(), {"mae": 1.0, "ssim": 1.0}, group_size=16, valid=valid.cpu(),
-                            aggregate="discount")
+    cpu_r = pixel_reward(pred.cpu(), target.cpu(), {"mae": 1.0, "ssim": 1.0}, group_size=16, valid=valid.cpu(),
+                         aggregate="discount")
     torch.testing.assert_close(r.cpu(), cpu_r, rtol=1e-5, atol=1e-5)
 
 

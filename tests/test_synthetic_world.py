@@ -13,7 +13,7 @@ from rlvr_fast.worlds.synthetic import (
     SyntheticTextGame,
     build_tokenizer,
     dumps,
-    state_diff,
+    gold_diff,
     step,
     synthetic_text_game_task,
 )
@@ -153,7 +153,7 @@ def test_rules_by_hand() -> None:
     assert step(won, "turn on red_lamp") == won  # game over: nothing changes
 
     raw = step(s, "eat red_apple")  # reachable in the open box: box loses it too
-    assert state_diff(s, raw) == {
+    assert gold_diff(s, raw) == {
         "modified": [_obj(4, "box", [], is_open=True)],
         "removed": [3],
         "score": {"score": 0, "gameOver": False, "gameWon": False},
@@ -167,10 +167,10 @@ def test_rules_by_hand() -> None:
     assert step(s, "eat red_apple") != s and step(s, "open box") == s
 
 
-def test_state_diff_rejects_added_objects() -> None:
+def test_gold_diff_rejects_added_objects() -> None:
     s = _state(_obj(1, "box", is_open=False))
     with pytest.raises(ValueError, match="adds objects"):
-        state_diff(s, _state(_obj(1, "box", is_open=False), _obj(2, "egg", temperature=0, is_cooked=False)))
+        gold_diff(s, _state(_obj(1, "box", is_open=False), _obj(2, "egg", temperature=0, is_cooked=False)))
 
 
 def test_dumps_is_json() -> None:

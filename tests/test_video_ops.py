@@ -11,6 +11,7 @@ import rlvr_fast as rf
 from rlvr_fast import _dispatch
 from rlvr_fast.ops.pixel_metrics import gaussian_window, pixel_metrics_ref
 from rlvr_fast.ops.video import _slot_tensor
+from rlvr_fast.rewards.video import default_invalid_reward, pixel_reward
 
 HAS_EXT = _dispatch._load_extension()[0] is not None
 VIDEO_BACKENDS = ["torch", "cpp"] if HAS_EXT else ["torch"]
@@ -404,10 +405,10 @@ def test_pixel_reward_signs_follow_rlvr_world(vbackend):
     """reward = -(w_mae MAE + w_mse MSE - w_ssim SSIM - w_psnr PSNR), as in their _compute_loss."""
     pred, target = torch.rand(8, 3, 16, 16), torch.rand(2, 3, 16, 16)
     w = {"mae": 1.0, "mse": 0.5, "ssim": 2.0, "psnr": 0.01}
-    reward, m = rf.pixel_reward(pred, target, w, group_size=4, return_metrics=True)
+    reward, m = pixel_reward(pred, target, w, group_size=4, return_metrics=True)
     want = -(m["mae"] + 0.5 * m["mse"] - 2.0 * m["ssim"] - 0.01 * m["psnr"])
     torch.testing.assert_close(reward, want)
-    best = rf.pixel_reward(target.repeat_interleave(4, 0), target, w, group_size=4)
+    best = pixel_reward(target.repeat_interleave(4, 0), target, w, group_size=4)
     assert (best > reward).all()  # a perfect prediction beats every other
     torch.testing.assert_close(best, torch.full((8,), -(0 + 0 - 2.0 - 0.8)))
 
@@ -415,10 +416,10 @@ def test_pixel_reward_signs_follow_rlvr_world(vbackend):
 def test_pixel_reward_invalid_penalty(vbackend):
     pred, target = torch.rand(4, 3, 16, 16), torch.rand(1, 3, 16, 16)
     valid = torch.tensor([True, False, True, False])
-    r = rf.pixel_reward(pred, target, {"mae": 1.0, "ssim": 1.0}, group_size=4, valid=valid, invalid_reward=-7.0)
+    r = pixel_reward(pred, target, {"mae": 1.0, "ssim": 1.0}, group_size=4, valid=valid, invalid_reward=-7.0)
     assert r[1] == -7.0 and r[3] == -7.0 and r[0] > -2.0
-    r = rf.pixel_reward(pred, target, {"mae": 1.0, "ssim": 1.0}, group_size=4, valid=valid)
-    assert r[1] == rf.default_invalid_reward({"mae": 1.0, "ssim": 1.0}) == -2.0
+    r = pixel_reward(pred, target, {"mae": 1.0, "ssim": 1.0}, group_size=4, valid=valid)
+    assert r[1] == default_invalid_reward({"mae": 1.0, "ssim": 1.0}) == -2.0
     assert (r[valid] >= -2.0).all()
 
 
@@ -427,48 +428,48 @@ def test_pixel_reward_lpips_term(vbackend):
 
     net = LPIPS()
     pred, target = torch.rand(6, 3, 32, 32), torch.rand(2, 3, 32, 32)
-    reward, m = rf.pixel_reward(pred, target, {"mae": 1.0, "lpips": 1.0}, group_size=3, lpips=net,
-                                return_metrics=True)
+    reward, m = pixel_reward(pred, target, {"mae": 1.0, "lpips": 1.0}, group_size=3, lpips=net,
+                             return_metrics=True)
     want_lp = net(pred, target.repeat_interleave(3, 0))
     torch.testing.assert_close(m["lpips"], want_lp, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(reward, -(m["mae"] + want_lp))
     # per-frame: LPIPS of clip b, frame t against real clip b // 3, frame t
     pred5, target5 = torch.rand(6, 2, 3, 32, 32), torch.rand(2, 2, 3, 32, 32)
-    r5, m5 = rf.pixel_reward(pred5, target5, {"lpips": 1.0}, group_size=3, lpips=net, aggregate="last",
-                             return_metrics=True)
+    r5, m5 = pixel_reward(pred5, target5, {"lpips": 1.0}, group_size=3, lpips=net, aggregate="last",
+                          return_metrics=True)
     torch.testing.assert_close(m5["lpips"], net(pred5[:, 1], target5[:, 1], group_size=3), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="LPIPS"):
-        rf.pixel_reward(pred, target, {"lpips": 1.0}, group_size=3)
+        pixel_reward(pred, target, {"lpips": 1.0}, group_size=3)
 
 
 @pytest.mark.parametrize("how", ["mean", "last", "discount"])
 def test_pixel_reward_multi_step_aggregates_loss(vbackend, how):
     pred, target = torch.rand(4, 3, 3, 16, 16), torch.rand(2, 3, 3, 16, 16)
     w = {"mae": 1.0, "ssim": 0.5}
-    r = rf.pixel_reward(pred, target, w, group_size=2, aggregate=how)
+    r = pixel_reward(pred, target, w, group_size=2, aggregate=how)
     per = rf.pixel_metrics(pred, target, group_size=2)
     loss = per["mae"] - 0.5 * per["ssim"]  # RLVR-World msp_reward_fn aggregates the per-frame loss
     torch.testing.assert_close(r, -rf.aggregate_frames(loss, how, 0.9))
 
 
 def test_default_invalid_reward_is_the_worst_valid_reward():
-    assert rf.default_invalid_reward({"mae": 1.0, "ssim": 1.0}) == -2.0
-    assert rf.default_invalid_reward({"mse": 2.0}, data_range=2.0) == -8.0
-    assert rf.default_invalid_reward({"psnr": 0.1}) == pytest.approx(0.1 * 10 * math.log10(1 / (1 + 1e-8)))
-    assert rf.default_invalid_reward({"psnr": -0.1}) == pytest.approx(-8.0)  # reward = -0.1 PSNR, worst at 80 dB
-    assert rf.default_invalid_reward({"ssim": -1.0, "lpips": 0.5}) == -1.5
+    assert default_invalid_reward({"mae": 1.0, "ssim": 1.0}) == -2.0
+    assert default_invalid_reward({"mse": 2.0}, data_range=2.0) == -8.0
+    assert default_invalid_reward({"psnr": 0.1}) == pytest.approx(0.1 * 10 * math.log10(1 / (1 + 1e-8)))
+    assert default_invalid_reward({"psnr": -0.1}) == pytest.approx(-8.0)  # reward = -0.1 PSNR, worst at 80 dB
+    assert default_invalid_reward({"ssim": -1.0, "lpips": 0.5}) == -1.5
 
 
 def test_pixel_reward_bad_weights():
     x = torch.rand(2, 3, 16, 16)
     with pytest.raises(ValueError, match="invalid_reward"):
-        rf.pixel_reward(x, x, {"mae": 1.0}, invalid_reward=float("nan"))
+        pixel_reward(x, x, {"mae": 1.0}, invalid_reward=float("nan"))
     with pytest.raises(ValueError, match="weights"):
-        rf.pixel_reward(x, x, {"fvd": 1.0})
+        pixel_reward(x, x, {"fvd": 1.0})
     with pytest.raises(ValueError, match="weights"):
-        rf.pixel_reward(x, x, {"mae": float("nan")})
+        pixel_reward(x, x, {"mae": float("nan")})
     with pytest.raises(ValueError, match="valid"):
-        rf.pixel_reward(x, x, {"mae": 1.0}, valid=torch.ones(3, dtype=torch.bool))
+        pixel_reward(x, x, {"mae": 1.0}, valid=torch.ones(3, dtype=torch.bool))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -585,8 +586,8 @@ def test_reward_path_compiles_without_graph_breaks():
     def path(resp, mask, target):
         codes, valid, _ = rf.unpack_video_tokens(resp, mask, L1)
         frames = decoder(rf.codes_to_latents(codes, table)).sigmoid()
-        reward = rf.pixel_reward(frames, target, {"mae": 1.0, "ssim": 1.0}, group_size=2, valid=valid,
-                                 invalid_reward=-2.0)
+        reward = pixel_reward(frames, target, {"mae": 1.0, "ssim": 1.0}, group_size=2, valid=valid,
+                              invalid_reward=-2.0)
         return rf.scatter_sequence_reward(reward, mask)
 
     resp, mask = _single_step(4)

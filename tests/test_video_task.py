@@ -11,7 +11,7 @@ import torch
 
 from rlvr_fast.models.tiny_fsq import TinyFSQConfig, TinyFSQTokenizer
 from rlvr_fast.ops import VideoTokenLayout, codes_to_latents, pixel_metrics_ref
-from rlvr_fast.rewards.video import VideoReward, default_weights
+from rlvr_fast.rewards.video import VideoReward, default_invalid_reward, default_weights
 from rlvr_fast.trainer import config as C
 from rlvr_fast.trainer.rollout import sample, teacher_batch
 
@@ -81,8 +81,6 @@ def test_video_reward_matches_per_sample_reference(weights):
     assert reward.weights == w
     assert out.valid.tolist() == [True, False, True, True, False, True]
     # the default penalty is the worst reward a valid rollout can get
-    from rlvr_fast.ops import default_invalid_reward
-
     ref = _reference(tok, layout, responses, present, target, n, w, default_invalid_reward(w))
     torch.testing.assert_close(out.token_rewards.double(), ref, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(out.scores.double(), ref.sum(1), atol=2e-5, rtol=1e-5)
@@ -207,7 +205,8 @@ def test_forced_slots_in_generation_and_teacher_batch():
 
 def test_sprite_task_tokens_match_the_layout_and_the_tokenizer_is_cached(tmp_path, monkeypatch):
     import rlvr_fast.trainer.train_tokenizer as tt
-    from rlvr_fast.worlds.video import SpriteWorld, discretize_actions
+    from rlvr_fast.worlds.sprite import SpriteWorld
+    from rlvr_fast.worlds.video import discretize_actions
     from rlvr_fast.worlds.video_task import VideoTask
 
     cfg = C.load_config(None, SHORT)
@@ -316,7 +315,7 @@ def test_text_reward_name_is_refused_for_video_worlds(tmp_path, capsys):
 
 
 def test_sprite_accuracy_sees_erased_and_moved_sprites():
-    from rlvr_fast.worlds.video import SpriteWorld, sprite_accuracy
+    from rlvr_fast.worlds.sprite import SpriteWorld, sprite_accuracy
 
     w = SpriteWorld(n_sprites=3)
     ex = w.sample(0)
@@ -376,7 +375,7 @@ def test_lpips_weight_files_switch_the_default_reward_to_mae_plus_lpips(tmp_path
 
 def test_ctrl_c_during_preparation_says_what_is_discarded_and_propagates(tmp_path, monkeypatch, caplog):
     import rlvr_fast.trainer.train_tokenizer as tt
-    from rlvr_fast.worlds.video import SpriteWorld
+    from rlvr_fast.worlds.sprite import SpriteWorld
     from rlvr_fast.worlds.video_task import VideoTask
 
     cfg = C.load_config(None, SHORT)

@@ -8,19 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from rlvr_fast.worlds.video import (
-    RT1_ACTION_NAMES,
-    OXEEpisodes,
-    Sprite,
-    SpriteWorld,
-    SpriteWorldConfig,
-    VideoExample,
-    collate,
-    compute_action_ranges,
-    discretize_actions,
-    load_action_ranges,
-    rt1_action_ranges,
-)
+from rlvr_fast.worlds.rt1 import RT1_ACTION_NAMES, OXEEpisodes, compute_action_ranges, rt1_action_ranges
+from rlvr_fast.worlds.sprite import Sprite, SpriteWorld, SpriteWorldConfig
+from rlvr_fast.worlds.video import VideoExample, collate, discretize_actions, load_action_ranges
 
 RED = (0.9, 0.2, 0.2)
 GREEN = (0.2, 0.8, 0.3)

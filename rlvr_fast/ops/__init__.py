@@ -15,10 +15,8 @@ from .fused_linear import (
 from .logprobs import token_logprobs, token_logprobs_backward_ref, token_logprobs_ref
 from .pixel_metrics import (
     aggregate_frames,
-    default_invalid_reward,
     pixel_metrics,
     pixel_metrics_ref,
-    pixel_reward,
     scatter_sequence_reward,
     scatter_sequence_reward_ref,
 )
@@ -69,8 +67,6 @@ __all__ = [
     "pixel_metrics",
     "pixel_metrics_ref",
     "aggregate_frames",
-    "pixel_reward",
-    "default_invalid_reward",
     "scatter_sequence_reward",
     "scatter_sequence_reward_ref",
 ]

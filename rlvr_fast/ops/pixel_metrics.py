@@ -1,15 +1,14 @@
-"""Pixel-metric rewards for video world models, computed where the frames are.
+"""Pixel metrics for video world-model rewards, computed where the frames are.
 
-RLVR-World scores a predicted frame with ``reward = -(w_mae * MAE + w_lpips * LPIPS - w_ssim * SSIM
-- w_psnr * PSNR + w_mse * MSE)`` against the real next frame. Their path repeats the real frames n times
-per group (``repeat_interleave``), copies frames to the host and scores with piqa, whose input checks
-synchronise the GPU. Here:
+RLVR-World scores a predicted frame against the real next frame with weighted MSE, MAE, PSNR, SSIM and
+LPIPS (the formula: :func:`rlvr_fast.rewards.video.pixel_reward`). Their path repeats the real frames n
+times per group (``repeat_interleave``), copies frames to the host and scores with piqa, whose input
+checks synchronise the GPU. Here:
 
 - :func:`pixel_metrics` computes MSE, MAE, PSNR and SSIM in one pass over the predictions, reading
   target ``b // group_size`` in place (never repeated in memory); per-sample float32 outputs;
-- :func:`pixel_reward` combines them (and LPIPS, :mod:`rlvr_fast.models.lpips`, when its weight is
-  non-zero) with RLVR-World's signs, per frame with ``mean | last | discount`` aggregation for
-  multi-step predictions, and gives invalid generations the configured penalty;
+- :func:`aggregate_frames` reduces per-frame values of multi-step predictions (``mean | last |
+  discount``);
 - :func:`scatter_sequence_reward` places each sequence reward on its last response token (verl's
   token-level reward layout), without a Python loop.
 
@@ -23,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +32,6 @@ from .._dispatch import extension, select_backend
 
 _BACKENDS = ("torch", "cpp", "cuda")
 METRIC_NAMES = ("mse", "mae", "psnr", "ssim")
-REWARD_TERMS = ("mse", "mae", "psnr", "ssim", "lpips")
-# The sign each metric's weight enters the loss with (reward = -loss): higher PSNR/SSIM is better.
-_LOSS_SIGN = {"mse": 1.0, "mae": 1.0, "lpips": 1.0, "psnr": -1.0, "ssim": -1.0}
 AGGREGATES = ("mean", "last", "discount")
 _PIXEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -48,12 +44,13 @@ def gaussian_window(size: int, sigma: float) -> torch.Tensor:
     return (w / w.sum()).float()
 
 
-def _check_finite_positive(name: str, value) -> None:
+def check_finite_positive(name: str, value) -> None:
+    """ValueError unless ``value`` is a finite int or float > 0 (not a bool)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
         raise ValueError(f"{name}: expected a finite positive number, got {value!r}")
 
 
-def _check_pair(pred: torch.Tensor, target: torch.Tensor, group_size: int) -> int:
+def check_frame_pair(pred: torch.Tensor, target: torch.Tensor, group_size: int) -> int:
     """Validate pred [B, (T,) C, H, W] against target [G, (T,) C, H, W]; returns T (1 for 4-d inputs)."""
     C.check_tensor("pred", pred, dtypes=_PIXEL_DTYPES, ndim=(4, 5))
     C.check_tensor("target", target, dtypes=_PIXEL_DTYPES, ndim=pred.dim())
@@ -112,7 +109,7 @@ def pixel_metrics(
     Formulas: piqa's ``psnr`` and ``ssim`` (Wang et al. 2004) with the conventions in the module
     docstring; MSE/MAE are means over C, H, W as in RLVR-World's ``_compute_loss``.
     """
-    frames = _check_pair(pred, target, group_size)
+    frames = check_frame_pair(pred, target, group_size)
     if isinstance(metrics, str):
         raise TypeError(f"metrics: expected a sequence of names, got the string {metrics!r} (use ({metrics!r},))")
     metrics = tuple(metrics)
@@ -120,10 +117,10 @@ def pixel_metrics(
         C.check_choice("metrics", m, METRIC_NAMES)
     if not metrics:
         raise ValueError("metrics: expected at least one of " + ", ".join(METRIC_NAMES))
-    _check_finite_positive("data_range", data_range)
-    _check_finite_positive("sigma", sigma)
-    _check_finite_positive("k1", k1)
-    _check_finite_positive("k2", k2)
+    check_finite_positive("data_range", data_range)
+    check_finite_positive("sigma", sigma)
+    check_finite_positive("k1", k1)
+    check_finite_positive("k2", k2)
     if not isinstance(window_size, int) or window_size % 2 == 0 or not 1 <= window_size <= 31:
         raise ValueError(f"window_size: expected an odd int in [1, 31], got {window_size!r}")
     if aggregate is not None:
@@ -241,127 +238,6 @@ def _pixel_metrics_op(
 @_pixel_metrics_op.register_fake
 def _(pred, target, frames, group_size, data_range, k1, k2, want_ssim, window_size, sigma):
     return pred.new_empty((4, pred.shape[0]), dtype=torch.float32)
-
-
-# ----------------------------------------------------------------------------------------------
-# pixel_reward
-# ----------------------------------------------------------------------------------------------
-
-
-def default_invalid_reward(weights: Mapping[str, float], data_range: float = 1.0) -> float:
-    """The penalty for an invalid generation when none is given: the worst reward of a valid one.
-
-    Each term's loss contribution ``w * sign * m`` at its worst over the metric's range on clamped
-    inputs: MSE in [0, L^2], MAE in [0, L], SSIM in [-1, 1], PSNR in [10 log10(L^2 / (L^2 + 1e-8)),
-    10 log10(L^2 / 1e-8)], LPIPS in [0, 1] (unbounded in principle; distances of natural images stay
-    below 1).
-    """
-    l2 = data_range**2
-    ranges = {
-        "mse": (0.0, l2), "mae": (0.0, data_range), "ssim": (-1.0, 1.0), "lpips": (0.0, 1.0),
-        "psnr": (10 * math.log10(l2 / (l2 + 1e-8)), 10 * math.log10(l2 / 1e-8)),
-    }  # fmt: skip
-    worst_loss = 0.0
-    for key, w in weights.items():
-        c = w * _LOSS_SIGN[key]
-        worst_loss += max(c * ranges[key][0], c * ranges[key][1])
-    return -worst_loss
-
-
-def pixel_reward(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    weights: Mapping[str, float],
-    *,
-    group_size: int = 1,
-    valid: torch.Tensor | None = None,
-    invalid_reward: float | None = None,
-    lpips: torch.nn.Module | None = None,
-    data_range: float = 1.0,
-    aggregate: str = "mean",
-    gamma: float = 0.9,
-    return_metrics: bool = False,
-):
-    """Sequence rewards ``-(sum of weighted losses)`` of predicted frames, RLVR-World's video reward.
-
-    Args:
-        pred: decoded predictions [B, C, H, W] or [B, T, C, H, W] (float32 / bfloat16 / float16).
-        target: real frames [G, ...] with B = G * group_size (read in place, never repeated).
-        weights: {term: weight} over ``mse, mae, psnr, ssim, lpips``; loss = sum w * m with SSIM and
-            PSNR entering with a minus (RLVR-World ``_compute_loss``). Zero weights cost nothing.
-        group_size: predictions per real frame.
-        valid: optional bool [B] from :func:`~rlvr_fast.ops.unpack_video_tokens`; invalid samples get
-            ``invalid_reward``.
-        invalid_reward: the penalty; default :func:`default_invalid_reward` of the weights.
-        lpips: an :class:`rlvr_fast.models.lpips.LPIPS` on pred's device, required when
-            ``weights["lpips"] != 0``; it computes each real frame's features once per group.
-        data_range: L (frames in [0, L]).
-        aggregate, gamma: per-frame loss -> sample loss for 5-d inputs (see :func:`aggregate_frames`).
-        return_metrics: also return {term: float32 [B]} of the unweighted, frame-aggregated terms.
-
-    Returns:
-        float32 [B] rewards (and the metrics dict when ``return_metrics``), without autograd history.
-        No host synchronisation.
-    """
-    if not isinstance(weights, Mapping) or not weights:
-        raise ValueError(f"weights: expected a non-empty mapping over {list(REWARD_TERMS)}, got {weights!r}")
-    for key, w in weights.items():
-        C.check_choice("weights", key, REWARD_TERMS)
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
-            raise ValueError(f"weights[{key!r}]: expected a finite number, got {w!r}")
-    if invalid_reward is not None and (
-        isinstance(invalid_reward, bool) or not isinstance(invalid_reward, (int, float))
-        or not math.isfinite(invalid_reward)
-    ):
-        raise ValueError(f"invalid_reward: expected a finite number, got {invalid_reward!r}")
-    _check_finite_positive("data_range", data_range)
-    frames = _check_pair(pred, target, group_size)
-    C.check_choice("aggregate", aggregate, AGGREGATES)
-    if valid is not None:
-        C.check_tensor("valid", valid, dtypes=(torch.bool,), ndim=1)
-        C.check_shape("valid", valid, (pred.shape[0],), "one flag per prediction")
-        C.check_same_device(pred=pred, valid=valid)
-    active = {k: float(w) for k, w in weights.items() if w != 0}
-    if "lpips" in active and lpips is None:
-        raise ValueError("lpips: weights['lpips'] is non-zero, so an LPIPS network is needed "
-                         "(rlvr_fast.models.lpips.LPIPS.from_files(vgg16_path, lin_path))")
-    batch = pred.shape[0]
-    per_frame: dict[str, torch.Tensor] = {}
-    pixel = [m for m in METRIC_NAMES if m in active or (return_metrics and m in weights)]
-    if pixel:
-        per_frame.update(pixel_metrics(pred, target, group_size=group_size, metrics=pixel, data_range=data_range))
-    if "lpips" in active or (return_metrics and "lpips" in weights and lpips is not None):
-        per_frame["lpips"] = _lpips_per_frame(lpips, pred, target, group_size, frames, data_range)
-    loss = torch.zeros(batch, frames, device=pred.device, dtype=torch.float32)
-    for key, w in active.items():
-        loss = loss + (w * _LOSS_SIGN[key]) * per_frame[key].view(batch, frames)
-    loss = aggregate_frames(loss, aggregate, gamma) if pred.dim() == 5 else loss[:, 0]
-    reward = -loss
-    if valid is not None:
-        penalty = default_invalid_reward(weights, data_range) if invalid_reward is None else float(invalid_reward)
-        reward = torch.where(valid, reward, torch.full_like(reward, penalty))
-    if not return_metrics:
-        return reward
-    metrics = {}
-    for key, v in per_frame.items():
-        metrics[key] = aggregate_frames(v.view(batch, frames), aggregate, gamma) if pred.dim() == 5 else v
-    return reward, metrics
-
-
-def _lpips_per_frame(lpips, pred, target, group_size, frames, data_range) -> torch.Tensor:
-    """LPIPS [B, T] (or [B]) with each real frame's features computed once per group."""
-    scale = 1.0 / data_range
-    pred, target = pred.detach(), target.detach()
-    with torch.no_grad():
-        if pred.dim() == 4:
-            return lpips(pred.clamp(0, data_range) * scale, target.clamp(0, data_range) * scale,
-                         group_size=group_size).float()
-        # [G*g, T] -> [G, T, g] so the n predictions of one real frame are contiguous
-        g = target.shape[0]
-        p = pred.view(g, group_size, frames, *pred.shape[2:]).transpose(1, 2).reshape(-1, *pred.shape[2:])
-        t = target.reshape(-1, *target.shape[2:])
-        d = lpips(p.clamp(0, data_range) * scale, t.clamp(0, data_range) * scale, group_size=group_size).float()
-        return d.view(g, frames, group_size).transpose(1, 2).reshape(g * group_size, frames)
 
 
 # ----------------------------------------------------------------------------------------------

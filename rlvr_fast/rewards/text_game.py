@@ -1,61 +1,15 @@
 """Text-game (ByteSized32 / GPT-simulator) state-prediction rewards, as RLVR-World computes them.
 
 Source: RLVR-World ``lang_wm/verl/verl/utils/reward_score/text_game.py`` (``compute_score_``,
-``recover_game_state_from_partial``, ``evaluate``, ``get_state_diff_detail_v2``, ``compare_dict``),
-used for ``data_source == "llm_simulator"``. Values match it on every completion (given the same
-parsed answer; see *Departures*), quirks included.
+``recover_game_state_from_partial``, ``evaluate``, ``get_state_diff_detail_v2``, ``compare_dict``;
+github.com/thuml/RLVR-World commit e1b8b6f), used for ``data_source == "llm_simulator"``. Values match
+it on every completion (given the same parsed answer), quirks included.
 
-A state is ``{"game_state": [object, ..., score]}``. An object is a dict with ``uuid``, ``name``,
-``properties`` (dict) and ``contains`` (list of uuids); the last element is the score object
-``{"score": number, "gameOver": bool, "gameWon": bool}``. The model answers with a diff::
-
-    {"modified": [full objects that changed or were added], "removed": [uuids], "score": {...}}
-
-Scoring one completion:
-
-1. ``answer = extract_answer(completion)``, parsed with :func:`loads_tolerant`; a failed parse or an
-   answer without both ``"modified"`` and ``"removed"`` (Python ``in``) scores 0.
-2. The predicted next state is :func:`apply_diff` (current state, answer).
-3. Item accuracy over the *gold* objects: per gold object, one check per gold property (exact
-   value; a list/tuple compared in order, a dict recursively) plus one for ``contains``
-   (order-free); a gold object missing from the prediction, or predicted without ``properties``, is
-   one error. ``item_acc = correct / (correct + errors)``. Score accuracy: the same over the keys of
-   the gold score object.
-4. ``binary = exact = int(item_acc == 1 and score_acc == 1)``.
-5. ``task = 0.09 * item_acc + 0.01 * score_acc + 0.2 * exact + property_term``, where
-   ``property_term`` is the accuracy over the (object, property) pairs, ``contains`` included, that
-   the gold transition changed (current -> gold), restricted to objects present in both the gold and
-   the predicted state, and is left out when there is no such pair. A perfect answer scores 1.3.
-
-RLVR-World quirks reproduced (each is pinned by a test):
-
-- Objects the answer *adds* are dropped: the recovery only walks the current objects, so a
-  ``modified`` entry with a new uuid is ignored and, on a transition that creates objects, no answer
-  can be exact (the gold answer scores ``exact = 0`` there too).
-- Only gold objects are checked: an object the answer should have removed but kept, or any extra
-  object, costs nothing; a ``removed`` list is never checked except through the gold objects it
-  wrongly drops. Extra properties of a predicted object cost nothing in ``item_acc`` either.
-- A predicted property that neither the current nor the gold object has (a hallucinated key) makes
-  ``task`` 0: RLVR-World's ``gold_stat[uuid][key]`` lookup raises KeyError, which its
-  ``compute_score`` turns into 0. ``binary`` is computed before that lookup and keeps its value.
-- If comparing the gold and predicted objects property by property fails (a predicted object with
-  no ``properties``, or unsortable ``contains``), the property term is silently left out.
-- An answer without a ``"score"`` key leaves the predicted state with no score object (score
-  accuracy 0), while a ``"score"`` that is empty or has no length (``{}``, ``0``, ``null``) keeps the
-  current score object.
-- ``"modified"`` / ``"removed"`` are tested with Python ``in`` on whatever the answer parsed to: a
-  list or string containing both words passes and is scored (the state stays the current one, with
-  no score object); a number scores 0. ``removed`` is tested with ``in`` and then ``==``.
-- Values are compared with Python ``==``: ``1 == 1.0 == True``.
-
-Departures:
-
-- Parsing: :func:`loads_tolerant` instead of ``dirtyjson.loads(repair_json(...))``; the two agree
-  on JSON and on the usual breakage but may recover different values from garbage. RLVR-World also
-  rewrites ``True`` / ``False`` / ``None`` inside strings; we leave strings alone.
-- A malformed *example* (``data_state`` / ``ground_truth`` not a valid state) raises ValueError
-  naming it: that is a data bug, not a bad completion (RLVR-World scores every completion 0).
-- Any *other* exception while scoring a prediction scores 0, as RLVR-World's bare ``except`` does.
+A state is ``{"game_state": [object, ..., score]}``; the model answers with a diff
+``{"modified": [objects], "removed": [uuids], "score": {...}}`` that :func:`apply_diff` applies to the
+current state. ``task = 0.09 * item_acc + 0.01 * score_acc + 0.2 * exact + property_term`` (1.3 for a
+perfect answer); ``binary = exact``. Scoring steps, the quirks reproduced and the departures:
+docs/rewards.md.
 """
 
 from __future__ import annotations
@@ -377,7 +331,7 @@ def _evaluate(gold: _Gold, predicted: list) -> tuple[int, int, int, int, dict] |
 
 
 def metrics(completion: str, example: Example) -> dict[str, float]:
-    """All text-game metrics of one completion (see the module docstring for the rules).
+    """All text-game metrics of one completion (the rules: docs/rewards.md).
 
     Args:
         completion: the model's text.

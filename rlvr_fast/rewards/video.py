@@ -1,4 +1,9 @@
-"""RLVR-World's video reward as one batched path on the device: generated tokens -> token-level rewards.
+"""RLVR-World's video reward: the formula (:func:`pixel_reward`) and its batched path on the device.
+
+The formula is ``reward = -(w_mae * MAE + w_lpips * LPIPS - w_ssim * SSIM - w_psnr * PSNR + w_mse * MSE)``
+against the real next frame (RLVR-World ``_compute_loss`` in ``vid_wm/verl/verl/workers/fsdp_workers.py``,
+github.com/thuml/RLVR-World commit e1b8b6f); :class:`VideoReward` runs it from generated tokens to
+token-level rewards:
 
     reward = VideoReward.from_tokenizer(layout, tokenizer, lpips=lpips)
     out = reward(responses, response_mask, real_frames, group_size=n)
@@ -12,7 +17,7 @@ Steps, all batched over the rollouts (no per-sample loop, no host sync unless va
 2. :func:`~rlvr_fast.ops.codes_to_latents`: one gather from the tokenizer's code -> latent table;
 3. the tokenizer's decoder (channels_last; bf16 autocast on CUDA), over the whole batch or in
    ``decode_chunk`` pieces to cap memory, clamped to [0, 1] as RLVR-World does;
-4. :func:`~rlvr_fast.ops.pixel_reward`: ``-(sum w * m)`` against each group's real frames (read in place),
+4. :func:`pixel_reward`: ``-(sum w * m)`` against each group's real frames (read in place),
    the penalty for invalid rollouts, per-frame aggregation for multi-step responses;
 5. :func:`~rlvr_fast.ops.scatter_sequence_reward`: the token-level reward tensor.
 
@@ -32,13 +37,18 @@ import torch
 from .. import _checks as C
 from ..ops import (
     VideoTokenLayout,
+    aggregate_frames,
     codes_to_latents,
-    pixel_reward,
+    pixel_metrics,
     scatter_sequence_reward,
     unpack_video_tokens,
 )
-from ..ops.pixel_metrics import AGGREGATES, METRIC_NAMES, REWARD_TERMS
+from ..ops.pixel_metrics import AGGREGATES, METRIC_NAMES, check_finite_positive, check_frame_pair
 from ..ops.video import Quantizer
+
+REWARD_TERMS = ("mse", "mae", "psnr", "ssim", "lpips")
+# The sign each metric's weight enters the loss with (reward = -loss): higher PSNR/SSIM is better.
+_LOSS_SIGN = {"mse": 1.0, "mae": 1.0, "lpips": 1.0, "psnr": -1.0, "ssim": -1.0}
 
 
 def _check_frame_range(name: str, frames: torch.Tensor, data_range: float) -> None:
@@ -59,6 +69,122 @@ def _check_frame_range(name: str, frames: torch.Tensor, data_range: float) -> No
 def default_weights(lpips: bool) -> dict[str, float]:
     """RLVR-World's video reward weights: ``{"mae": 1, "lpips": 1}`` with LPIPS, else ``{"mae": 1, "ssim": 1}``."""
     return {"mae": 1.0, "lpips": 1.0} if lpips else {"mae": 1.0, "ssim": 1.0}
+
+
+def default_invalid_reward(weights: Mapping[str, float], data_range: float = 1.0) -> float:
+    """The penalty for an invalid generation when none is given: the worst reward of a valid one.
+
+    Each term's loss contribution ``w * sign * m`` at its worst over the metric's range on clamped
+    inputs: MSE in [0, L^2], MAE in [0, L], SSIM in [-1, 1], PSNR in [10 log10(L^2 / (L^2 + 1e-8)),
+    10 log10(L^2 / 1e-8)], LPIPS in [0, 1] (unbounded in principle; distances of natural images stay
+    below 1).
+    """
+    l2 = data_range**2
+    ranges = {
+        "mse": (0.0, l2), "mae": (0.0, data_range), "ssim": (-1.0, 1.0), "lpips": (0.0, 1.0),
+        "psnr": (10 * math.log10(l2 / (l2 + 1e-8)), 10 * math.log10(l2 / 1e-8)),
+    }  # fmt: skip
+    worst_loss = 0.0
+    for key, w in weights.items():
+        c = w * _LOSS_SIGN[key]
+        worst_loss += max(c * ranges[key][0], c * ranges[key][1])
+    return -worst_loss
+
+
+def pixel_reward(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    weights: Mapping[str, float],
+    *,
+    group_size: int = 1,
+    valid: torch.Tensor | None = None,
+    invalid_reward: float | None = None,
+    lpips: torch.nn.Module | None = None,
+    data_range: float = 1.0,
+    aggregate: str = "mean",
+    gamma: float = 0.9,
+    return_metrics: bool = False,
+):
+    """Sequence rewards ``-(sum of weighted losses)`` of predicted frames, RLVR-World's video reward.
+
+    Args:
+        pred: decoded predictions [B, C, H, W] or [B, T, C, H, W] (float32 / bfloat16 / float16).
+        target: real frames [G, ...] with B = G * group_size (read in place, never repeated).
+        weights: {term: weight} over ``mse, mae, psnr, ssim, lpips``; loss = sum w * m with SSIM and
+            PSNR entering with a minus (RLVR-World ``_compute_loss``). Zero weights cost nothing.
+        group_size: predictions per real frame.
+        valid: optional bool [B] from :func:`~rlvr_fast.ops.unpack_video_tokens`; invalid samples get
+            ``invalid_reward``.
+        invalid_reward: the penalty; default :func:`default_invalid_reward` of the weights.
+        lpips: an :class:`rlvr_fast.models.lpips.LPIPS` on pred's device, required when
+            ``weights["lpips"] != 0``; it computes each real frame's features once per group.
+        data_range: L (frames in [0, L]).
+        aggregate, gamma: per-frame loss -> sample loss for 5-d inputs (see :func:`~rlvr_fast.ops.aggregate_frames`).
+        return_metrics: also return {term: float32 [B]} of the unweighted, frame-aggregated terms.
+
+    Returns:
+        float32 [B] rewards (and the metrics dict when ``return_metrics``), without autograd history.
+        No host synchronisation.
+    """
+    if not isinstance(weights, Mapping) or not weights:
+        raise ValueError(f"weights: expected a non-empty mapping over {list(REWARD_TERMS)}, got {weights!r}")
+    for key, w in weights.items():
+        C.check_choice("weights", key, REWARD_TERMS)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise ValueError(f"weights[{key!r}]: expected a finite number, got {w!r}")
+    if invalid_reward is not None and (
+        isinstance(invalid_reward, bool) or not isinstance(invalid_reward, (int, float))
+        or not math.isfinite(invalid_reward)
+    ):
+        raise ValueError(f"invalid_reward: expected a finite number, got {invalid_reward!r}")
+    check_finite_positive("data_range", data_range)
+    frames = check_frame_pair(pred, target, group_size)
+    C.check_choice("aggregate", aggregate, AGGREGATES)
+    if valid is not None:
+        C.check_tensor("valid", valid, dtypes=(torch.bool,), ndim=1)
+        C.check_shape("valid", valid, (pred.shape[0],), "one flag per prediction")
+        C.check_same_device(pred=pred, valid=valid)
+    active = {k: float(w) for k, w in weights.items() if w != 0}
+    if "lpips" in active and lpips is None:
+        raise ValueError("lpips: weights['lpips'] is non-zero, so an LPIPS network is needed "
+                         "(rlvr_fast.models.lpips.LPIPS.from_files(vgg16_path, lin_path))")
+    batch = pred.shape[0]
+    per_frame: dict[str, torch.Tensor] = {}
+    pixel = [m for m in METRIC_NAMES if m in active or (return_metrics and m in weights)]
+    if pixel:
+        per_frame.update(pixel_metrics(pred, target, group_size=group_size, metrics=pixel, data_range=data_range))
+    if "lpips" in active or (return_metrics and "lpips" in weights and lpips is not None):
+        per_frame["lpips"] = _lpips_per_frame(lpips, pred, target, group_size, frames, data_range)
+    loss = torch.zeros(batch, frames, device=pred.device, dtype=torch.float32)
+    for key, w in active.items():
+        loss = loss + (w * _LOSS_SIGN[key]) * per_frame[key].view(batch, frames)
+    loss = aggregate_frames(loss, aggregate, gamma) if pred.dim() == 5 else loss[:, 0]
+    reward = -loss
+    if valid is not None:
+        penalty = default_invalid_reward(weights, data_range) if invalid_reward is None else float(invalid_reward)
+        reward = torch.where(valid, reward, torch.full_like(reward, penalty))
+    if not return_metrics:
+        return reward
+    metrics = {}
+    for key, v in per_frame.items():
+        metrics[key] = aggregate_frames(v.view(batch, frames), aggregate, gamma) if pred.dim() == 5 else v
+    return reward, metrics
+
+
+def _lpips_per_frame(lpips, pred, target, group_size, frames, data_range) -> torch.Tensor:
+    """LPIPS [B, T] (or [B]) with each real frame's features computed once per group."""
+    scale = 1.0 / data_range
+    pred, target = pred.detach(), target.detach()
+    with torch.no_grad():
+        if pred.dim() == 4:
+            return lpips(pred.clamp(0, data_range) * scale, target.clamp(0, data_range) * scale,
+                         group_size=group_size).float()
+        # [G*g, T] -> [G, T, g] so the n predictions of one real frame are contiguous
+        g = target.shape[0]
+        p = pred.view(g, group_size, frames, *pred.shape[2:]).transpose(1, 2).reshape(-1, *pred.shape[2:])
+        t = target.reshape(-1, *target.shape[2:])
+        d = lpips(p.clamp(0, data_range) * scale, t.clamp(0, data_range) * scale, group_size=group_size).float()
+        return d.view(g, frames, group_size).transpose(1, 2).reshape(g * group_size, frames)
 
 
 class VideoRewardOutput(NamedTuple):

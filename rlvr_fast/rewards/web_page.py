@@ -1,52 +1,13 @@
 """Web-page state prediction reward: item F1 over the three sections of a predicted page diff.
 
 Source: RLVR-World, ``lang_wm/verl/verl/utils/reward_score/web_agent.py`` (``parse_magento_log``,
-``hungarian_match``, ``compute_score``), used for ``data_source == "web_agent"`` (WebArena world
-model, thuml/webarena-world-model-cot).
+``hungarian_match``, ``compute_score``; github.com/thuml/RLVR-World commit e1b8b6f), used for
+``data_source == "web_agent"`` (WebArena world model, thuml/webarena-world-model-cot).
 
-A prediction (and the gold ``reward_model.ground_truth``) is text with three sections::
-
-    New items:
-    [1273] StaticText 'Vortex Running Shoes'
-
-    Deleted items:
-    None
-
-    Updated items:
-    [1220] textbox '\\ue60c' focused: True required: False
-
-Parsing (RLVR-World's rules, reproduced exactly):
-
-- the text is split on ``"\\n"`` only and every line is ``str.strip()``-ed; blank lines are skipped;
-- a line that *starts with* ``"New items:"``, ``"Deleted items:"`` or ``"Updated items:"`` opens that
-  section; whatever follows the colon on the header line is dropped (``"Deleted items: None"`` opens
-  the section and adds nothing);
-- every other line after the first header is an item of the current section; lines before any header
-  are ignored; a section seen twice keeps collecting into the same set;
-- items are a *set* per section: duplicates count once;
-- the literal line ``None`` (what the prompt tells the model to write for an empty section) is an
-  ordinary item, so a gold ``None`` matched by a predicted ``None`` counts as a hit;
-- the whole completion is parsed. RLVR-World's prompts ask for chain-of-thought before the answer
-  and its webagent code has ``[Next State]`` / regex extractors, but the RL reward does not use them:
-  header-looking lines inside the reasoning add items too.
-
-Scoring, micro-averaged over the three sections (gold sections drive the loop, all three always)::
-
-    matched   = sum over sections of hungarian_match(gold_items, pred_items, p)
-    precision = matched / n_pred   (0 if n_pred == 0)
-    recall    = matched / n_gold   (0 if n_gold == 0)
-    f1        = 2 P R / (P + R)    (0 if P + R == 0; so both empty -> 0, not 1)
-
-``hungarian_match`` solves an assignment with cost 0 for identical items and 10000 otherwise and
-counts assigned pairs with cost <= p (strictness, default 0). With those costs the count has a closed
-form, so :func:`match_count` skips the O(n^3) solve (see its docstring for the proof; tests check it
-against :func:`hungarian_count`, which runs the scipy solve and is where a fuzzy cost plugs in).
-
-Departures, both outside what real data reaches: only the first :data:`MAX_CHARS` characters and
-:data:`MAX_LINES` lines of a text are parsed (a runaway generation cannot stall the reward; RLVR-World
-caps responses at 7288 tokens, far below), and a NaN strictness raises instead of scoring 0.
-RLVR-World's verl decodes responses with special tokens kept, so an EOS string glued to the last
-item makes that item miss there; here the completion is whatever the caller passes.
+A prediction (and the gold ``reward_model.ground_truth``) is text with ``New items:``, ``Deleted
+items:`` and ``Updated items:`` sections; each section's lines are a set of items, and the reward is
+the item F1 micro-averaged over the three sections. Parsing rules, the scoring formula and the
+departures: docs/rewards.md.
 """
 
 from __future__ import annotations
@@ -106,7 +67,7 @@ def parse_sections(
 ) -> dict[str, set[str]]:
     """Split ``text`` into ``{"New items": {...}, "Deleted items": {...}, "Updated items": {...}}``.
 
-    RLVR-World's ``parse_magento_log`` rules (see the module docstring); all three keys are always
+    RLVR-World's ``parse_magento_log`` rules (docs/rewards.md); all three keys are always
     present. Only the first ``max_chars`` characters and, of those, the first ``max_lines`` lines are
     read.
     """
@@ -208,7 +169,7 @@ def _f1(
 
 def item_f1(pred_text: str, gold_text: str, *, strictness: float = 0.0, cost: CostFn | None = None) -> dict:
     """Item precision / recall / F1 of ``pred_text`` against ``gold_text`` (RLVR-World
-    ``compute_score``; formula in the module docstring).
+    ``compute_score``; formula in docs/rewards.md).
 
     Returns ``{"precision", "recall", "f1"}`` as floats and ``{"matched", "n_pred", "n_gold"}`` as
     ints, summed over the three sections. ``cost`` (default: exact match) plugs a fuzzy item cost

@@ -1,73 +1,11 @@
 """The built-in synthetic text-game world: tiny kitchen states in RLVR-World's ByteSized32 format.
 
-It is the world behind ``rlvr-fast demo``: short, fully deterministic transitions that a ~1-3M
-parameter model can learn on a CPU in minutes, scored by the same code as the real text-game data
-(:mod:`rlvr_fast.rewards.text_game`).
-
-Format (exactly RLVR-World's text-game simulator format)
----------------------------------------------------------
-A state is ``{"game_state": [obj, ..., score_obj]}``; an object is
-``{"name": str, "uuid": int, "properties": {...}, "contains": [uuids]}`` and the last element is
-``{"score": int, "gameOver": bool, "gameWon": bool}``. The gold answer is the state diff
-``{"modified": [full objects that changed], "removed": [uuids], "score": score_obj}``; the reward
-applies it to ``extra["data_state"]`` and compares with ``ground_truth`` (the next state). No
-transition ever adds an object (RLVR-World's diff application ignores new uuids).
-
-Objects
--------
-==========  =========================================  =====================================
-kind        names                                      properties
-==========  =========================================  =====================================
-lamp        red_lamp blue_lamp desk_lamp floor_lamp    is_on
-heater      stove oven grill toaster                   is_on
-container   box basket fridge cupboard drawer crate    is_open (+ ``contains``: food uuids)
-food        red_apple green_apple bread egg potato     temperature (0-5), is_cooked
-            carrot fish onion corn pie
-==========  =========================================  =====================================
-
-A food is *loose* when no container lists it, *reachable* when loose or inside an open container.
-Each state holds 2-3 objects (``min_objects``/``max_objects``) with distinct names and random
-distinct uuids in ``1..max_uuid``; generated foods satisfy ``is_cooked == (temperature >= 3)``.
-
-Rules (``step``)
-----------------
-==================  ======================================  =======================================
-action              precondition                            effect
-==================  ======================================  =======================================
-turn on X           X is a lamp/heater and is off           X.is_on = true
-turn off X          X is a lamp/heater and is on            X.is_on = false
-open C              C is a closed container                 C.is_open = true
-close C             C is an open container                  C.is_open = false
-take F              F is in an open container C             F leaves C.contains (F becomes loose)
-put F in C          F is loose food, C an open container    F appended to C.contains
-heat F              F is loose, some heater is on,          F.temperature += 1; if it reaches 3,
-                    F.temperature < 5                       F.is_cooked = true and score += 1
-eat F               F is reachable                          F removed (and dropped from its
-                                                            container); cooked: score += 1,
-                                                            gameOver = gameWon = true; raw:
-                                                            score -= 1, gameOver if score < 0
-anything else       (also every action once gameOver)       nothing changes
-==================  ======================================  =======================================
-
-About 75% of sampled actions change something (``p_effect``; the verb is drawn first, then its
-object); the rest are no-ops (preconditions not met, or ``look``), whose gold diff is
-``{"modified": [], "removed": [], "score": ...}``. Diffs modify at most one object.
-
-Text
-----
-JSON is written with one space between all JSON tokens (``{ "name" : "egg" , "uuid" : 3 , ... }``, valid JSON)
-so a word-level tokenizer round-trips it exactly. Prompt: ``state : <state> action : <words>
-diff :``; answer: ``<diff>``. With the defaults (2-3 objects) and the :func:`build_tokenizer`
-vocabulary (114 tokens incl. 4 special), over 6000 transitions (seed 0): prompt mean 89 / max 109
-tokens, answer mean 38 / max 53 tokens (no special tokens added; add 1 for ``<eos>``).
-``max_objects=4`` gives prompt mean 101 / max 138. Generating 5000 transitions takes ~0.5 s.
-
-Splits
-------
-A (state, action) pair goes to the held-out split iff a fixed hash (blake2b) of its canonical
-string falls in the ``test_fraction`` bucket, so no pair is ever in both splits, whatever the seed
-or sizes. Pairs are distinct within each split. The defaults supply at least 80 000 distinct pairs
-(60 000 train + 20 000 test drawn in ~6 s).
+It is the world behind ``rlvr-fast demo``: short, fully deterministic transitions (lamps, heaters,
+containers, food) that a ~1-3M parameter model can learn on a CPU in minutes, scored by the same code
+as the real text-game data (:mod:`rlvr_fast.rewards.text_game`). States are RLVR-World's text-game
+simulator JSON (``{"game_state": [object, ..., score]}``) and answers its state diffs, written with one
+space between JSON tokens so a word-level tokenizer round-trips them; a hash of each (state, action)
+pair picks its split. Objects, rules, text lengths and splits: docs/worlds.md.
 """
 
 from __future__ import annotations
@@ -83,7 +21,7 @@ __all__ = [
     "SyntheticTextGame",
     "build_tokenizer",
     "dumps",
-    "state_diff",
+    "gold_diff",
     "step",
     "synthetic_text_game_task",
 ]
@@ -239,7 +177,7 @@ def _transition(state: dict, action: str) -> tuple[list[dict], list[int], dict]:
 
 
 def step(state: dict, action: str) -> dict:
-    """The next state after ``action`` (a new dict; ``state`` is not modified). Rules: module doc."""
+    """The next state after ``action`` (a new dict; ``state`` is not modified). Rules: docs/worlds.md."""
     modified, removed, score = _transition(state, action)
     new = {o["uuid"]: o for o in modified}
     gone = set(removed)
@@ -247,18 +185,17 @@ def step(state: dict, action: str) -> dict:
     return {"game_state": [_with(o) for o in objs] + [score]}
 
 
-def state_diff(state: dict, next_state: dict) -> dict:
-    """RLVR-World's diff: changed objects (full, in state order), removed uuids, the score object."""
-    before = {o["uuid"]: o for o in _objects(state)}
-    after = {o["uuid"]: o for o in _objects(next_state)}
-    added = set(after) - set(before)
+def gold_diff(state: dict, next_state: dict) -> dict:
+    """The gold answer of a transition: :func:`rlvr_fast.rewards.text_game.state_diff`, refusing a
+    next state that adds objects (RLVR-World's reward drops them, so no answer to it could be exact)."""
+    from ..rewards.text_game import state_diff  # imported on use, as the metrics below are
+
+    diff = state_diff(state, next_state)
+    before = {o["uuid"] for o in _objects(state)}
+    added = sorted(o["uuid"] for o in diff["modified"] if o["uuid"] not in before)
     if added:
-        raise ValueError(f"state_diff: next_state adds objects {sorted(added)}; the format cannot say so")
-    return {
-        "modified": [o for u, o in after.items() if o != before[u]],
-        "removed": [u for u in before if u not in after],
-        "score": dict(next_state["game_state"][-1]),
-    }
+        raise ValueError(f"gold_diff: next_state adds objects {added}; RLVR-World's reward would drop them")
+    return diff
 
 
 # ----------------------------------------------------------------------------- the world
@@ -404,7 +341,7 @@ class SyntheticTextGame:
         nxt = step(state, action)
         return Example(
             prompt=format_prompt(state, action),
-            answer=dumps(state_diff(state, nxt)),
+            answer=dumps(gold_diff(state, nxt)),
             ground_truth=json.dumps(nxt),
             extra={"data_state": json.dumps(state), "data_action": action},
             source=source,

@@ -1,51 +1,11 @@
 """Loader for RLVR-World's text-game (ByteSized32 / GPT-simulator) state-prediction data.
 
-RLVR-World writes these rows in verl's RL format
-(``lang_wm/data_process/text_game/process_jsonl.py``, ``process_jsonl_train.py``), one state
-transition each:
-
-``prompt`` (required)
-    the chat messages, a list of ``{"role": ..., "content": <str>}`` (RLVR-World writes exactly one
-    user message); the contents, joined with ``"\\n"``, become :attr:`Example.prompt`. A plain
-    string is taken as the prompt itself.
-``reward_model.ground_truth`` (required)
-    ``json.dumps`` of the gold next state ``{"game_state": [object, ..., score]}``; becomes
-    :attr:`Example.ground_truth`.
-``extra_info.data_state`` (required)
-    ``json.dumps`` of the current state, same format.
-``extra_info.data_action`` (required)
-    the action text. Both go to :attr:`Example.extra` (``{"data_state", "data_action"}``).
-``extra_info.split`` (required only when ``split=`` is given)
-    ``"train"`` / ``"test"``; rows of other splits are skipped.
-``data_source`` (optional)
-    if present it must be ``"llm_simulator"`` (RLVR-World's tag for this reward).
-``answer`` (optional)
-    the SFT response (the column verl's ``fsdp_sft_trainer`` reads by default,
-    ``data.response_key=answer``). A row that has it (a non-blank str) gets it as
-    :attr:`Example.answer`, the MLE target, as written (e.g. reasoning, then the answer; the reward
-    finds the answer with :func:`rlvr_fast.rewards._json.extract_answer`). A row without it falls back
-    to the gold diff (below). RLVR-World's text-game RL files have no such column; its SFT file
-    (``thuml/bytesized32-world-model-cot/generated_cot.parquet``, written by
-    ``lang_wm/data_process/text_game/generate_sft_data.py`` and read by
-    ``lang_wm/verl/examples/sft/text_game/run_text_game_sft.sh`` with
-    ``data.response_key=reward_model``, ``+data.response_dict_keys=['ground_truth']``) stores
-    DeepSeek-R1's ``reasoning_response + response`` in ``reward_model.ground_truth`` in place of the
-    gold next state, so it does not load as RL rows (that ground truth is not a state). To train on
-    that text, put it in an ``answer`` column of the matching RL row (same ``extra_info.index``).
-
-Other fields (``ability``, ``reward_model.style``, ``extra_info.index``) are ignored. A state given as
-an object instead of a JSON string is accepted and re-serialised.
-
-Without ``answer``, :attr:`Example.answer` is ``json.dumps(state_diff(current, next))``: the bare JSON
-diff ``{"modified": [...], "removed": [...], "score": {...}}`` with nothing before it (no reasoning,
-no ``The final answer is:``; the reward parses a bare JSON answer as the whole text).
-
-Accepted files: ``.parquet`` (read with pyarrow), ``.jsonl`` (one JSON object per line, blank lines
-skipped) and ``.json`` (a JSON array of rows, or JSON lines as ``datasets.Dataset.to_json`` writes
-them), read by :mod:`._files`. :attr:`Example.source` is ``"<path>:<n>"``, n the 1-based line for JSON
-lines and the 0-based row index for parquet files and JSON arrays; every error names it and the field.
-Both states are validated at load time (see :mod:`rlvr_fast.rewards.text_game`), so a bad row fails
-here and not in the middle of training.
+Rows in verl's RL format, one state transition each, as RLVR-World writes them
+(``lang_wm/data_process/text_game/process_jsonl.py``, github.com/thuml/RLVR-World commit e1b8b6f):
+``prompt``, ``reward_model.ground_truth`` (the next state), ``extra_info.data_state`` /
+``extra_info.data_action``, and optionally ``answer`` (the SFT response; without it the MLE target is
+the gold state diff). Files: ``.parquet``, ``.jsonl``, ``.json`` (:mod:`._files`). Every field, the
+SFT data and validation: docs/worlds.md.
 """
 
 from __future__ import annotations
@@ -65,7 +25,7 @@ DATA_SOURCE = "llm_simulator"
 def load_text_game(
     path: str | os.PathLike, *, split: str | None = None, limit: int | None = None
 ) -> list[Example]:
-    """Read RLVR-World text-game rows (fields in the module docstring) from a local file.
+    """Read RLVR-World text-game rows (fields: docs/worlds.md) from a local file.
 
     Args:
         path: a ``.parquet``, ``.jsonl`` or ``.json`` file.

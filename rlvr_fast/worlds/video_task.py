@@ -88,7 +88,8 @@ def layout_tokenizer(layout):
 
 
 def _world(data_cfg, video_cfg, seed: int):
-    from .video import OXEEpisodes, SpriteWorld, SpriteWorldConfig
+    from .rt1 import OXEEpisodes
+    from .sprite import SpriteWorld, SpriteWorldConfig
 
     if data_cfg.world == "sprite_video":
         h, w = (int(v) for v in video_cfg.frame_size)
@@ -282,7 +283,7 @@ class VideoTask:
         out = self.reward(responses, present, target, group_size=group_size)
         metrics = {**out.metrics, "valid": out.valid.float(), "reward": out.scores}
         if self.n_sprites:  # object-level check the pixel metrics cannot make (see sprite_accuracy)
-            from .video import sprite_accuracy
+            from .sprite import sprite_accuracy
 
             metrics["sprites"] = sprite_accuracy(out.frames, target, self.n_sprites, group_size=group_size)
         return out.token_rewards, metrics

@@ -1,36 +1,10 @@
 """Loader for RLVR-World's web-page (WebArena) state-prediction data.
 
-RLVR-World trains on ``thuml/webarena-world-model-cot`` ``train.parquet`` / ``test.parquet``
-(``lang_wm/verl/examples/grpo_trainer/run_web_agent_rl.sh``), in verl's RL row format. Each row:
-
-``prompt`` (required)
-    the chat messages, a list holding exactly one ``{"role": "user", "content": <str>}``; its content
-    becomes :attr:`Example.prompt`. A plain string is accepted as the prompt itself.
-``reward_model`` (required)
-    a mapping with ``ground_truth``: the gold next-state text with the ``New items:`` /
-    ``Deleted items:`` / ``Updated items:`` sections (see :mod:`rlvr_fast.rewards.web_page`). It
-    becomes :attr:`Example.ground_truth`, and :attr:`Example.answer` (the MLE target) for a row
-    without ``answer``.
-``answer`` (optional)
-    the SFT response: RLVR-World's SFT run
-    (``lang_wm/verl/examples/sft/web_agent/run_web_agent_sft.sh``) trains verl's
-    ``fsdp_sft_trainer`` on the same ``train.parquet`` / ``test.parquet`` with
-    ``data.prompt_key=question`` and ``data.response_key=answer``. A row that has it (a non-blank
-    str) gets it, as written (reasoning included), as :attr:`Example.answer`; a row without it
-    (absent, None or blank) falls back to ``reward_model.ground_truth``.
-``data_source`` (optional)
-    if present it must be ``"web_agent"`` (RLVR-World's tag for this reward), so that a file of
-    another task is not scored with the wrong reward.
-``extra_info`` (optional)
-    a mapping (verl writes ``split`` / ``index``); copied into :attr:`Example.extra`.
-
-Other columns (``ability``; ``question``, the SFT prompt, which is the prompt's content) are ignored.
-
-Accepted files: ``.parquet`` (read with pyarrow), ``.jsonl`` (one JSON object per line, blank lines
-skipped) and ``.json`` (a JSON array of row objects, or JSON lines as ``datasets.Dataset.to_json``
-writes them), read by :mod:`._files`. :attr:`Example.source` is ``"<path>:<n>"``, n the 1-based line
-for JSON lines and the 0-based row index for parquet files and JSON arrays; every error names it and
-the field.
+Rows in verl's RL format as in ``thuml/webarena-world-model-cot`` ``train.parquet`` / ``test.parquet``
+(``lang_wm/verl/examples/grpo_trainer/run_web_agent_rl.sh``, github.com/thuml/RLVR-World commit
+e1b8b6f): ``prompt``, ``reward_model.ground_truth`` (the gold next-state text), and optionally
+``answer`` (the SFT response; without it the MLE target is the ground truth), ``data_source``,
+``extra_info``. Files: ``.parquet``, ``.jsonl``, ``.json`` (:mod:`._files`). Every field: docs/worlds.md.
 """
 
 from __future__ import annotations
@@ -83,7 +57,7 @@ def _example(row: Any, where: str) -> Example:
 
 
 def load_web_page(path: str | os.PathLike, *, limit: int | None = None) -> list[Example]:
-    """Read RLVR-World web-page rows (fields in the module docstring) from a ``.parquet``, ``.jsonl``
+    """Read RLVR-World web-page rows (fields: docs/worlds.md) from a ``.parquet``, ``.jsonl``
     or ``.json`` file; ``limit`` keeps the first ``limit`` rows.
 
     Raises ValueError naming ``file:line`` (or row) and the field for a bad row, and for a file with
