@@ -17,10 +17,11 @@ import torch
 
 from rlvr_fast import rewards
 from rlvr_fast.trainer import config as C
-from rlvr_fast.trainer.grpo import DataStream, GRPOTrainer
+from rlvr_fast.trainer.grpo import GRPOTrainer
 from rlvr_fast.trainer.rollout import (
     Rollout, left_pad, position_ids, response_logits, response_mask_from, sample, teacher_batch,
 )  # fmt: skip
+from rlvr_fast.trainer.run_state import DataStream
 from rlvr_fast.worlds import Example
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -458,7 +459,7 @@ def test_resume_after_interrupt_is_exact(tmp_path):
     def interrupt_after_two():
         out = step()
         if t.rl_step == 1:  # the counter moves after this returns: this is step 2
-            t._on_interrupt(None, None)
+            t.interrupt.on_sigint(None, None)
         return out
 
     t.grpo_step = interrupt_after_two
@@ -482,7 +483,7 @@ def test_resume_during_mle_stage(tmp_path):
     def interrupt():
         out = upd()
         if t.mle_step == 1:
-            t._on_interrupt(None, None)
+            t.interrupt.on_sigint(None, None)
         return out
 
     t.mle_update = interrupt
@@ -506,7 +507,7 @@ def test_nan_loss_skips_the_step(tmp_path, monkeypatch, caplog):
     t = GRPOTrainer(tiny_config(tmp_path, "mle.steps=0", "trainer.steps=3", "trainer.eval_every=0", f"reward.name={__name__}:_ok"))
     before = {k: v.clone() for k, v in t.module.state_dict().items()}
     t.stage = "rl"
-    t._t0 = time.perf_counter()
+    t.started = time.perf_counter()
     t.grpo_step()
     after_first = {k: v.clone() for k, v in t.module.state_dict().items()}
     assert any(not torch.equal(before[k], after_first[k]) for k in before)

@@ -26,6 +26,9 @@ Simplifications, all deliberate: rollouts use the training model itself (no vLLM
 batch is generated and trained on the same device in turn; with one PPO epoch and one mini-batch
 the "old" log-probs are the current ones (ratio 1, no extra forward), as in verl; text rewards are
 computed on the host (they parse strings); sequences are padded, not packed.
+
+Around the loop, each in its own module: what a checkpoint holds and how ``--resume`` continues from it
+(``run_state.py``, files in ``checkpoint.py``), Ctrl-C (``interrupt.py``), the summary (``report.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ import copy
 import json
 import logging
 import math
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -48,73 +50,12 @@ from .._threads import CpuThreads
 from ..models import count_parameters, load_model
 from ..worlds import Task, load_task
 from . import distributed as D
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from . import interrupt, report, run_state
 from .config import Config, ConfigError
 from .logger import RunLogger
 from .rollout import Rollout, encode_answer, encode_prompt, response_logits, sample, teacher_batch
 
 log = logging.getLogger(__name__)
-
-# Settings that ``--resume`` may change: they do not alter what the run computes, only how long it runs,
-# when it evaluates or saves, how it reports, and where its directory is. Any other change is refused.
-RESUME_CHANGEABLE = frozenset(
-    {
-        "trainer.steps",
-        "trainer.eval_every",
-        "trainer.save_every",
-        "trainer.progress",
-        "trainer.tensorboard",
-        "trainer.cpu_threads",
-        "trainer.out_dir",
-        "reward.workers",
-    }
-)
-# what resume() reads from a checkpoint's trainer state
-STATE_KEYS = "stage mle_step rl_step stream optimizer scheduler results best counters elapsed ref rng".split()
-
-
-def config_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
-    """``{"section.key": (saved value, current value)}`` for every setting that differs between two
-    ``Config.to_dict()`` trees; keys only one of them has (options added or removed since) are skipped."""
-    out = {}
-    for section, values in current.items():
-        old = saved.get(section)
-        if not (isinstance(values, dict) and isinstance(old, dict)):
-            continue
-        for key, value in values.items():
-            if key in old and old[key] != value:
-                out[f"{section}.{key}"] = (old[key], value)
-    return out
-
-
-class DataStream:
-    """Endless shuffled indices over ``n`` examples; a fresh permutation per epoch from ``seed``.
-    Its whole state is (epoch, position), so a checkpoint resumes the exact order."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch, self.pos = n, seed, 0, 0
-        self._perm = self._permutation()
-
-    def _permutation(self) -> list[int]:
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)).tolist()
-
-    def take(self, k: int) -> list[int]:
-        out = []
-        while len(out) < k:
-            if self.pos == self.n:
-                self.epoch, self.pos = self.epoch + 1, 0
-                self._perm = self._permutation()
-            m = min(k - len(out), self.n - self.pos)
-            out += self._perm[self.pos : self.pos + m]
-            self.pos += m
-        return out
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, s: dict) -> None:
-        self.epoch, self.pos = s["epoch"], s["pos"]
-        self._perm = self._permutation()
 
 
 class GRPOTrainer:
@@ -155,18 +96,20 @@ class GRPOTrainer:
                                 progress=cfg.trainer.progress)  # fmt: skip
         self.train_set = [] if eval_only else self._encode(self.task.train, "train")
         self.test_set = self._encode(self.task.test[: cfg.trainer.eval_size], "test")
-        self.stream = DataStream(len(self.train_set), cfg.trainer.seed)
+        # the run's progress: what a checkpoint holds besides weights, optimizer and reference (run_state.py)
+        self.stream = run_state.DataStream(len(self.train_set), cfg.trainer.seed)
         self.stage, self.mle_step, self.rl_step = "mle", 0, 0
         self.results: dict[str, Any] = {}
         self.previews: dict[str, Any] = {}  # stage -> held-out greedy responses for Task.preview
         self.best: dict[str, Any] = {}
         self.counters = {"nan_skipped": 0, "reward_errors": 0, "reward_timeouts": 0}
-        self.elapsed = 0.0
-        self._stop = False
+        self.elapsed = 0.0  # seconds of earlier sessions (a resumed run)
+        self.started = 0.0  # time.perf_counter() when run() began
+        self.interrupt = interrupt.Interrupt(self.dist, self.device)
         if cfg.mle.steps:
-            self._new_optimizer(cfg.mle.lr, cfg.mle.warmup_steps, decay_steps=cfg.mle.steps)
+            self.new_optimizer(cfg.mle.lr, cfg.mle.warmup_steps, decay_steps=cfg.mle.steps)
         else:
-            self._new_optimizer(cfg.trainer.lr, cfg.trainer.warmup_steps)
+            self.new_optimizer(cfg.trainer.lr, cfg.trainer.warmup_steps)
 
     # ---------------------------------------------------------------- setup helpers
     def _encode(self, examples, split: str) -> list[tuple[Any, list[int], list[int]]]:
@@ -188,7 +131,7 @@ class GRPOTrainer:
             raise ValueError(f"{split} split is empty after dropping prompts longer than data.max_prompt_tokens")
         return out
 
-    def _new_optimizer(self, lr: float, warmup: int, decay_steps: int = 0) -> None:
+    def new_optimizer(self, lr: float, warmup: int, decay_steps: int = 0) -> None:
         """AdamW with linear warmup, then constant (GRPO, as verl) or, with ``decay_steps``, cosine to 10%
         of the peak (the MLE stage, as usual for supervised fine-tuning)."""
         t = self.cfg.trainer
@@ -404,76 +347,16 @@ class GRPOTrainer:
         return metrics
 
     # ---------------------------------------------------------------- checkpoints
-    def _state(self) -> dict[str, Any]:
-        return {
-            "stage": self.stage, "mle_step": self.mle_step, "rl_step": self.rl_step, "stream": self.stream.state_dict(),
-            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "results": self.results,
-            "previews": self.previews, "best": self.best, "counters": self.counters, "elapsed": self.elapsed + time.perf_counter() - self._t0,
-            "ref": {k: v.cpu() for k, v in self.ref.state_dict().items()} if self.ref is not None else None,
-            "config": self.cfg.to_dict(),
-        }  # fmt: skip
-
     def save(self, name: str = "checkpoint") -> None:
         """Checkpoint into ``out_dir/name`` (collective: all ranks call it; rank 0 writes)."""
-        weights = D.full_state_dict(self.model)
-        rngs = D.gather_objects(rng_state(), self.dist)
-        if self.dist.main:
-            state = self._state()
-            state["rng"] = rngs
-            # the latest checkpoint keeps its predecessor (the resume fallback); best/ needs none
-            save_checkpoint(self.out / name, D.unwrap(self.model), self.tok, state, weights=weights,
-                            assets=self.task.save_assets, keep_previous=name == "checkpoint")  # fmt: skip
-
-    def _resume_changes(self, state: dict) -> dict[str, tuple[Any, Any]]:
-        """The settings that differ from the checkpoint's; ConfigError listing the keys if any of them is
-        not in :data:`RESUME_CHANGEABLE`. Called before the weights are loaded."""
-        saved = state.get("config")
-        if not isinstance(saved, dict):
-            log.warning("the checkpoint records no configuration: changed settings cannot be checked")
-            return {}
-        changes = config_changes(saved, self.cfg.to_dict())
-        refused = sorted(k for k in changes if k not in RESUME_CHANGEABLE)
-        if refused:
-            listed = ", ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in refused)
-            raise ConfigError(
-                f"--resume: settings differ from the checkpoint's ({listed}); a resumed run must keep them "
-                f"(changeable on resume: {sorted(RESUME_CHANGEABLE)}). Resume with the original values, or "
-                "start a new run in another trainer.out_dir"
-            )
-        return changes
+        # the latest checkpoint keeps its predecessor (the resume fallback); best/ needs none
+        run_state.save(self, self.out / name, keep_previous=name == "checkpoint")
 
     def resume(self, path: Path) -> None:
         """Continue from the checkpoint ``path`` (or, if a file of it is broken, the previous good one)."""
-        module = D.unwrap(self.model)
-        state = load_checkpoint(path, module, required=STATE_KEYS, check=self._resume_changes)
-        path = Path(state.pop("loaded_from"))
-        self.stage, self.mle_step, self.rl_step = state["stage"], state["mle_step"], state["rl_step"]
-        self.stream.load_state_dict(state["stream"])
-        self.results, self.best, self.counters, self.elapsed = state["results"], state["best"], state["counters"], state["elapsed"]
-        self.previews = state.get("previews", {})
-        if self.stage == "rl":
-            self._new_optimizer(self.cfg.trainer.lr, self.cfg.trainer.warmup_steps)
-            if state["ref"] is not None:
-                self._make_ref(state["ref"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        rngs = state["rng"]
-        set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
-        # the log continues from the checkpoint: drop records an interrupted run wrote after it
-        s, m, r = self.stage, self.mle_step, self.rl_step
-        self.logger.truncate(lambda rec: (rec["stage"] == "mle" and rec["step"] <= m) or
-                             (rec["stage"] in ("rl", "eval") and s == "rl" and rec["step"] <= r))  # fmt: skip
-        log.info("resumed from %s at stage %s (MLE step %d, GRPO step %d)", path, s, m, r)
-        saved = state.get("config")  # the changes the check above accepted: record them
-        changes = config_changes(saved, self.cfg.to_dict()) if isinstance(saved, dict) else {}
-        if changes:
-            listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changes.items()))
-            where = self.out / "config.json"
-            log.warning("--resume: changed settings accepted, recorded in %s: %s", where, listed)
-            if self.dist.main:
-                (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        run_state.resume(self, path)
 
-    def _make_ref(self, weights: dict | None = None) -> None:
+    def make_ref(self, weights: dict | None = None) -> None:
         """The frozen reference: a copy of the policy, or of ``weights`` (from a checkpoint)."""
         if D.is_fsdp(self.model):  # a sharded module cannot be deep-copied: rebuild from gathered weights
             ref, _ = load_model(self.cfg.model, self.tok, self.device)
@@ -486,9 +369,11 @@ class GRPOTrainer:
 
     # ---------------------------------------------------------------- the run
     def run(self, resume: bool = False) -> dict[str, Any]:
-        """MLE stage, evaluation, GRPO stage with periodic evaluation and checkpoints; the summary."""
+        """MLE stage, evaluation, GRPO stage with periodic evaluation and checkpoints, final evaluation and
+        checkpoint; the summary. Ctrl-C finishes the current step, writes a checkpoint and raises
+        KeyboardInterrupt (a second Ctrl-C raises at once)."""
         cfg, t = self.cfg, self.cfg.trainer
-        self._t0 = time.perf_counter()
+        self.started = time.perf_counter()
         if resume:
             self.resume(self.out / "checkpoint")
         elif self.dist.main:
@@ -496,99 +381,81 @@ class GRPOTrainer:
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         if self.dist.main:
-            log.info("model: %.2fM parameters on %s; %d train / %d held-out examples", count_parameters(self.module) / 1e6,
-                     self.device, len(self.train_set), len(self.test_set))  # fmt: skip
-        previous = signal.getsignal(signal.SIGINT)
-        signal.signal(signal.SIGINT, self._on_interrupt)
+            sizes = count_parameters(self.module) / 1e6, self.device, len(self.train_set), len(self.test_set)
+            log.info("model: %.2fM parameters on %s; %d train / %d held-out examples", *sizes)
         try:
-            if self.stage == "mle":
-                self.logger.start_bar(cfg.mle.steps, self.mle_step, "MLE")
-                while self.mle_step < cfg.mle.steps and not self._should_stop():
-                    self._adapt_threads()
-                    self.mle_step_logged()
-                    self._maybe_save(self.mle_step)
-                self.logger.close_bar()
-                if self._stop:
-                    return self._interrupted()
-                self.results["mle"] = self._eval_and_select()
-                self.stage = "rl"
-                self._new_optimizer(t.lr, t.warmup_steps)
-                if cfg.algo.kl_coef > 0:
-                    self._make_ref()
-            self.logger.start_bar(t.steps, self.rl_step, "GRPO")
-            while self.rl_step < t.steps and not self._should_stop():
-                self._adapt_threads()
-                m = self.grpo_step()
-                self.rl_step += 1
-                self.logger.write({"stage": "rl", "step": self.rl_step, **m, **self.counters})
-                self.logger.advance(reward=m["reward"], kl=m.get("kl", 0.0), clip=m.get("clipfrac", 0.0))
-                if t.eval_every and self.rl_step % t.eval_every == 0 and self.rl_step < t.steps:
-                    self._eval_and_select()
-                self._maybe_save(self.rl_step)
-            self.logger.close_bar()
-            if self._stop:
-                return self._interrupted()
-            # no GRPO step taken: the "after" model is the "before" one, no need to decode it again
-            self.results["rlvr"] = self._eval_and_select() if self.rl_step else dict(self.results.get("mle", {}))
-            self.save()
+            with self.interrupt:
+                if self.stage == "mle":
+                    self._mle_stage()
+                    self.results["mle"] = self._eval_and_select()
+                    self.stage = "rl"
+                    self.new_optimizer(t.lr, t.warmup_steps)
+                    if cfg.algo.kl_coef > 0:
+                        self.make_ref()
+                self._grpo_stage()
+                if self.rl_step:
+                    self.results["rlvr"] = self._eval_and_select()
+                else:  # no GRPO step taken: the "after" model is the "before" one, no need to decode it again
+                    self.results["rlvr"] = dict(self.results.get("mle", {}))
+                self.save()
         finally:
-            signal.signal(signal.SIGINT, previous)
             rewards.close_pool()  # the reward worker processes live for one run
             self.logger.close()
-        return self._finish()
+        return report.summarize(
+            model=self.model,
+            dist=self.dist,
+            task=self.task,
+            held_out=[ex for ex, _, _ in self.test_set],
+            results=self.results,
+            best=self.best,
+            counters=self.counters,
+            previews=self.previews,
+            seconds=self.elapsed + time.perf_counter() - self.started,
+            logger=self.logger,
+            out=self.out,
+        )
+
+    def _mle_stage(self) -> None:
+        """Teacher-forced steps up to ``mle.steps``, a log record every 10 and a checkpoint every
+        ``save_every``."""
+        steps = self.cfg.mle.steps
+        self.logger.start_bar(steps, self.mle_step, "MLE")
+        while self.mle_step < steps and not self.interrupt.should_stop():
+            self._adapt_threads()
+            m = self.mle_update()
+            self.mle_step += 1
+            if self.mle_step % 10 == 0 or self.mle_step == steps:
+                self.logger.write({"stage": "mle", "step": self.mle_step, **m})
+            self.logger.advance(loss=m["loss"])
+            self._maybe_save(self.mle_step)
+        self.logger.close_bar()
+        self.interrupt.exit_if_stopped(self.save, self.out / "checkpoint")
+
+    def _grpo_stage(self) -> None:
+        """GRPO steps up to ``trainer.steps``, each logged, an evaluation every ``eval_every`` (the last
+        one is run()'s) and a checkpoint every ``save_every``."""
+        t = self.cfg.trainer
+        self.logger.start_bar(t.steps, self.rl_step, "GRPO")
+        while self.rl_step < t.steps and not self.interrupt.should_stop():
+            self._adapt_threads()
+            m = self.grpo_step()
+            self.rl_step += 1
+            self.logger.write({"stage": "rl", "step": self.rl_step, **m, **self.counters})
+            self.logger.advance(reward=m["reward"], kl=m.get("kl", 0.0), clip=m.get("clipfrac", 0.0))
+            if t.eval_every and self.rl_step % t.eval_every == 0 and self.rl_step < t.steps:
+                self._eval_and_select()
+            self._maybe_save(self.rl_step)
+        self.logger.close_bar()
+        self.interrupt.exit_if_stopped(self.save, self.out / "checkpoint")
 
     def _adapt_threads(self) -> None:
         if self.threads is not None:
             self.threads.step()
 
-    def mle_step_logged(self) -> None:
-        m = self.mle_update()
-        self.mle_step += 1
-        if self.mle_step % 10 == 0 or self.mle_step == self.cfg.mle.steps:
-            self.logger.write({"stage": "mle", "step": self.mle_step, **m})
-        self.logger.advance(loss=m["loss"])
-
     def _maybe_save(self, step: int) -> None:
         every = self.cfg.trainer.save_every
         if every and step % every == 0:
             self.save()
-
-    def _on_interrupt(self, signum, frame) -> None:
-        if self._stop:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self._stop = True
-        log.warning("interrupted: finishing the current step, then writing a checkpoint (Ctrl-C again to abort)")
-
-    def _should_stop(self) -> bool:
-        # every rank must stop at the same step boundary, so the flag is agreed collectively
-        self._stop = D.any_rank(self._stop, self.dist, self.device)
-        return self._stop
-
-    def _interrupted(self) -> dict[str, Any]:
-        self.logger.close_bar()
-        self.save()
-        if self.dist.main:
-            print(f"checkpoint written to {self.out / 'checkpoint'}; continue with --resume")
-        raise KeyboardInterrupt
-
-    def _finish(self) -> dict[str, Any]:
-        elapsed = self.elapsed + time.perf_counter() - self._t0
-        # data parallelism must leave every rank with the same weights; check it rather than assume it
-        checksum = float(sum(p.detach().double().sum().item() for p in D.unwrap(self.model).parameters()))
-        sums = D.gather_objects(checksum, self.dist)
-        summary = {
-            "ranks": self.dist.world, "ranks_agree": all(c == sums[0] for c in sums),
-            "mle": self.results.get("mle", {}), "rlvr": self.results.get("rlvr", {}), "seconds": round(elapsed, 1),
-            "best": self.best, "select_metric": self.task.select_metric, "task": self.task.name,
-            "eval_examples": len(self.test_set), "counters": self.counters,
-        }  # fmt: skip
-        if self.dist.main:
-            summary["plot"] = str(self.logger.plot(self.task.select_metric))
-            if self.task.preview is not None and self.previews:
-                stages = {k: ([self.test_set[i][0] for i in pos], r, m) for k, (pos, r, m) in self.previews.items()}
-                summary["preview"] = str(self.task.preview(self.out / "preview.png", stages))
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
-        return summary
 
 
 def train(cfg: Config, *, resume: bool = False, task: Task | None = None) -> dict[str, Any]:
