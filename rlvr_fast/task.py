@@ -61,7 +61,8 @@ class Scored(NamedTuple):
     scores:        float32 [B] on the rollouts' device, the outcome reward of each rollout.
     token_rewards: float32 [B, R] token-level rewards whose row sums are ``scores`` (verl's layout:
                    the reward on the last response token), or None for outcome-only tasks.
-    metrics:       {name: float32 [B]} per-rollout metrics; held-out evaluation reports their means
+    metrics:       {name: [B]} per-rollout metrics (float32 on the device; a text task's host-side metrics
+                   float64 on the CPU, their exact values); held-out evaluation reports their means
                    and selects checkpoints by ``Task.select_metric``.
     stats:         failed reward calls (:class:`ScoreStats`).
     """
