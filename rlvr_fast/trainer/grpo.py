@@ -356,7 +356,7 @@ class GRPOTrainer:
             chunk = rows[s : s + bs]
             with self._autocast():
                 batch = self._sample(chunk, 1, greedy=True)
-            metrics = self.task.score(batch, [ex for ex, _, _ in chunk], 1).metrics
+            metrics = self.task.evaluate(batch, [ex for ex, _, _ in chunk])
             values = {k: v.cpu().tolist() for k, v in metrics.items()}
             per_example += [{k: v[i] for k, v in values.items()} for i in range(len(chunk))]
             k = self.task.preview_count

@@ -71,6 +71,10 @@ class TextTask(Task):
         scores = torch.tensor(raw, dtype=torch.float32, device=rollout.responses.device)
         return Scored(scores, None, self._metrics(rollout.completions, examples), stats)
 
+    def evaluate(self, rollout: Generated, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        """The metrics alone: held-out evaluation does not run the reward."""
+        return self._metrics(rollout.completions, examples)
+
     def _metrics(self, completions: Sequence[str], examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         """{name: float64 [B] on the CPU}: each metric over the union of the names, 0.0 where a call lacks it
         or raised. They are computed on the host; float64 keeps their exact values (held-out means as before)."""
