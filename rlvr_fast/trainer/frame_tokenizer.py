@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 # video.tokenizer: architecture name -> class (the checkpoint format its from_pretrained reads)
 ARCHITECTURES: dict[str, type] = {"tiny": TinyFSQTokenizer, "ivideogpt": CNNFSQTokenizer}
 # settings of the trained tokenizer, part of the cache fingerprint
-TRAINING_KEYS = ("tokenizer_steps", "tokenizer_lr", "tokenizer_batch_size", "tokenizer_channels", "tokenizer_res_blocks")
+TRAINING_KEYS = (
+    "tokenizer_steps", "tokenizer_lr", "tokenizer_batch_size", "tokenizer_channels", "tokenizer_res_blocks",
+)
 
 
 def load_saved(path: Path, device):

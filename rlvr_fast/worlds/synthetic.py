@@ -497,14 +497,8 @@ def _text_game_metrics(completion: str, example: Example) -> dict[str, float]:
 
 
 def synthetic_text_game_task(
-    seed: int = 0,
-    n_train: int = 4000,
-    n_test: int = 500,
-    *,
-    uuids: str = "random",
-    reward: str | None = None,
-    limits: RewardLimits = RewardLimits(),
-    **world_kwargs: Any,
+    seed: int = 0, n_train: int = 4000, n_test: int = 500, *, uuids: str = "random", reward: str | None = None,
+    limits: RewardLimits = RewardLimits(), **world_kwargs: Any,
 ) -> TextTask:
     """The ``synthetic_text_game`` task: world splits, text-game metrics and the world's tokenizer.
 
@@ -515,13 +509,6 @@ def synthetic_text_game_task(
     world = SyntheticTextGame(seed=seed, uuids=uuids, **world_kwargs)
     train, test = world.splits(n_train, n_test)
     return TextTask(
-        "synthetic_text_game",
-        train,
-        test,
-        metrics=_text_game_metrics,
-        default_reward="text_game/task",
-        select_metric="exact",
-        tokenizer=build_tokenizer([" ".join(world.vocabulary())]),
-        reward=reward,
-        limits=limits,
+        "synthetic_text_game", train, test, metrics=_text_game_metrics, default_reward="text_game/task",
+        select_metric="exact", tokenizer=build_tokenizer([" ".join(world.vocabulary())]), reward=reward, limits=limits,
     )
