@@ -213,6 +213,23 @@ def test_forced_slots_in_generation_and_teacher_batch():
 # ----------------------------------------------------------------------------- the task
 
 
+def test_a_video_task_takes_a_ready_frame_tokenizer_and_scores_in_one_call():
+    from rlvr_fast.task import ScoreStats
+    from rlvr_fast.trainer.tasks import task_options
+    from rlvr_fast.worlds import load_task
+
+    cfg = C.load_config(None, [*SHORT, "data.n_train=4", "data.n_test=2"])
+    tok = _tok()
+    task = load_task("sprite_video", strict=False, **task_options(cfg), frame_tokenizer=tok)
+    assert task.frame_tokenizer is tok and task.tokenizer.eos_token_id == task.layout.eos_id
+    assert (len(task.train), len(task.test), task.select_metric) == (4, 2, "reward")
+    answers = task.splits["test"].answers
+    scored = task.score(_Generated(answers, torch.ones_like(answers, dtype=torch.bool)), task.test, 1)
+    torch.testing.assert_close(scored.scores, scored.token_rewards.sum(-1))
+    assert scored.stats == ScoreStats() and {"valid", "reward", "sprites", "mae"} <= set(scored.metrics)
+    assert scored.metrics["valid"].tolist() == [1.0, 1.0]
+
+
 def test_sprite_task_tokens_match_the_layout_and_the_tokenizer_is_cached(tmp_path, monkeypatch):
     from rlvr_fast.models import video_tokenizer as vt
     from rlvr_fast.trainer.tasks import build_task
