@@ -162,13 +162,14 @@ def _config(spec: dict, model_dir: str | None, out_dir: str, attn: str):
     return load_config(demo, overrides)
 
 
-def _task(spec: dict):
-    """The synthetic text-game task restricted to its most common prompt length (no padding anywhere).
+def _task(spec: dict, reward_name: str | None = None):
+    """The synthetic text-game task restricted to its most common prompt length (no padding anywhere),
+    scored by ``reward_name`` (None: the world's reward).
 
     Returns ``(task, prompt_len)``; ``prompt_len`` counts the BOS our trainer and the saved tokenizer add.
     """
-    from rlvr_fast.worlds import Task
     from rlvr_fast.worlds.synthetic import synthetic_text_game_task
+    from rlvr_fast.worlds.text import TextTask
 
     full = synthetic_text_game_task(seed=SEED, n_train=spec["n_train"], n_test=8)
     tok = full.tokenizer
@@ -177,14 +178,15 @@ def _task(spec: dict):
     train = [ex for ex, n in zip(full.train, lens, strict=True) if n == L]
     if len(train) < spec["P"]:
         raise RuntimeError(f"only {len(train)} prompts of the modal length {L}; raise n_train")
-    task = Task(
-        name=full.name,
-        train=train,
-        test=train[:4],
+    task = TextTask(
+        full.name,
+        train,
+        train[:4],
         metrics=full.metrics,
         default_reward=full.default_reward,
         select_metric=full.select_metric,
         tokenizer=tok,
+        reward=reward_name,
     )
     return task, L + 1
 
@@ -435,8 +437,8 @@ def worker(args) -> None:
     if C.try_import("trl"):
         from datasets import Dataset  # noqa: F401
         from trl import GRPOConfig, GRPOTrainer as _T  # noqa: F401
-    task, prompt_len = _task(spec)
     reward_fn, reward_name = _reward()
+    task, prompt_len = _task(spec, reward_name)
     providers = [args.mem_provider] if args.mem_provider else [p for p in args.providers.split(",") if p]
     memory = bool(args.mem_provider)
     gc.collect()

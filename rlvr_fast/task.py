@@ -4,8 +4,9 @@ This module is the ground floor above the ops: rewards, worlds and the trainer i
 nothing from the package. A task is a :class:`Task` subclass:
 
 - ``encode(example, tokenizer, chat_template) -> (prompt ids, answer ids)``;
-- ``score(rollout, examples, group_size) -> Scored``: the reward of every rollout and its metrics,
-  the same call in training (groups of ``group_size``) and in held-out evaluation (greedy, group 1);
+- ``score(rollout, examples, group_size) -> Scored``: the reward of every rollout and its metrics
+  (training: groups of ``group_size``); ``evaluate(rollout, examples)``: the metrics of greedy held-out
+  rollouts, by default those of ``score`` with groups of 1 (a text task skips its reward there);
 - optional: ``tokenizer`` (a task that ships its own), ``response_length`` / ``forced_slots`` (fixed
   response layouts), ``preview`` (a picture of held-out predictions), ``save_assets`` (files a model
   checkpoint needs besides the model).
@@ -61,8 +62,8 @@ class Scored(NamedTuple):
     scores:        float32 [B] on the rollouts' device, the outcome reward of each rollout.
     token_rewards: float32 [B, R] token-level rewards whose row sums are ``scores`` (verl's layout:
                    the reward on the last response token), or None for outcome-only tasks.
-    metrics:       {name: float32 [B]} per-rollout metrics; held-out evaluation reports their means
-                   and selects checkpoints by ``Task.select_metric``.
+    metrics:       {name: [B]} per-rollout metrics (float32 on the device; a text task's host-side metrics
+                   float64 on the CPU, their exact values).
     stats:         failed reward calls (:class:`ScoreStats`).
     """
 
@@ -119,6 +120,12 @@ class Task:
     def score(self, rollout: Generated, examples: Sequence[Any], group_size: int) -> Scored:
         """Rewards and metrics of B = len(examples) rollouts (groups of ``group_size`` contiguous)."""
         raise NotImplementedError
+
+    def evaluate(self, rollout: Generated, examples: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """Metrics {name: [B]} of B greedy held-out rollouts, one per example: the trainer reports their means
+        and selects checkpoints by ``select_metric``. By default :meth:`score`'s with groups of 1; a task
+        whose reward is work its metrics do not need (text tasks: worker processes) leaves it out."""
+        return self.score(rollout, examples, 1).metrics
 
     def preview(self, path: Path, stages: dict[str, tuple[list[Any], torch.Tensor, torch.Tensor]]) -> Path | None:
         """Draw held-out predictions (``stages``: {"mle" | "rlvr": (examples, responses, present)}) to

@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 
-from rlvr_fast.worlds import Example, Task
+from rlvr_fast.task import Example, Task
 from rlvr_fast.worlds.synthetic import (
     SyntheticTextGame,
     build_tokenizer,

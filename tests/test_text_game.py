@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from rlvr_fast.rewards import get_reward
 from rlvr_fast.rewards import text_game as tg
 from rlvr_fast.rewards._json import _repair, extract_answer, loads_tolerant
-from rlvr_fast.worlds import Example, Task
+from rlvr_fast.task import Example, Task
 from rlvr_fast.worlds.text_game import load_text_game, text_game_task
 
 # ---------------------------------------------------------------------------------------------------

@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from rlvr_fast import rewards
+from rlvr_fast.task import Example, ScoreStats
 from rlvr_fast.trainer import config as C
 from rlvr_fast.trainer.grpo import GRPOTrainer
 from rlvr_fast.trainer.rollout import (
     Rollout, left_pad, position_ids, response_logits, response_mask_from, sample, teacher_batch,
 )  # fmt: skip
 from rlvr_fast.trainer.run_state import DataStream
-from rlvr_fast.worlds import Example
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -302,7 +302,7 @@ def test_a_spinning_reward_is_killed_and_exits_are_failures(tmp_path):
     assert spinner not in pids and len(pids) == 2
     for _ in range(3):
         out, stats = rewards.score(_misbehave, ["x" * i for i in range(256)], [ex] * 256, workers=2)
-        assert out == [float(i) for i in range(256)] and stats == rewards.ScoreStats()
+        assert out == [float(i) for i in range(256)] and stats == ScoreStats()
     assert sorted(w.proc.pid for w in rewards._POOL.workers) == pids
     rewards.close_pool()
     assert rewards._POOL is None
@@ -313,10 +313,10 @@ def test_a_spinning_reward_is_killed_and_exits_are_failures(tmp_path):
 
 def test_a_worker_killed_from_outside_is_replaced_and_examples_must_pickle():
     ex = Example("p", "a", "g")
-    assert rewards.score(_ok, ["ab"] * 4, [ex] * 4, workers=2) == ([2.0] * 4, rewards.ScoreStats())
+    assert rewards.score(_ok, ["ab"] * 4, [ex] * 4, workers=2) == ([2.0] * 4, ScoreStats())
     victim = rewards._POOL.workers[0].proc.pid
     os.kill(victim, signal.SIGKILL)
-    assert rewards.score(_ok, ["abc"] * 8, [ex] * 8, workers=2) == ([3.0] * 8, rewards.ScoreStats())
+    assert rewards.score(_ok, ["abc"] * 8, [ex] * 8, workers=2) == ([3.0] * 8, ScoreStats())
     assert victim not in [w.proc.pid for w in rewards._POOL.workers]
     bad = Example("p", "a", "g", extra={"f": lambda: 0}, source="x.jsonl:3")
     with pytest.raises(TypeError, match="examples: x.jsonl:3 cannot be pickled"):
@@ -332,7 +332,7 @@ def test_score_arguments_are_checked():
     for kwargs, name in cases:
         with pytest.raises(ValueError, match=f"^{name} must"):
             rewards.score(_ok, ["a"], [ex], **kwargs)
-    assert rewards.score(_ok, ["abc"], [ex], timeout_s=float("inf")) == ([3.0], rewards.ScoreStats())
+    assert rewards.score(_ok, ["abc"], [ex], timeout_s=float("inf")) == ([3.0], ScoreStats())
 
 
 def _raises_exit(c, e):

@@ -4,6 +4,7 @@ forced action tokens in generation, and short MLE + GRPO runs on CPU (single- an
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -25,6 +26,13 @@ SHORT = [
     "mle.steps=3", "mle.batch_size=8", "trainer.steps=2", "rollout.n=4", "rollout.prompts_per_step=2",
     "trainer.eval_size=8", "trainer.eval_every=1", "trainer.progress=false", "video.preview=2",
 ]  # fmt: skip
+
+
+class _Generated(NamedTuple):
+    """What a task scores of a rollout batch: the response ids and the tokens present."""
+
+    responses: torch.Tensor
+    present: torch.Tensor
 
 
 def _tok(seed=0):
@@ -203,33 +211,50 @@ def test_forced_slots_in_generation_and_teacher_batch():
 # ----------------------------------------------------------------------------- the task
 
 
+def test_a_video_task_takes_a_ready_frame_tokenizer_and_scores_in_one_call():
+    from rlvr_fast.task import ScoreStats
+    from rlvr_fast.trainer.tasks import task_options
+    from rlvr_fast.worlds import load_task
+
+    cfg = C.load_config(None, [*SHORT, "data.n_train=4", "data.n_test=2"])
+    tok = _tok()
+    task = load_task("sprite_video", strict=False, **task_options(cfg), frame_tokenizer=tok)
+    assert task.frame_tokenizer is tok and task.tokenizer.eos_token_id == task.layout.eos_id
+    assert (len(task.train), len(task.test), task.select_metric) == (4, 2, "reward")
+    answers = task.splits["test"].answers
+    scored = task.score(_Generated(answers, torch.ones_like(answers, dtype=torch.bool)), task.test, 1)
+    torch.testing.assert_close(scored.scores, scored.token_rewards.sum(-1))
+    assert scored.stats == ScoreStats() and {"valid", "reward", "sprites", "mae"} <= set(scored.metrics)
+    assert scored.metrics["valid"].tolist() == [1.0, 1.0]
+
+
 def test_sprite_task_tokens_match_the_layout_and_the_tokenizer_is_cached(tmp_path, monkeypatch):
     import rlvr_fast.trainer.train_tokenizer as tt
+    from rlvr_fast.trainer.tasks import build_task
     from rlvr_fast.worlds.sprite import SpriteWorld
     from rlvr_fast.worlds.video import discretize_actions
-    from rlvr_fast.worlds.video_task import VideoTask
 
     cfg = C.load_config(None, SHORT)
     calls = []
     real_train = tt.train_tokenizer
     monkeypatch.setattr(tt, "train_tokenizer", lambda *a, **k: calls.append(1) or real_train(*a, **k))
-    vtask = VideoTask(cfg.data, cfg.video, seed=0, cache_dir=tmp_path / "tok")
+    vtask = build_task(cfg, "cpu", cache_dir=tmp_path / "tok")
     assert len(calls) == 1 and (tmp_path / "tok" / "fingerprint.txt").is_file()
     lay = vtask.layout
     assert (lay.frame_shape, lay.visual_vocab, lay.action_dims, lay.response_length) == ((8, 8), 1000, 2, 65)
     assert (lay.action_offset, lay.bos_id, lay.eos_id) == (1000, 1256, 1257)
     # item 3 of the held-out split, rebuilt by hand from the world, the tokenizer and the discretiser
     ex = SpriteWorld(n_sprites=3, seed=0).sample(3, "test")
-    codes = vtask.tokenizer.encode((ex.frames * 255).round() / 255)  # the task keeps frames as uint8
+    codes = vtask.frame_tokenizer.encode((ex.frames * 255).round() / 255)  # the task keeps frames as uint8
     bins = discretize_actions(ex.actions, SpriteWorld().action_ranges(), 256)
     prompt, answer = vtask.encode(vtask.items("test")[3])
     assert prompt == [*codes[0].flatten().tolist(), *(bins[0] + 1000).tolist(), 1256]
     assert answer == [*codes[1].flatten().tolist(), 1257]
     # a second task with the same settings reuses the cached tokenizer; other settings retrain it
-    again = VideoTask(cfg.data, cfg.video, seed=0, cache_dir=tmp_path / "tok")
+    again = build_task(cfg, "cpu", cache_dir=tmp_path / "tok")
     assert len(calls) == 1 and again.encode(again.items("test")[3]) == (prompt, answer)
     cfg2 = C.load_config(None, [*SHORT, "video.tokenizer_steps=4"])
-    VideoTask(cfg2.data, cfg2.video, seed=0, cache_dir=tmp_path / "tok")
+    build_task(cfg2, "cpu", cache_dir=tmp_path / "tok")
     assert len(calls) == 2
 
 
@@ -281,9 +306,9 @@ def test_rt1_npz_task_runs(tmp_path):
     over = [o for o in SHORT if not o.startswith("data.world")]
     cfg = C.load_config(None, [*over, "data.world=rt1_video", f"data.train_path={root}", "video.context_frames=2",
                                "data.n_train=8", "data.n_test=2", "trainer.eval_size=2", f"trainer.out_dir={tmp_path / 'run'}"])  # fmt: skip
-    from rlvr_fast.worlds.video_task import VideoTask
+    from rlvr_fast.trainer.tasks import build_task
 
-    vtask = VideoTask(cfg.data, cfg.video)
+    vtask = build_task(cfg, "cpu")
     assert vtask.layout.action_dims == 13 and vtask.layout.frame_shape == (8, 8)
     # two context frames of 8x8 codes with 13 action tokens each, then BOS; 4 windows per 6-frame file
     assert vtask.splits["train"].prompts.shape == (8, 2 * (64 + 13) + 1)
@@ -352,31 +377,32 @@ def test_lpips_weight_files_switch_the_default_reward_to_mae_plus_lpips(tmp_path
     """With video.lpips_* set, the task's reward is RLVR-World's MAE 1 + LPIPS 1 and evaluation reports LPIPS."""
     from test_lpips import random_weights
 
-    from rlvr_fast.worlds.video_task import VideoTask
+    from rlvr_fast.trainer.tasks import build_task
 
     vgg, lin = random_weights()
     torch.save(vgg, tmp_path / "vgg16.pth")
     torch.save(lin, tmp_path / "vgg.pth")
     cfg = C.load_config(None, [*SHORT, f"video.lpips_vgg_path={tmp_path / 'vgg16.pth'}",
                                f"video.lpips_lin_path={tmp_path / 'vgg.pth'}"])  # fmt: skip
-    vtask = VideoTask(cfg.data, cfg.video)
+    vtask = build_task(cfg, "cpu")
     assert vtask.reward.weights == {"mae": 1.0, "lpips": 1.0} and vtask.reward.lpips is not None
     items = vtask.items("test")[:2]
     answers = torch.stack([vtask.splits["test"].answers[i.index] for i in items])
     present = torch.ones_like(answers, dtype=torch.bool)
-    token_rewards, metrics = vtask.score_tokens(answers, present, items, 1)
+    scored = vtask.score(_Generated(answers, present), items, 1)
+    token_rewards, metrics = scored.token_rewards, scored.metrics
     assert {"lpips", "mae", "ssim", "psnr", "valid", "sprites"} <= set(metrics)
     want = -(metrics["mae"] + metrics["lpips"])
     torch.testing.assert_close(token_rewards[:, -1], want, rtol=1e-5, atol=1e-6)
     cfg = C.load_config(None, [*SHORT, f"video.lpips_vgg_path={tmp_path / 'vgg16.pth'}"])
     with pytest.raises(ValueError, match="both video.lpips_vgg_path and video.lpips_lin_path"):
-        VideoTask(cfg.data, cfg.video)
+        build_task(cfg, "cpu")
 
 
 def test_ctrl_c_during_preparation_says_what_is_discarded_and_propagates(tmp_path, monkeypatch, caplog):
     import rlvr_fast.trainer.train_tokenizer as tt
+    from rlvr_fast.trainer.tasks import build_task
     from rlvr_fast.worlds.sprite import SpriteWorld
-    from rlvr_fast.worlds.video_task import VideoTask
 
     cfg = C.load_config(None, SHORT)
     real_examples = SpriteWorld.examples
@@ -389,7 +415,7 @@ def test_ctrl_c_during_preparation_says_what_is_discarded_and_propagates(tmp_pat
 
     monkeypatch.setattr(SpriteWorld, "examples", two_then_ctrl_c)
     with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
-        VideoTask(cfg.data, cfg.video, seed=0, cache_dir=tmp_path / "tok")
+        build_task(cfg, "cpu", cache_dir=tmp_path / "tok")
     clips = f"interrupted while generating the sprite_video train clips (2/{cfg.data.n_train})"
     assert clips + ": nothing was saved; the next run starts this step again" in caplog.text
     monkeypatch.setattr(SpriteWorld, "examples", real_examples)
@@ -400,7 +426,7 @@ def test_ctrl_c_during_preparation_says_what_is_discarded_and_propagates(tmp_pat
 
     monkeypatch.setattr(tt, "train_tokenizer", ctrl_c)
     with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
-        VideoTask(cfg.data, cfg.video, seed=0, cache_dir=tmp_path / "tok")
+        build_task(cfg, "cpu", cache_dir=tmp_path / "tok")
     steps = cfg.video.tokenizer_steps
     tokenizer = f"interrupted while training the frame tokenizer ({steps} steps): nothing was saved"
     assert tokenizer + "; the next run trains it again from step 0" in caplog.text

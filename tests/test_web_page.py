@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from rlvr_fast.rewards import get_reward
 from rlvr_fast.rewards import web_page as wp
-from rlvr_fast.worlds import Example
+from rlvr_fast.task import Example
 from rlvr_fast.worlds.web_page import load_web_page, web_page_task
 
 GOLD = """New items:

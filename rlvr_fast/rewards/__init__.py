@@ -18,11 +18,10 @@ import multiprocessing.connection as mpc
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
 from typing import Callable, Sequence
 
-from ..worlds import Example
+from ..task import Example, ScoreStats
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +70,6 @@ def get_reward(name: str) -> RewardFn:
             raise ValueError(f"reward {name!r} is not callable")
         return fn
     raise ValueError(f"unknown reward {name!r}; choose one of {reward_names()} or give 'module:function'")
-
-
-@dataclass
-class ScoreStats:
-    """Failures counted while scoring one batch."""
-
-    errors: int = 0
-    timeouts: int = 0
-    non_finite: int = 0
 
 
 # Worker processes are forked from the caller, deliberately, rather than spawned or started from a
@@ -350,4 +340,4 @@ def _checked(ok: bool, value, stats: ScoreStats, failure: float, example: Exampl
     return value
 
 
-__all__ = ["RewardFn", "ScoreStats", "close_pool", "get_reward", "register_reward", "reward_names", "score"]
+__all__ = ["RewardFn", "close_pool", "get_reward", "register_reward", "reward_names", "score"]

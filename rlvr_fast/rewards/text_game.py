@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ._json import extract_answer, loads_tolerant
 
 if TYPE_CHECKING:
-    from ..worlds import Example
+    from ..task import Example
 
 # Weights of RLVR-World's task-specific reward (compute_score_).
 W_ITEM, W_SCORE, W_EXACT = 0.09, 0.01, 0.2

@@ -17,7 +17,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Callable, Collection
 
 if TYPE_CHECKING:
-    from ..worlds import Example
+    from ..task import Example
 
 SECTIONS: tuple[str, ...] = ("New items", "Deleted items", "Updated items")
 _HEADERS = tuple((name + ":", name) for name in SECTIONS)

@@ -17,6 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..ops.advantages import ESTIMATORS
+from ..ops.pixel_metrics import AGGREGATES
+from ..ops.policy_loss import AGG_MODES, KL_TYPES
+from ..worlds import WORLDS
+from .frame_tokenizer import ARCHITECTURES
+
 
 class ConfigError(ValueError):
     """A configuration key or value is invalid; the message says what is valid."""
@@ -50,8 +56,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    world: str = _f("synthetic_text_game", "which task",
-                    ("synthetic_text_game", "text_game", "web_page", "sprite_video", "rt1_video"))
+    world: str = _f("synthetic_text_game", "which task", tuple(WORLDS))
     train_path: str | None = _f(None, "text_game / web_page: local .parquet or .jsonl training file; "
                                 "rt1_video: the directory of RLVR-World .npz episodes (split inside it)")
     test_path: str | None = _f(None, "text_game / web_page: local held-out file")
@@ -73,7 +78,7 @@ class VideoConfig:
     action_bins: int = _f(256, "bins per action dimension (iVideoGPT: 256)")
     action_ranges_path: str | None = _f(None, "rt1_video: per-dimension [min, max] file (torch .pth or .npy); "
                                         "empty: RLVR-World's RT-1 ranges")
-    tokenizer: str = _f("tiny", "frame tokenizer architecture", ("tiny", "ivideogpt"))
+    tokenizer: str = _f("tiny", "frame tokenizer architecture", tuple(ARCHITECTURES))
     tokenizer_path: str | None = _f(None, "local tokenizer checkpoint (save_pretrained directory or weight file); "
                                     "empty: train a tiny one on the training frames")
     tokenizer_steps: int = _f(600, "training steps of the tiny tokenizer (when tokenizer_path is empty)")
@@ -86,7 +91,7 @@ class VideoConfig:
     lpips_vgg_path: str | None = _f(None, "torchvision VGG16 state dict (.pth/.safetensors) for LPIPS")
     lpips_lin_path: str | None = _f(None, "the lpips package's vgg.pth linear-layer weights")
     invalid_reward: float | None = _f(None, "reward of a malformed rollout; empty: the worst a valid one can get")
-    aggregate: str = _f("mean", "multi-step: per-frame losses -> one reward", ("mean", "last", "discount"))
+    aggregate: str = _f("mean", "multi-step: per-frame losses -> one reward", AGGREGATES)
     gamma: float = _f(0.9, "multi-step discount (aggregate=discount)")
     decode_chunk: int | None = _f(None, "frames per decoder call (caps memory); empty: the whole batch")
     preview: int = _f(6, "held-out clips drawn in preview.png (context / real / MLE / RLVR)")
@@ -113,7 +118,7 @@ class RewardConfig:
 
 @dataclass
 class AlgoConfig:
-    estimator: str = _f("grpo", "group advantage estimator", ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline"))
+    estimator: str = _f("grpo", "group advantage estimator", ESTIMATORS)
     ppo_epochs: int = _f(1, "passes over each rollout batch")
     mini_batch_size: int | None = _f(None, "sequences per optimizer step; empty: the whole rollout batch")
     micro_batch_size: int = _f(32, "sequences per forward/backward (gradient accumulation)")
@@ -121,12 +126,9 @@ class AlgoConfig:
     clip_high: float = _f(0.28, "PPO clip: ratio <= 1 + clip_high (DAPO clip-higher)")
     dual_clip: float | None = _f(None, "dual-clip constant c > 1 for negative advantages; empty: off")
     kl_coef: float = _f(0.0, "KL penalty to the frozen reference model; 0: no reference model")
-    kl_type: str = _f("k3", "KL estimator", ("k1", "k2", "k3", "abs"))
+    kl_type: str = _f("k3", "KL estimator", tuple(k for k in KL_TYPES if k is not None))
     entropy_coef: float = _f(0.0, "entropy bonus")
-    agg: str = _f(
-        "token-mean", "loss aggregation",
-        ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
-    )
+    agg: str = _f("token-mean", "loss aggregation", AGG_MODES)
 
 
 @dataclass
@@ -329,6 +331,7 @@ def validate(cfg: Config, *, for_eval: bool = False) -> None:
     """
     _check_finite(cfg)
     r, a, t, v, rw, d = cfg.rollout, cfg.algo, cfg.trainer, cfg.video, cfg.reward, cfg.data
+    world = WORLDS[d.world]  # data.world is one of them (a choice)
     files = "data.train_path and data.test_path"
     if for_eval:
         files = "data.test_path (eval reads only the held-out file)"
@@ -360,17 +363,18 @@ def validate(cfg: Config, *, for_eval: bool = False) -> None:
         (len(t.betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in t.betas),
          f"trainer.betas must be two numbers in [0, 1), got {t.betas}"),
         (t.eval_size >= 1 and t.eval_batch_size >= 1, "trainer.eval_size and trainer.eval_batch_size must be >= 1"),
-        (d.world not in ("text_game", "web_page") or bool(d.test_path and (for_eval or d.train_path)),
+        (not world.files or bool(d.test_path and (for_eval or d.train_path)),
          f"data.world = {d.world!r} reads local files: set {files}"),
-        (cfg.data.world not in ("text_game", "web_page") or cfg.model.path,
-         f"data.world = {cfg.data.world!r} needs a pretrained model with its tokenizer: set model.path to a local "
+        (not world.needs_model or cfg.model.path,
+         f"data.world = {d.world!r} needs a pretrained model with its tokenizer: set model.path to a local "
          "Hugging Face model directory (config.json, weights, tokenizer files), e.g. one saved with "
          "save_pretrained"),
-        (cfg.data.world not in ("sprite_video", "rt1_video") or not cfg.reward.name,
-         f"reward.name={cfg.reward.name!r} does not apply to {cfg.data.world}: its reward is computed on the frame "
+        # the world's loader refuses it too; checked here so the run fails before any work
+        (not world.own_reward or not rw.name,
+         f"reward.name={rw.name!r} does not apply to {d.world}: its reward is computed on the frame "
          "tokens (configure it with video.reward_weights)"),
-        (cfg.data.world != "rt1_video" or cfg.data.train_path,
-         "data.world = 'rt1_video' reads local episodes: set data.train_path to the .npz directory"),
+        (not world.episodes or d.train_path,
+         f"data.world = {d.world!r} reads local episodes: set data.train_path to the .npz directory"),
     ]
     batch = r.prompts_per_step * r.n
     mini = a.mini_batch_size or batch

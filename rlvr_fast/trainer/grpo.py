@@ -7,11 +7,10 @@ Algorithm (GRPO, DeepSeekMath arXiv 2402.03300; as RLVR-World, Wu et al. NeurIPS
    term is a frozen copy of the policy at this point (RLVR-World: the SFT model).
 1. Per GRPO step, take ``prompts_per_step`` training prompts and sample ``n`` responses for each with
    the current policy (KV-cached ``generate``, temperature / top-p / top-k).
-2. Score every response with the verifiable reward ``r_i``: text tasks on the host, through the reward
-   registry (a failure gets ``reward.failure_reward``); token tasks (video worlds) on the device with
-   ``Task.score_tokens`` (decode the frame tokens, pixel reward against the real frames, token-level
-   rewards summed into ``r_i``). Multi-step video responses force their action tokens during
-   generation and leave them out of every loss.
+2. Score every response with the task's verifiable reward, ``Task.score`` -> ``r_i`` and per-response
+   metrics (text worlds: a registered reward on the host, a failure gets ``reward.failure_reward``;
+   video worlds: the pixel reward on the device, token-level rewards summed into ``r_i``). Multi-step
+   video responses force their action tokens during generation and leave them out of every loss.
 3. Group advantages ``A_i = (r_i - mean_group) / (std_group + eps)`` (``rlvr_fast.group_advantages``;
    other estimators by ``algo.estimator``), the same for every token of response i.
 4. Log-probs of the sampled tokens under the sampling policy (``old``) and the reference (``ref``).
@@ -48,12 +47,13 @@ from .. import ops as rf
 from .. import rewards
 from .._threads import CpuThreads
 from ..models import count_parameters, load_model
-from ..worlds import Task, load_task
+from ..task import Task
 from . import distributed as D
 from . import interrupt, report, run_state
 from .config import Config, ConfigError
 from .logger import RunLogger
-from .rollout import Rollout, encode_answer, encode_prompt, response_logits, sample, teacher_batch
+from .rollout import Rollout, response_logits, sample, teacher_batch
+from .tasks import build_task
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,9 @@ log = logging.getLogger(__name__)
 class GRPOTrainer:
     """MLE then GRPO on one task; ``run()`` returns the summary (also written to ``summary.json``).
 
-    cfg: the :class:`~rlvr_fast.trainer.config.Config` tree. task: defaults to ``load_task(cfg.data)``.
+    cfg: the :class:`~rlvr_fast.trainer.config.Config` tree. task: defaults to
+    :func:`~rlvr_fast.trainer.tasks.build_task` of ``cfg``; a given task scores with its own reward (the
+    ``reward`` section configures the tasks built from ``cfg``).
     eval_only: only :meth:`evaluate` will be called: the train split is not encoded and may be empty
     (``rlvr-fast eval`` of a text world whose config has no ``data.train_path``).
     Launch under ``torchrun --nproc_per_node=N`` for data parallelism (prompts split over ranks).
@@ -72,10 +74,10 @@ class GRPOTrainer:
         self.dist, self.device = D.init(cfg.trainer.device)
         torch.manual_seed(cfg.trainer.seed)  # the same initial weights on every rank
         self.out = Path(cfg.trainer.out_dir)
-        self.task = task if task is not None else load_task(
-            cfg.data, seed=cfg.trainer.seed, video=cfg.video, device=self.device, cache_dir=self.out / "tokenizer",
-            main=self.dist.main, sync=lambda: D.gather_objects(None, self.dist), checkpoint=cfg.model.path,
-        )  # fmt: skip
+        self.task = task if task is not None else build_task(
+            cfg, self.device, cache_dir=self.out / "tokenizer", main=self.dist.main,
+            sync=lambda: D.gather_objects(None, self.dist),
+        )
         if self.task.response_length is not None and cfg.rollout.max_new_tokens != self.task.response_length:
             log.info("rollout.max_new_tokens = %d: the task's responses have exactly that many tokens",
                      self.task.response_length)  # fmt: skip
@@ -86,11 +88,6 @@ class GRPOTrainer:
         # on CPU: no more torch threads than idle cores (re-checked from the step loops)
         self.threads = CpuThreads(cfg.trainer.cpu_threads or "auto") if self.device.type == "cpu" else None
         self.ref: torch.nn.Module | None = None
-        # token tasks score token tensors themselves (Task.score_tokens); text tasks use the registry
-        if self.task.score_tokens is not None and cfg.reward.name:
-            raise ConfigError(f"reward.name={cfg.reward.name!r} does not apply to {self.task.name}: its reward is "
-                             "computed on the frame tokens (configure it with video.reward_weights)")  # fmt: skip
-        self.reward_fn = None if self.task.score_tokens else rewards.get_reward(cfg.reward.name or self.task.default_reward)
         self.bf16 = cfg.trainer.bf16 == "on" or (cfg.trainer.bf16 == "auto" and self.device.type == "cuda")
         self.logger = RunLogger(self.out, enabled=self.dist.main, tensorboard=cfg.trainer.tensorboard,
                                 progress=cfg.trainer.progress)  # fmt: skip
@@ -116,10 +113,7 @@ class GRPOTrainer:
         """(example, prompt ids, answer ids) for every example whose prompt fits max_prompt_tokens."""
         out, dropped = [], 0
         for ex in examples:
-            if self.task.encode is not None:
-                p, a = self.task.encode(ex)
-            else:
-                p, a = encode_prompt(self.tok, ex.prompt, self.cfg.data.chat_template), encode_answer(self.tok, ex.answer)
+            p, a = self.task.encode(ex, self.tok, chat_template=self.cfg.data.chat_template)
             if len(p) > self.cfg.data.max_prompt_tokens:
                 dropped += 1
                 continue
@@ -179,21 +173,13 @@ class GRPOTrainer:
             batch = self._sample(rows, n)
         t_gen = time.perf_counter() - t0
         examples = [ex for ex, _, _ in rows for _ in range(n)]
-        reward_metrics: dict[str, float] = {}
-        failures = 0
-        if self.task.score_tokens is not None:
-            token_rewards, per_sample = self.task.score_tokens(batch.responses, batch.present, examples, n)
-            scores = token_rewards.sum(-1)  # outcome scores from token-level rewards, as verl does
-            names = [k for k in per_sample if k != "reward"]
-            means = torch.stack([per_sample[k].float().mean() for k in names]).tolist() if names else []  # one sync
-            reward_metrics = {f"train/{k}": v for k, v in zip(names, means)}
-        else:
-            raw, stats = rewards.score(self.reward_fn, batch.completions, examples, timeout_s=cfg.reward.timeout_s,
-                                       failure_reward=cfg.reward.failure_reward, workers=cfg.reward.workers)  # fmt: skip
-            self.counters["reward_errors"] += stats.errors + stats.non_finite
-            self.counters["reward_timeouts"] += stats.timeouts
-            failures = stats.errors + stats.non_finite + stats.timeouts
-            scores = torch.tensor(raw, dtype=torch.float32, device=self.device)
+        scored = self.task.score(batch, examples, n)
+        scores, stats = scored.scores, scored.stats
+        self.counters["reward_errors"] += stats.errors + stats.non_finite
+        self.counters["reward_timeouts"] += stats.timeouts
+        names = [k for k in scored.metrics if k != "reward"]
+        means = torch.stack([scored.metrics[k].float().mean() for k in names]).tolist() if names else []  # one sync
+        reward_metrics = {f"train/{k}": v for k, v in zip(names, means)}
         t_reward = time.perf_counter() - t0 - t_gen
         pp = cfg.algo.estimator == "reinforce_pp_baseline"
         adv = rf.group_advantages(scores, group_size=n, estimator=cfg.algo.estimator,
@@ -221,7 +207,7 @@ class GRPOTrainer:
             "reward": (totals[0] / totals[1]).item(),
             "reward_std": scores.std().item() if B > 1 else 0.0,
             "response_len": (totals[2] / totals[1]).item(),
-            "reward_failures": failures,
+            "reward_failures": stats.failures,
             "gen_s": t_gen,
             "reward_s": t_reward,
             **reward_metrics,
@@ -313,22 +299,14 @@ class GRPOTrainer:
             chunk = rows[s : s + bs]
             with self._autocast():
                 batch = self._sample(chunk, 1, greedy=True)
-            if self.task.score_tokens is not None:
-                _, per_sample = self.task.score_tokens(batch.responses, batch.present, [ex for ex, _, _ in chunk], 1)
-                values = {k: v.float().cpu().tolist() for k, v in per_sample.items()}
-                per_example += [{k: v[i] for k, v in values.items()} for i in range(len(chunk))]
-                k = self.task.preview_count
-                if s == 0 and self.dist.main and k and self.task.preview is not None:  # test_set positions, not
-                    # examples: the checkpoint state stays plain tensors and ints
-                    positions = list(range(0, min(k, len(chunk)) * self.dist.world, self.dist.world))
-                    self.last_preview = (positions, batch.responses[:k].cpu(), batch.present[:k].cpu())
-                continue
-            for text, (ex, _, _) in zip(batch.completions, chunk):
-                try:
-                    per_example.append({k: float(v) for k, v in self.task.metrics(text, ex).items()})
-                except Exception as e:  # noqa: BLE001 - a metric failure scores 0, like a reward failure
-                    log.debug("metric failed on %s: %r", ex.source, e)
-                    per_example.append({})
+            metrics = self.task.evaluate(batch, [ex for ex, _, _ in chunk])
+            values = {k: v.cpu().tolist() for k, v in metrics.items()}
+            per_example += [{k: v[i] for k, v in values.items()} for i in range(len(chunk))]
+            k = self.task.preview_count
+            if s == 0 and self.dist.main and k:  # test_set positions, not examples: the checkpoint state stays
+                # plain tensors and ints
+                positions = list(range(0, min(k, len(chunk)) * self.dist.world, self.dist.world))
+                self.last_preview = (positions, batch.responses[:k].cpu(), batch.present[:k].cpu())
         everything = [m for part in D.gather_objects(per_example, self.dist) for m in part]
         keys = sorted({k for m in everything for k in m})
         return {k: sum(m.get(k, 0.0) for m in everything) / max(1, len(everything)) for k in keys}

@@ -51,8 +51,10 @@ def summarize(
     }
     if dist.main:
         summary["plot"] = str(logger.plot(task.select_metric))
-        if task.preview is not None and previews:
+        if previews:  # kept only for a task that draws previews (Task.preview_count)
             stages = {k: ([held_out[i] for i in pos], r, m) for k, (pos, r, m) in previews.items()}
-            summary["preview"] = str(task.preview(out / "preview.png", stages))
+            picture = task.preview(out / "preview.png", stages)
+            if picture is not None:  # None: the task could not draw (matplotlib missing)
+                summary["preview"] = str(picture)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

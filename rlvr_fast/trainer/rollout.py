@@ -1,4 +1,4 @@
-"""Prompt encoding, sampling with Hugging Face ``generate`` (KV cache) and the padded rollout batch.
+"""Sampling with Hugging Face ``generate`` (KV cache) and the padded rollout batch.
 
 Layout of a batch of B = prompts x n sequences (groups contiguous, as TRL and ``group_size`` expect)::
 
@@ -20,27 +20,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-
-
-def encode_prompt(tokenizer, text: str, chat_template: bool) -> list[int]:
-    """Token ids of a prompt: through the chat template when asked and available, else plain
-    ``tokenizer(text)``; a BOS distinct from EOS is prepended when the tokenizer did not add it."""
-    if chat_template and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers 5 may return a BatchEncoding
-            ids = ids["input_ids"]
-        ids = list(ids)
-    else:
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-    bos = tokenizer.bos_token_id
-    if bos is not None and bos != tokenizer.eos_token_id and (not ids or ids[0] != bos):
-        ids = [bos, *ids]
-    return ids
-
-
-def encode_answer(tokenizer, text: str) -> list[int]:
-    """Token ids of a gold response followed by EOS (the MLE target)."""
-    return [*tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
 
 
 def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

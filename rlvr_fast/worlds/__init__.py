@@ -1,110 +1,75 @@
 """Datasets for world-model RLVR: built-in synthetic worlds and loaders for RLVR-World's formats.
 
-Every task is a :class:`Task`: train and held-out lists of :class:`Example` plus the metric function
-used for evaluation. ``load_task`` is the one entry point the trainer and the CLI use.
+:data:`WORLDS` maps each world's name to its loader (imported on first use, like the reward registry's
+built-ins) and to what a configuration needs for it; :func:`load_task` is the one entry point. Every
+loader returns a :class:`~rlvr_fast.task.Task`: :class:`~rlvr_fast.worlds.text.TextTask` for the text
+worlds, :class:`~rlvr_fast.worlds.video_task.VideoTask` for the video ones.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+import importlib
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+from ..task import Task
 
 
 @dataclass(frozen=True)
-class Example:
-    """One state-prediction problem.
+class World:
+    """One registered world.
 
-    prompt:       the text the model is conditioned on (current state + action, task instructions).
-    answer:       the gold response text, the MLE target (e.g. the gold state diff as JSON).
-    ground_truth: what the verifiable reward compares against (e.g. the gold next state as JSON,
-                  RLVR-World's ``reward_model.ground_truth``).
-    extra:        task-specific fields the reward needs (text game: ``data_state``, ``data_action``).
-    source:       where it came from, ``file:line`` for loaded data (used in error messages).
+    loader:      ``"module:function"``, the function building its :class:`~rlvr_fast.task.Task` from keyword
+                 options (:func:`load_task`).
+    files:       it reads local data files: the held-out ``test_path`` and, to train, ``train_path``.
+    episodes:    it reads a local directory of episodes, ``train_path`` (the held-out split inside it).
+    needs_model: it ships no tokenizer: a pretrained model (with its tokenizer) is required.
+    own_reward:  it computes its reward itself: a registered reward name does not apply to it.
     """
 
-    prompt: str
-    answer: str
-    ground_truth: str
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    source: str = ""
+    loader: str
+    files: bool = False
+    episodes: bool = False
+    needs_model: bool = False
+    own_reward: bool = False
 
 
-MetricFn = Callable[[str, Example], "dict[str, float]"]
-TokenScoreFn = Callable[..., "tuple[Any, dict[str, Any]]"]
+WORLDS: dict[str, World] = {
+    "synthetic_text_game": World("rlvr_fast.worlds.synthetic:synthetic_text_game_task"),
+    "text_game": World("rlvr_fast.worlds.text_game:text_game_task", files=True, needs_model=True),
+    "web_page": World("rlvr_fast.worlds.web_page:web_page_task", files=True, needs_model=True),
+    "sprite_video": World("rlvr_fast.worlds.video_task:sprite_video", own_reward=True),
+    "rt1_video": World("rlvr_fast.worlds.video_task:rt1_video", episodes=True, own_reward=True),
+}
 
 
-@dataclass
-class Task:
-    """A world-model task: data splits, the eval metric function, and the default reward name.
+def loader(world: str):
+    """The loader function of ``world``; ValueError listing the names if it is not registered."""
+    if world not in WORLDS:
+        raise ValueError(f"data.world: unknown world {world!r}; choose one of {list(WORLDS)}")
+    module, _, attr = WORLDS[world].loader.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
-    Text tasks: examples are :class:`Example` s; ``metrics(completion, example) -> {name: float}``; the
-    reward is the registry's ``default_reward`` (or ``reward.name``), applied to completion strings.
-    The trainer averages each metric over the held-out split and selects the best checkpoint by
-    ``select_metric`` (higher is better). ``tokenizer`` is set by built-in worlds that ship their own
-    (a ``transformers.PreTrainedTokenizerFast``); loaded tasks use the model's.
 
-    Token tasks (video worlds, :mod:`rlvr_fast.worlds.video_task`) set the hooks instead, and their
-    examples are whatever the hooks understand:
+def load_task(world: str, *, strict: bool = True, **options: Any) -> Task:
+    """The task of the registered ``world``, from the ``options`` its loader's signature names (e.g.
+    ``text_game``: ``train_path``, ``test_path``, ``limit``, ``reward``, ``limits``).
 
-    - ``encode(example) -> (prompt ids, answer ids)`` replaces the text encoding;
-    - ``score_tokens(responses int [B, R], present bool [B, R], examples, group_size) ->
-      (token_rewards float32 [B, R], {metric: float32 [B]})`` is the reward (the trainer sums the
-      token-level rewards into outcome scores, as verl does) and the held-out metrics (greedy, group 1);
-    - ``response_length``: every response has exactly this many tokens (sets ``rollout.max_new_tokens``);
-    - ``forced_slots``: bool per response position, True where the token is an input the generation is
-      forced to (the answer's token there) and the losses skip;
-    - ``preview(path, {stage: (examples, responses, present)}) -> path``: a picture of held-out
-      predictions after MLE and after GRPO, ``preview_count`` examples;
-    - ``save_assets(dir)``: files a checkpoint needs besides the model (the frame tokenizer).
+    strict: an option that no parameter of the loader takes raises ValueError naming it; False: such
+    options are left out (a caller holding every setting passes them all). A required parameter with no
+    option raises ValueError naming it either way.
     """
-
-    name: str
-    train: list[Any]
-    test: list[Any]
-    metrics: MetricFn | None
-    default_reward: str
-    select_metric: str
-    tokenizer: Any = None
-    encode: Callable[[Any], "tuple[list[int], list[int]]"] | None = None
-    score_tokens: TokenScoreFn | None = None
-    response_length: int | None = None
-    forced_slots: list[bool] | None = None
-    preview: Callable[..., Any] | None = None
-    preview_count: int = 0
-    save_assets: Callable[[Any], Any] | None = None
+    fn = loader(world)
+    params = {name: p for name, p in inspect.signature(fn).parameters.items()
+              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    unknown = sorted(set(options) - set(params))
+    if strict and unknown:
+        raise ValueError(f"load_task({world!r}): unknown option(s) {unknown}; {world} takes {sorted(params)}")
+    missing = [name for name, p in params.items() if p.default is p.empty and name not in options]
+    if missing:
+        raise ValueError(f"load_task({world!r}): missing option(s) {missing}")
+    return fn(**{k: v for k, v in options.items() if k in params})
 
 
-WORLDS = ("synthetic_text_game", "text_game", "web_page", "sprite_video", "rt1_video")
-VIDEO_WORLDS = ("sprite_video", "rt1_video")
-
-
-def load_task(cfg, seed: int = 0, *, video=None, **video_kwargs) -> Task:
-    """The task named by ``cfg.world`` (:class:`rlvr_fast.trainer.config.DataConfig`).
-
-    ``synthetic_text_game``: generated from ``seed`` (``n_train`` / ``n_test`` transitions).
-    ``text_game`` / ``web_page``: RLVR-World's files from ``train_path`` and ``test_path``.
-    ``sprite_video`` / ``rt1_video``: :func:`rlvr_fast.worlds.video_task.video_task` with ``video`` (the
-    :class:`~rlvr_fast.trainer.config.VideoConfig`) and ``video_kwargs`` (device, cache_dir, main, sync,
-    checkpoint); text worlds ignore both.
-    """
-    if cfg.world in VIDEO_WORLDS:
-        from .video_task import video_task
-
-        if video is None:
-            from ..trainer.config import VideoConfig
-
-            video = VideoConfig()
-        return video_task(cfg, video, seed=seed, **video_kwargs)
-    if cfg.world == "synthetic_text_game":
-        from .synthetic import synthetic_text_game_task
-
-        return synthetic_text_game_task(seed=seed, n_train=cfg.n_train, n_test=cfg.n_test, uuids=cfg.synthetic_uuids)
-    if cfg.world == "text_game":
-        from .text_game import text_game_task
-
-        return text_game_task(cfg.train_path, cfg.test_path, limit=cfg.limit)
-    if cfg.world == "web_page":
-        from .web_page import web_page_task
-
-        return web_page_task(cfg.train_path, cfg.test_path, limit=cfg.limit)
-    raise ValueError(f"data.world: unknown world {cfg.world!r}; choose one of {list(WORLDS)}")
+__all__ = ["WORLDS", "World", "load_task", "loader"]

@@ -15,7 +15,8 @@ import json
 import random
 from typing import Any, Iterable, Iterator
 
-from . import Example, Task
+from ..task import Example, RewardLimits
+from .text import TextTask
 
 __all__ = [
     "SyntheticTextGame",
@@ -433,21 +434,18 @@ def _text_game_metrics(completion: str, example: Example) -> dict[str, float]:
 
 
 def synthetic_text_game_task(
-    seed: int = 0, n_train: int = 4000, n_test: int = 500, **world_kwargs: Any
-) -> Task:
+    seed: int = 0, n_train: int = 4000, n_test: int = 500, *, uuids: str = "random", reward: str | None = None,
+    limits: RewardLimits = RewardLimits(), **world_kwargs: Any,
+) -> TextTask:
     """The ``synthetic_text_game`` task: world splits, text-game metrics and the world's tokenizer.
 
-    ``world_kwargs`` go to :class:`SyntheticTextGame` (``min_objects``, ``max_objects``, ...). The
-    tokenizer covers the world's whole vocabulary, so held-out texts never hit ``<unk>``.
+    ``uuids`` and ``world_kwargs`` go to :class:`SyntheticTextGame` (``min_objects``, ``max_objects``,
+    ...). The tokenizer covers the world's whole vocabulary, so held-out texts never hit ``<unk>``.
+    Reward ``"text_game/task"`` (or ``reward``).
     """
-    world = SyntheticTextGame(seed=seed, **world_kwargs)
+    world = SyntheticTextGame(seed=seed, uuids=uuids, **world_kwargs)
     train, test = world.splits(n_train, n_test)
-    return Task(
-        name="synthetic_text_game",
-        train=train,
-        test=test,
-        metrics=_text_game_metrics,
-        default_reward="text_game/task",
-        select_metric="exact",
-        tokenizer=build_tokenizer([" ".join(world.vocabulary())]),
+    return TextTask(
+        "synthetic_text_game", train, test, metrics=_text_game_metrics, default_reward="text_game/task",
+        select_metric="exact", tokenizer=build_tokenizer([" ".join(world.vocabulary())]), reward=reward, limits=limits,
     )

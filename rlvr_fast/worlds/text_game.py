@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..rewards import text_game as _reward
-from . import Example, Task
+from ..task import Example, RewardLimits
 from ._files import describe, field, iter_rows, sft_answer
+from .text import TextTask
 
 DATA_SOURCE = "llm_simulator"
 
@@ -65,17 +66,21 @@ def text_game_task(
     train_split: str | None = None,
     test_split: str | None = None,
     limit: int | None = None,
-) -> Task:
+    reward: str | None = None,
+    limits: RewardLimits = RewardLimits(),
+) -> TextTask:
     """The text-game task: :func:`load_text_game` on both files (``limit`` applies to each), eval by
-    :func:`rlvr_fast.rewards.text_game.metrics`, reward ``"text_game/task"``, best checkpoint by
-    ``exact``. ``train_path`` None: no train split (evaluation only)."""
-    return Task(
-        name="text_game",
-        train=[] if train_path is None else load_text_game(train_path, split=train_split, limit=limit),
-        test=load_text_game(test_path, split=test_split, limit=limit),
+    :func:`rlvr_fast.rewards.text_game.metrics`, reward ``"text_game/task"`` (or ``reward``), best
+    checkpoint by ``exact``. ``train_path`` None: no train split (evaluation only)."""
+    return TextTask(
+        "text_game",
+        [] if train_path is None else load_text_game(train_path, split=train_split, limit=limit),
+        load_text_game(test_path, split=test_split, limit=limit),
         metrics=_reward.metrics,
         default_reward="text_game/task",
         select_metric="exact",
+        reward=reward,
+        limits=limits,
     )
 
 

@@ -1,8 +1,9 @@
 """Video world-model tasks for the trainer: frames -> tokens -> prompts, and the pixel reward on rollouts.
 
-``video_task(data_cfg, video_cfg, ...)`` turns a video world (the built-in :class:`SpriteWorld` or
-RLVR-World's RT-1 ``.npz`` episodes, :class:`OXEEpisodes`) into a :class:`~rlvr_fast.worlds.Task` whose
-examples are token sequences in iVideoGPT's layout (:class:`~rlvr_fast.ops.VideoTokenLayout`)::
+:class:`VideoTask` turns a video world (the built-in :class:`SpriteWorld`, loader :func:`sprite_video`,
+or RLVR-World's RT-1 ``.npz`` episodes, :class:`OXEEpisodes`, loader :func:`rt1_video`) into a
+:class:`~rlvr_fast.task.Task` whose examples are token sequences in iVideoGPT's layout
+(:class:`~rlvr_fast.ops.VideoTokenLayout`)::
 
     prompt    [ctx frame 0 codes][its action bins] ... [ctx frame C-1 codes][its action bins] BOS
     response  [predicted frame codes]([its action bins]) x P   EOS
@@ -13,37 +14,40 @@ clip's actions and the policy loss and MLE loss skip them (``Task.forced_slots``
 Every clip of both splits is held in memory as uint8 frames (64x64: 12 KiB a frame; RT-1 at 256x320:
 240 KiB a frame, so ``data.n_train`` caps the memory); clips are not streamed.
 
-The frame tokenizer is a local checkpoint (``video.tokenizer_path``: a :class:`TinyFSQTokenizer` or
-iVideoGPT's :class:`CNNFSQTokenizer`), or a :class:`TinyFSQTokenizer` trained on the training split's
-frames and cached in ``<out_dir>/tokenizer`` with a fingerprint of everything that shaped it (a later
-run with the same settings, ``--resume`` and ``eval`` reuse it; other settings retrain it).
+The frame tokenizer (a :class:`TinyFSQTokenizer` or iVideoGPT's :class:`CNNFSQTokenizer`) comes from the
+caller: a ready one, or a callable given the training split's frames and a fingerprint of the world
+that shaped them (the trainer's, :mod:`rlvr_fast.trainer.frame_tokenizer`, loads or trains and caches).
 
-Rewards (``Task.score_tokens``) go through :class:`~rlvr_fast.rewards.video.VideoReward`: token-level
+Rewards (:meth:`VideoTask.score`) go through :class:`~rlvr_fast.rewards.video.VideoReward`: token-level
 rewards [B, R] against each group's *real* frames (not the tokenizer's reconstruction, as in
-RLVR-World). Held-out metrics: greedy predictions decoded and compared with the real frames, MSE / MAE /
+RLVR-World), summed into the outcome scores. Held-out metrics: greedy predictions decoded and compared
+with the real frames, MSE / MAE /
 PSNR / SSIM (LPIPS with its weights) averaged over every clip, a malformed prediction counted with its
 code-0 placeholder frames, plus ``valid`` (share of well-formed predictions) and ``reward``; the sprite
-world adds ``sprites``, the share of sprites drawn in the right place (:func:`~rlvr_fast.worlds.video.
-sprite_accuracy`), which catches a policy that erases sprites to lower its MAE.
-"""
+world adds ``sprites``, the share of sprites drawn in the right place (:func:`~rlvr_fast.worlds.sprite.
+sprite_accuracy`), which catches a policy that erases sprites to lower its MAE."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Union
 
 import torch
 
-from . import Task
+from ..task import Generated, Scored, ScoreStats, Task
 
 log = logging.getLogger(__name__)
 
 ASSET_DIR = "frame_tokenizer"  # inside a model checkpoint: the tokenizer its frame tokens belong to
+
+# a frame tokenizer (an nn.Module with encode / decode_latents / quantizer / save_pretrained), or a callable
+# (train frames uint8 [N, 3, H, W], fingerprint str) -> one
+FrameTokenizerSource = Union[torch.nn.Module, Callable[[torch.Tensor, str], torch.nn.Module]]
 
 
 class VideoItem(NamedTuple):
@@ -87,23 +91,6 @@ def layout_tokenizer(layout):
                                    unk_token="<eos>", clean_up_tokenization_spaces=False)  # fmt: skip
 
 
-def _world(data_cfg, video_cfg, seed: int):
-    from .rt1 import OXEEpisodes
-    from .sprite import SpriteWorld, SpriteWorldConfig
-
-    if data_cfg.world == "sprite_video":
-        h, w = (int(v) for v in video_cfg.frame_size)
-        cfg = SpriteWorldConfig(height=h, width=w, n_sprites=video_cfg.n_sprites, seed=seed,
-                                context_frames=video_cfg.context_frames, predict_frames=video_cfg.predict_frames)  # fmt: skip
-        return SpriteWorld(cfg), f"sprite_world({json.dumps(asdict(cfg), sort_keys=True)})"
-    if data_cfg.world == "rt1_video":
-        world = OXEEpisodes(data_cfg.train_path, video_cfg.context_frames, video_cfg.predict_frames,
-                            action_ranges=video_cfg.action_ranges_path)  # fmt: skip
-        files = world.files("train")
-        return world, f"rt1({os.path.abspath(data_cfg.train_path)}, {len(files)} train files, C={video_cfg.context_frames}, P={video_cfg.predict_frames})"
-    raise ValueError(f"data.world={data_cfg.world!r} is not a video world")
-
-
 def _collect(world, split: str, n: int, what: str):
     """(context uint8 [N, C, 3, H, W], target uint8 [N, P, 3, H, W], actions float32 [N, C+P, D], sources)."""
     from tqdm.auto import tqdm
@@ -129,57 +116,6 @@ def _collect(world, split: str, n: int, what: str):
     return torch.stack(ctx), torch.stack(tgt), torch.stack(act), src
 
 
-def _tokenizer(video_cfg, frames: torch.Tensor, cache: Path | None, fingerprint: str, device, main: bool, sync,
-               checkpoint: str | None, seed: int):  # fmt: skip
-    """The frame tokenizer: ``video.tokenizer_path``, else the one saved with the model checkpoint being
-    loaded, else the cache, else trained (rank 0) and cached."""
-    from ..models.cnn_fsq import CNNFSQTokenizer
-    from ..models.tiny_fsq import TinyFSQConfig, TinyFSQTokenizer
-    from ..trainer.train_tokenizer import train_tokenizer
-
-    cls = TinyFSQTokenizer if video_cfg.tokenizer == "tiny" else CNNFSQTokenizer
-    saved = Path(checkpoint) / ASSET_DIR if checkpoint else None
-    if video_cfg.tokenizer_path:
-        return cls.from_pretrained(video_cfg.tokenizer_path, device=device)
-    if saved is not None and saved.is_dir():
-        log.info("frame tokenizer: the one saved with the model, %s", saved)
-        return _load_saved(saved, device)
-    if video_cfg.tokenizer != "tiny":
-        raise ValueError("video.tokenizer=ivideogpt needs video.tokenizer_path (a local CNNFSQModel256 checkpoint)")
-    stamp = cache / "fingerprint.txt" if cache is not None else None
-    if (main or cache is None) and not (stamp is not None and stamp.is_file() and stamp.read_text() == fingerprint):
-        cfg = TinyFSQConfig(channels=tuple(video_cfg.tokenizer_channels), res_blocks=video_cfg.tokenizer_res_blocks)
-        cuda = torch.device(device).type == "cuda"
-        log.info("training the frame tokenizer: %d steps on %d frames", video_cfg.tokenizer_steps, frames.shape[0])
-        try:
-            res = train_tokenizer(frames, video_cfg.tokenizer_steps, lr=video_cfg.tokenizer_lr, seed=seed, config=cfg,
-                                  batch_size=video_cfg.tokenizer_batch_size, device=device,
-                                  autocast_dtype=torch.bfloat16 if cuda else None, channels_last=cuda)  # fmt: skip
-        except KeyboardInterrupt:  # the tokenizer is cached only once trained: say so, then end the run
-            message = (
-                f"interrupted while training the frame tokenizer ({video_cfg.tokenizer_steps} steps): "
-                "nothing was saved; the next run trains it again from step 0"
-            )
-            log.warning(message)
-            raise
-        log.info("tokenizer trained: final reconstruction MSE %.5f", res.losses[-1] if res.losses else float("nan"))
-        if cache is None:
-            return res.tokenizer.to(memory_format=torch.contiguous_format)
-        res.tokenizer.to(memory_format=torch.contiguous_format).save_pretrained(cache)
-        stamp.write_text(fingerprint)
-    sync()  # other ranks wait for rank 0's tokenizer
-    return TinyFSQTokenizer.from_pretrained(cache, device=device)
-
-
-def _load_saved(path: Path, device):
-    from ..models.cnn_fsq import CNNFSQTokenizer
-    from ..models.tiny_fsq import TinyFSQTokenizer
-
-    kind = json.loads((path / "config.json").read_text()).get("_class_name", "")
-    cls = TinyFSQTokenizer if kind == "TinyFSQTokenizer" else CNNFSQTokenizer
-    return cls.from_pretrained(path, device=device)
-
-
 def _encode_frames(tok, frames: torch.Tensor, device, chunk: int = 256) -> torch.Tensor:
     """uint8 [N, T, 3, H, W] -> int64 codes [N, T, h, w] (on the CPU)."""
     n, t = frames.shape[:2]
@@ -189,68 +125,79 @@ def _encode_frames(tok, frames: torch.Tensor, device, chunk: int = 256) -> torch
     return codes.view(n, t, *codes.shape[1:])
 
 
-class VideoTask:
-    """Data and hooks of a video world-model task; :meth:`task` gives the trainer's :class:`Task`.
+class VideoTask(Task):
+    """A video world-model task (module docstring); built by :func:`sprite_video` / :func:`rt1_video`.
 
-    Attributes: ``layout`` (the token layout), ``tokenizer`` (frame tokenizer, eval mode, on ``device``),
-    ``reward`` (:class:`~rlvr_fast.rewards.video.VideoReward`), ``splits`` ({"train", "test"} tensors).
+    Attributes: ``layout`` (the token layout), ``tokenizer`` (its word-level tokenizer, the model's),
+    ``frame_tokenizer`` (eval mode, on ``device``), ``reward`` (:class:`~rlvr_fast.rewards.video.VideoReward`),
+    ``splits`` ({"train", "test"} tensors); ``train`` / ``test`` are :class:`VideoItem` s.
+
+    world / description: the clip source (``examples(split, n)``, ``action_ranges()``) and a text naming
+    everything that shaped its clips (part of the tokenizer fingerprint). n_sprites: the sprite world's,
+    for the ``sprites`` metric (0: none). reward_options: :meth:`VideoReward.from_tokenizer`'s keyword
+    arguments besides ``lpips`` (``invalid_reward``, ``aggregate``, ``gamma``, ``decode_chunk``).
+    preview: held-out clips drawn by :meth:`preview`.
     """
 
-    def __init__(self, data_cfg, video_cfg, *, seed: int = 0, device="cpu", cache_dir: str | os.PathLike | None = None,
-                 main: bool = True, sync: Callable[[], Any] = lambda: None, checkpoint: str | None = None):  # fmt: skip
+    select_metric = "reward"
+
+    def __init__(self, name: str, world, description: str, *, seed: int, n_train: int, n_test: int,
+                 context_frames: int, predict_frames: int, action_bins: int, frame_tokenizer: FrameTokenizerSource,
+                 reward_weights: dict | None = None, lpips_vgg_path: str | None = None,
+                 lpips_lin_path: str | None = None, reward_options: dict | None = None, n_sprites: int = 0,
+                 preview: int = 0, device="cpu"):
         from ..ops import VideoTokenLayout
         from .video import discretize_actions
 
+        self.name = name
         self.device = torch.device(device)
-        self.video_cfg = video_cfg
-        world, desc = _world(data_cfg, video_cfg, seed)
-        raw = {s: _collect(world, s, n, data_cfg.world) for s, n in (("train", data_cfg.n_train), ("test", data_cfg.n_test))}
-        train_frames = torch.cat([raw["train"][0], raw["train"][1]], 1).flatten(0, 1)
-        tok_cfg = {k: getattr(video_cfg, k) for k in ("tokenizer_steps", "tokenizer_lr", "tokenizer_batch_size",
-                                                      "tokenizer_channels", "tokenizer_res_blocks")}  # fmt: skip
-        fingerprint = json.dumps({"world": desc, "n_train": data_cfg.n_train, "seed": seed, **tok_cfg}, sort_keys=True)
-        cache = Path(cache_dir) if cache_dir is not None else None
-        self.tokenizer = _tokenizer(video_cfg, train_frames, cache, fingerprint, self.device, main, sync,
-                                    checkpoint, seed).eval()  # fmt: skip
-        del train_frames
-        K = self.tokenizer.num_codes
-        h, w = self.tokenizer.latent_shape(*raw["train"][1].shape[-2:])
-        D, P = raw["train"][2].shape[-1], video_cfg.predict_frames
-        bins = video_cfg.action_bins
+        raw = {s: _collect(world, s, n, name) for s, n in (("train", n_train), ("test", n_test))}
+        if isinstance(frame_tokenizer, torch.nn.Module):
+            tok = frame_tokenizer.to(self.device)
+        else:
+            train_frames = torch.cat([raw["train"][0], raw["train"][1]], 1).flatten(0, 1)
+            fingerprint = json.dumps({"world": description, "n_train": n_train, "seed": seed}, sort_keys=True)
+            tok = frame_tokenizer(train_frames, fingerprint)
+            del train_frames
+        self.frame_tokenizer = tok.eval()
+        K = tok.num_codes
+        h, w = tok.latent_shape(*raw["train"][1].shape[-2:])
+        D, P, bins = raw["train"][2].shape[-1], predict_frames, action_bins
         self.layout = VideoTokenLayout(
             frames=P, frame_shape=(h, w), visual_offset=0, visual_vocab=K, action_tokens_per_frame=D if P > 1 else 0,
             action_offset=K, action_bins=bins, action_dims=D, bos_id=K + bins, eos_id=K + bins + 1,
             pad_id=K + bins + 1, eos_after=True,
-        )  # fmt: skip
+        )
         ranges = world.action_ranges()
         self.splits: dict[str, _Split] = {}
-        C = video_cfg.context_frames
         for split, (ctx, tgt, act, src) in raw.items():
             with torch.no_grad():
-                ctx_codes = _encode_frames(self.tokenizer, ctx, self.device)
-                tgt_codes = _encode_frames(self.tokenizer, tgt, self.device)
+                ctx_codes = _encode_frames(tok, ctx, self.device)
+                tgt_codes = _encode_frames(tok, tgt, self.device)
             bins_all = discretize_actions(act, ranges, bins)
-            prompts = self.layout.prompt_ids(ctx_codes, bins_all[:, :C])
-            answers = self.layout.response_ids(tgt_codes, bins_all[:, C:] if P > 1 else None)
+            prompts = self.layout.prompt_ids(ctx_codes, bins_all[:, :context_frames])
+            answers = self.layout.response_ids(tgt_codes, bins_all[:, context_frames:] if P > 1 else None)
             self.splits[split] = _Split(prompts, answers, tgt, ctx if split == "test" else None, src)
-        self.reward = self._make_reward()
-        self.n_sprites = video_cfg.n_sprites if data_cfg.world == "sprite_video" else 0
-        self.forced_slots = self._forced_slots()
+        self.reward = self._make_reward(reward_weights, lpips_vgg_path, lpips_lin_path, reward_options or {})
+        self.n_sprites = n_sprites
+        self.train, self.test = self.items("train"), self.items("test")
+        self.tokenizer = layout_tokenizer(self.layout)
+        self.response_length = self.layout.response_length
+        slots = self._forced_slots()
+        self.forced_slots = slots if any(slots) else None
+        self.preview_count = preview
 
-    def _make_reward(self):
+    def _make_reward(self, weights, lpips_vgg_path, lpips_lin_path, options: dict):
         from ..rewards.video import VideoReward
 
-        v = self.video_cfg
         lpips = None
-        if v.lpips_vgg_path or v.lpips_lin_path:
+        if lpips_vgg_path or lpips_lin_path:
             from ..models.lpips import LPIPS
 
-            if not (v.lpips_vgg_path and v.lpips_lin_path):
+            if not (lpips_vgg_path and lpips_lin_path):
                 raise ValueError("LPIPS needs both video.lpips_vgg_path and video.lpips_lin_path")
-            lpips = LPIPS.from_files(v.lpips_vgg_path, v.lpips_lin_path).to(self.device).eval()
-        return VideoReward.from_tokenizer(self.layout, self.tokenizer, v.reward_weights, lpips=lpips,
-                                          invalid_reward=v.invalid_reward, aggregate=v.aggregate, gamma=v.gamma,
-                                          decode_chunk=v.decode_chunk)  # fmt: skip
+            lpips = LPIPS.from_files(lpips_vgg_path, lpips_lin_path).to(self.device).eval()
+        return VideoReward.from_tokenizer(self.layout, self.frame_tokenizer, weights, lpips=lpips, **options)
 
     def _forced_slots(self) -> list[bool]:
         """Response positions that hold inputs (the action tokens after each predicted frame)."""
@@ -259,17 +206,17 @@ class VideoTask:
         body = lay.frames * (lay.tokens_per_frame + lay.action_tokens_per_frame)
         return [t < body and t not in visual for t in range(lay.response_length)]
 
-    # -- the Task hooks
-
     def items(self, split: str) -> list[VideoItem]:
         return [VideoItem(split, i, s) for i, s in enumerate(self.splits[split].sources)]
 
-    def encode(self, item: VideoItem) -> tuple[list[int], list[int]]:
-        """(prompt ids, answer ids) of an item."""
-        s = self.splits[item.split]
-        return s.prompts[item.index].tolist(), s.answers[item.index].tolist()
+    def encode(self, example: VideoItem, tokenizer: Any = None, *, chat_template: bool = False
+               ) -> tuple[list[int], list[int]]:
+        """(prompt ids, answer ids) of an item; the ids are the layout's, so ``tokenizer`` and
+        ``chat_template`` do not matter."""
+        s = self.splits[example.split]
+        return s.prompts[example.index].tolist(), s.answers[example.index].tolist()
 
-    def targets(self, items: list[VideoItem], group_size: int = 1) -> torch.Tensor:
+    def targets(self, items: Sequence[VideoItem], group_size: int = 1) -> torch.Tensor:
         """uint8 [G, P, 3, H, W] real frames of every ``group_size``-th item (one per group), on the device."""
         firsts = items[::group_size]
         split = firsts[0].split
@@ -277,16 +224,18 @@ class VideoTask:
         return self.splits[split].target[idx].to(self.device)
 
     @torch.no_grad()
-    def score_tokens(self, responses: torch.Tensor, present: torch.Tensor, items: list[VideoItem], group_size: int):
-        """Token-level rewards float32 [B, R] and per-rollout metrics {name: float32 [B]} (incl. ``valid``, ``reward``)."""
-        target = self.targets(items, group_size).float().div_(255.0)  # converted once for both metrics
-        out = self.reward(responses, present, target, group_size=group_size)
+    def score(self, rollout: Generated, examples: Sequence[VideoItem], group_size: int) -> Scored:
+        """Outcome scores float32 [B] (the token-level rewards summed, as verl does), the token-level rewards
+        float32 [B, R] and per-rollout metrics {name: float32 [B]} (incl. ``valid``, ``reward``); the reward
+        runs on the device and cannot fail a call (``ScoreStats()``)."""
+        target = self.targets(examples, group_size).float().div_(255.0)  # converted once for both metrics
+        out = self.reward(rollout.responses, rollout.present, target, group_size=group_size)
         metrics = {**out.metrics, "valid": out.valid.float(), "reward": out.scores}
         if self.n_sprites:  # object-level check the pixel metrics cannot make (see sprite_accuracy)
             from .sprite import sprite_accuracy
 
             metrics["sprites"] = sprite_accuracy(out.frames, target, self.n_sprites, group_size=group_size)
-        return out.token_rewards, metrics
+        return Scored(out.token_rewards.sum(-1), out.token_rewards, metrics, ScoreStats())
 
     def preview(self, path: Path, stages: dict[str, tuple[list[VideoItem], torch.Tensor, torch.Tensor]]) -> Path | None:
         """``preview.png``: per held-out clip a row of context frames, real next frames, then each stage's
@@ -330,29 +279,66 @@ class VideoTask:
         plt.close(fig)
         return path
 
-    def task(self, name: str) -> Task:
-        return Task(
-            name=name, train=self.items("train"), test=self.items("test"), metrics=None, default_reward="",
-            select_metric="reward", tokenizer=layout_tokenizer(self.layout), encode=self.encode,
-            score_tokens=self.score_tokens, response_length=self.layout.response_length,
-            forced_slots=self.forced_slots if any(self.forced_slots) else None, preview=self.preview,
-            preview_count=self.video_cfg.preview, save_assets=self.save_assets,
-        )  # fmt: skip
-
     def save_assets(self, directory: Path) -> None:
         """Save the frame tokenizer into a model checkpoint (``<dir>/frame_tokenizer``), so ``rlvr-fast eval``
         and ``model.path`` reuse exactly the tokenizer the model was trained with."""
-        self.tokenizer.save_pretrained(Path(directory) / ASSET_DIR)
+        self.frame_tokenizer.save_pretrained(Path(directory) / ASSET_DIR)
 
 
-def video_task(data_cfg, video_cfg, *, seed: int = 0, device="cpu", cache_dir=None, main=True, sync=lambda: None,
-               checkpoint: str | None = None) -> Task:  # fmt: skip
-    """The :class:`Task` of ``data.world`` = ``sprite_video`` or ``rt1_video`` (module docstring).
+def _no_text_reward(reward: str | None, world: str) -> None:
+    if reward:
+        raise ValueError(f"reward.name={reward!r} does not apply to {world}: its reward is computed on the frame "
+                         "tokens (configure it with video.reward_weights)")
 
-    data_cfg / video_cfg: the ``data`` and ``video`` config sections. device: where the tokenizer and the
-    reward run. cache_dir: where a trained tokenizer is cached (None: not cached). main / sync: rank 0
-    trains the tokenizer, ``sync()`` is a barrier. checkpoint: a model directory (``model.path``) whose
-    ``frame_tokenizer/`` is used when ``video.tokenizer_path`` is empty.
-    """
-    return VideoTask(data_cfg, video_cfg, seed=seed, device=device, cache_dir=cache_dir, main=main, sync=sync,
-                     checkpoint=checkpoint).task(data_cfg.world)  # fmt: skip
+
+def sprite_video(*, seed: int, n_train: int, n_test: int, context_frames: int, predict_frames: int, n_sprites: int,
+                 frame_size: Sequence[int], action_bins: int, frame_tokenizer: FrameTokenizerSource,
+                 reward_weights: dict | None = None, lpips_vgg_path: str | None = None,
+                 lpips_lin_path: str | None = None, invalid_reward: float | None = None, aggregate: str,
+                 gamma: float, decode_chunk: int | None = None, preview: int, device="cpu",
+                 reward: str | None = None) -> VideoTask:
+    """The ``sprite_video`` task: :class:`~rlvr_fast.worlds.sprite.SpriteWorld` clips of ``frame_size``
+    [height, width] with ``n_sprites`` sprites, generated from ``seed`` (:class:`VideoTask` for the rest).
+    ``reward`` must be empty: the pixel reward is configured by ``reward_weights`` and the LPIPS files."""
+    from .sprite import SpriteWorld, SpriteWorldConfig
+
+    _no_text_reward(reward, "sprite_video")
+    h, w = (int(v) for v in frame_size)
+    cfg = SpriteWorldConfig(height=h, width=w, n_sprites=n_sprites, seed=seed, context_frames=context_frames,
+                            predict_frames=predict_frames)
+    return VideoTask(
+        "sprite_video", SpriteWorld(cfg), f"sprite_world({json.dumps(asdict(cfg), sort_keys=True)})", seed=seed,
+        n_train=n_train, n_test=n_test, context_frames=context_frames, predict_frames=predict_frames,
+        action_bins=action_bins, frame_tokenizer=frame_tokenizer, reward_weights=reward_weights,
+        lpips_vgg_path=lpips_vgg_path, lpips_lin_path=lpips_lin_path, n_sprites=n_sprites, preview=preview,
+        reward_options=dict(invalid_reward=invalid_reward, aggregate=aggregate, gamma=gamma, decode_chunk=decode_chunk),
+        device=device,
+    )
+
+
+def rt1_video(*, seed: int, n_train: int, n_test: int, train_path: str, context_frames: int, predict_frames: int,
+              action_bins: int, frame_tokenizer: FrameTokenizerSource, action_ranges_path: str | None = None,
+              reward_weights: dict | None = None, lpips_vgg_path: str | None = None,
+              lpips_lin_path: str | None = None, invalid_reward: float | None = None, aggregate: str,
+              gamma: float, decode_chunk: int | None = None, preview: int, device="cpu",
+              reward: str | None = None) -> VideoTask:
+    """The ``rt1_video`` task: RLVR-World's RT-1 ``.npz`` episodes in the directory ``train_path`` (the
+    held-out split inside it), actions scaled by ``action_ranges_path`` (empty: RLVR-World's RT-1 ranges).
+    ``reward`` must be empty, as for :func:`sprite_video`."""
+    from .rt1 import OXEEpisodes
+
+    _no_text_reward(reward, "rt1_video")
+    world = OXEEpisodes(train_path, context_frames, predict_frames, action_ranges=action_ranges_path)
+    description = (f"rt1({os.path.abspath(train_path)}, {len(world.files('train'))} train files, "
+                   f"C={context_frames}, P={predict_frames})")
+    return VideoTask(
+        "rt1_video", world, description, seed=seed, n_train=n_train, n_test=n_test, context_frames=context_frames,
+        predict_frames=predict_frames, action_bins=action_bins, frame_tokenizer=frame_tokenizer,
+        reward_weights=reward_weights, lpips_vgg_path=lpips_vgg_path, lpips_lin_path=lpips_lin_path,
+        preview=preview, device=device,
+        reward_options=dict(invalid_reward=invalid_reward, aggregate=aggregate, gamma=gamma, decode_chunk=decode_chunk),
+    )
+
+
+__all__ = ["ASSET_DIR", "FrameTokenizerSource", "VideoItem", "VideoTask", "layout_tokenizer", "rt1_video",
+           "sprite_video"]

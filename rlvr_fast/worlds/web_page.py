@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..rewards import web_page as _reward
-from . import Example, Task
+from ..task import Example, RewardLimits
 from ._files import describe, field, iter_rows, plain, sft_answer
+from .text import TextTask
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +89,25 @@ def load_web_page(path: str | os.PathLike, *, limit: int | None = None) -> list[
 
 
 def web_page_task(
-    train_path: str | os.PathLike | None, test_path: str | os.PathLike, *, limit: int | None = None
-) -> Task:
+    train_path: str | os.PathLike | None,
+    test_path: str | os.PathLike,
+    *,
+    limit: int | None = None,
+    reward: str | None = None,
+    limits: RewardLimits = RewardLimits(),
+) -> TextTask:
     """The web-page task: :func:`load_web_page` on both splits (``limit`` applies to each), eval by
-    :func:`rlvr_fast.rewards.web_page.metrics`, reward ``"web_page/f1"``, best checkpoint by ``f1``.
-    ``train_path`` None: no train split (evaluation only)."""
-    return Task(
-        name="web_page",
-        train=[] if train_path is None else load_web_page(train_path, limit=limit),
-        test=load_web_page(test_path, limit=limit),
+    :func:`rlvr_fast.rewards.web_page.metrics`, reward ``"web_page/f1"`` (or ``reward``), best checkpoint
+    by ``f1``. ``train_path`` None: no train split (evaluation only)."""
+    return TextTask(
+        "web_page",
+        [] if train_path is None else load_web_page(train_path, limit=limit),
+        load_web_page(test_path, limit=limit),
         metrics=_reward.metrics,
         default_reward="web_page/f1",
         select_metric="f1",
+        reward=reward,
+        limits=limits,
     )
 
 

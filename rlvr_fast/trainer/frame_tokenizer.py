@@ -1,0 +1,101 @@
+"""Where a run's frame tokenizer comes from (video worlds): a given checkpoint, the one saved with the model,
+the run's cache, or one trained on the training frames.
+
+:func:`frame_tokenizer_source` gives the callable a :class:`~rlvr_fast.worlds.video_task.VideoTask` calls with
+its training frames and a fingerprint of the world: ``video.tokenizer_path``, else the ``frame_tokenizer/``
+saved in the model checkpoint being loaded (``model.path``), else the cache ``<out_dir>/tokenizer`` when its
+fingerprint matches (a later run with the same settings, ``--resume`` and ``eval`` reuse it; other settings
+retrain it), else a :class:`TinyFSQTokenizer` trained on rank 0 and cached there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..models.cnn_fsq import CNNFSQTokenizer
+from ..models.tiny_fsq import TinyFSQTokenizer
+from ..worlds.video_task import ASSET_DIR
+
+log = logging.getLogger(__name__)
+
+# video.tokenizer: architecture name -> class (the checkpoint format its from_pretrained reads)
+ARCHITECTURES: dict[str, type] = {"tiny": TinyFSQTokenizer, "ivideogpt": CNNFSQTokenizer}
+# settings of the trained tokenizer, part of the cache fingerprint
+TRAINING_KEYS = (
+    "tokenizer_steps", "tokenizer_lr", "tokenizer_batch_size", "tokenizer_channels", "tokenizer_res_blocks",
+)
+
+
+def load_saved(path: Path, device):
+    """The frame tokenizer a model checkpoint saved (``<checkpoint>/frame_tokenizer``), of the class its
+    ``config.json`` names."""
+    kind = json.loads((path / "config.json").read_text()).get("_class_name", "")
+    cls = TinyFSQTokenizer if kind == "TinyFSQTokenizer" else CNNFSQTokenizer
+    return cls.from_pretrained(path, device=device)
+
+
+def frame_tokenizer_source(video_cfg, *, device, seed: int, cache_dir: str | Path | None = None, main: bool = True,
+                           sync: Callable[[], Any] = lambda: None, checkpoint: str | None = None):
+    """``(train_frames uint8 [N, 3, H, W], fingerprint: str) -> tokenizer`` for a video world (module docstring).
+
+    video_cfg: the ``video`` config section. device: where the tokenizer runs. seed: the training seed.
+    cache_dir: where a trained tokenizer is cached (None: not cached). main / sync: rank 0 trains it,
+    ``sync()`` is a barrier. checkpoint: a model directory whose ``frame_tokenizer/`` is used when
+    ``video.tokenizer_path`` is empty.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else None
+
+    def provide(frames: torch.Tensor, fingerprint: str):
+        cls = ARCHITECTURES[video_cfg.tokenizer]
+        saved = Path(checkpoint) / ASSET_DIR if checkpoint else None
+        if video_cfg.tokenizer_path:
+            return cls.from_pretrained(video_cfg.tokenizer_path, device=device)
+        if saved is not None and saved.is_dir():
+            log.info("frame tokenizer: the one saved with the model, %s", saved)
+            return load_saved(saved, device)
+        if cls is not TinyFSQTokenizer:
+            raise ValueError("video.tokenizer=ivideogpt needs video.tokenizer_path (a local CNNFSQModel256 checkpoint)")
+        training = {k: getattr(video_cfg, k) for k in TRAINING_KEYS}
+        return _trained(video_cfg, frames, cache, json.dumps({**json.loads(fingerprint), **training}, sort_keys=True),
+                        device, main, sync, seed)
+
+    return provide
+
+
+def _trained(video_cfg, frames: torch.Tensor, cache: Path | None, fingerprint: str, device, main: bool, sync,
+             seed: int):
+    """The cached tiny tokenizer whose fingerprint matches, else one trained (rank 0) and cached."""
+    from ..models.tiny_fsq import TinyFSQConfig
+    from .train_tokenizer import train_tokenizer  # looked up per call: tests replace it
+
+    stamp = cache / "fingerprint.txt" if cache is not None else None
+    if (main or cache is None) and not (stamp is not None and stamp.is_file() and stamp.read_text() == fingerprint):
+        cfg = TinyFSQConfig(channels=tuple(video_cfg.tokenizer_channels), res_blocks=video_cfg.tokenizer_res_blocks)
+        cuda = torch.device(device).type == "cuda"
+        log.info("training the frame tokenizer: %d steps on %d frames", video_cfg.tokenizer_steps, frames.shape[0])
+        try:
+            res = train_tokenizer(frames, video_cfg.tokenizer_steps, lr=video_cfg.tokenizer_lr, seed=seed, config=cfg,
+                                  batch_size=video_cfg.tokenizer_batch_size, device=device,
+                                  autocast_dtype=torch.bfloat16 if cuda else None, channels_last=cuda)
+        except KeyboardInterrupt:  # the tokenizer is cached only once trained: say so, then end the run
+            message = (
+                f"interrupted while training the frame tokenizer ({video_cfg.tokenizer_steps} steps): "
+                "nothing was saved; the next run trains it again from step 0"
+            )
+            log.warning(message)
+            raise
+        log.info("tokenizer trained: final reconstruction MSE %.5f", res.losses[-1] if res.losses else float("nan"))
+        if cache is None:
+            return res.tokenizer.to(memory_format=torch.contiguous_format)
+        res.tokenizer.to(memory_format=torch.contiguous_format).save_pretrained(cache)
+        stamp.write_text(fingerprint)
+    sync()  # other ranks wait for rank 0's tokenizer
+    return TinyFSQTokenizer.from_pretrained(cache, device=device)
+
+
+__all__ = ["ARCHITECTURES", "frame_tokenizer_source", "load_saved"]
