@@ -20,7 +20,7 @@ from typing import Any
 from ..ops.advantages import ESTIMATORS
 from ..ops.pixel_metrics import AGGREGATES
 from ..ops.policy_loss import AGG_MODES, KL_TYPES
-from ..worlds import WORLDS
+from ..worlds import WORLDS, check_reward_name
 from .frame_tokenizer import ARCHITECTURES
 
 
@@ -369,10 +369,6 @@ def validate(cfg: Config, *, for_eval: bool = False) -> None:
          f"data.world = {d.world!r} needs a pretrained model with its tokenizer: set model.path to a local "
          "Hugging Face model directory (config.json, weights, tokenizer files), e.g. one saved with "
          "save_pretrained"),
-        # the world's loader refuses it too; checked here so the run fails before any work
-        (not world.own_reward or not rw.name,
-         f"reward.name={rw.name!r} does not apply to {d.world}: its reward is computed on the frame "
-         "tokens (configure it with video.reward_weights)"),
         (not world.episodes or d.train_path,
          f"data.world = {d.world!r} reads local episodes: set data.train_path to the .npz directory"),
     ]
@@ -387,6 +383,10 @@ def validate(cfg: Config, *, for_eval: bool = False) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    try:  # the world's loader refuses it too; checked here so the run fails before any work
+        check_reward_name(d.world, rw.name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def describe(node=None, prefix: str = "") -> str:

@@ -25,22 +25,25 @@ class World:
     files:       it reads local data files: the held-out ``test_path`` and, to train, ``train_path``.
     episodes:    it reads a local directory of episodes, ``train_path`` (the held-out split inside it).
     needs_model: it ships no tokenizer: a pretrained model (with its tokenizer) is required.
-    own_reward:  it computes its reward itself: a registered reward name does not apply to it.
+    own_reward:  why a registered reward name does not apply to it (it computes its reward itself), or
+                 empty: it takes ``reward`` by name (:func:`check_reward_name`).
     """
 
     loader: str
     files: bool = False
     episodes: bool = False
     needs_model: bool = False
-    own_reward: bool = False
+    own_reward: str = ""
 
+
+FRAME_REWARD = "its reward is computed on the frame tokens (configure it with video.reward_weights)"
 
 WORLDS: dict[str, World] = {
     "synthetic_text_game": World("rlvr_fast.worlds.synthetic:synthetic_text_game_task"),
     "text_game": World("rlvr_fast.worlds.text_game:text_game_task", files=True, needs_model=True),
     "web_page": World("rlvr_fast.worlds.web_page:web_page_task", files=True, needs_model=True),
-    "sprite_video": World("rlvr_fast.worlds.video_task:sprite_video", own_reward=True),
-    "rt1_video": World("rlvr_fast.worlds.video_task:rt1_video", episodes=True, own_reward=True),
+    "sprite_video": World("rlvr_fast.worlds.video_task:sprite_video", own_reward=FRAME_REWARD),
+    "rt1_video": World("rlvr_fast.worlds.video_task:rt1_video", episodes=True, own_reward=FRAME_REWARD),
 }
 
 
@@ -50,6 +53,14 @@ def loader(world: str):
         raise ValueError(f"data.world: unknown world {world!r}; choose one of {list(WORLDS)}")
     module, _, attr = WORLDS[world].loader.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def check_reward_name(world: str, reward: str | None) -> None:
+    """ValueError when a reward name is given for a world that computes its own reward (the config check
+    and the world's loader both ask here)."""
+    why = WORLDS[world].own_reward
+    if reward and why:
+        raise ValueError(f"reward.name={reward!r} does not apply to {world}: {why}")
 
 
 def load_task(world: str, *, strict: bool = True, **options: Any) -> Task:
@@ -72,4 +83,4 @@ def load_task(world: str, *, strict: bool = True, **options: Any) -> Task:
     return fn(**{k: v for k, v in options.items() if k in params})
 
 
-__all__ = ["WORLDS", "World", "load_task", "loader"]
+__all__ = ["WORLDS", "World", "check_reward_name", "load_task", "loader"]

@@ -40,6 +40,7 @@ from typing import Any, NamedTuple, Union
 import torch
 
 from ..task import Generated, Scored, ScoreStats, Task
+from . import check_reward_name
 
 log = logging.getLogger(__name__)
 
@@ -285,12 +286,6 @@ class VideoTask(Task):
         self.frame_tokenizer.save_pretrained(Path(directory) / ASSET_DIR)
 
 
-def _no_text_reward(reward: str | None, world: str) -> None:
-    if reward:
-        raise ValueError(f"reward.name={reward!r} does not apply to {world}: its reward is computed on the frame "
-                         "tokens (configure it with video.reward_weights)")
-
-
 def sprite_video(*, seed: int, n_train: int, n_test: int, context_frames: int, predict_frames: int, n_sprites: int,
                  frame_size: Sequence[int], action_bins: int, frame_tokenizer: FrameTokenizerSource,
                  reward_weights: dict | None = None, lpips_vgg_path: str | None = None,
@@ -302,7 +297,7 @@ def sprite_video(*, seed: int, n_train: int, n_test: int, context_frames: int, p
     ``reward`` must be empty: the pixel reward is configured by ``reward_weights`` and the LPIPS files."""
     from .sprite import SpriteWorld, SpriteWorldConfig
 
-    _no_text_reward(reward, "sprite_video")
+    check_reward_name("sprite_video", reward)
     h, w = (int(v) for v in frame_size)
     cfg = SpriteWorldConfig(height=h, width=w, n_sprites=n_sprites, seed=seed, context_frames=context_frames,
                             predict_frames=predict_frames)
@@ -327,7 +322,7 @@ def rt1_video(*, seed: int, n_train: int, n_test: int, train_path: str, context_
     ``reward`` must be empty, as for :func:`sprite_video`."""
     from .rt1 import OXEEpisodes
 
-    _no_text_reward(reward, "rt1_video")
+    check_reward_name("rt1_video", reward)
     world = OXEEpisodes(train_path, context_frames, predict_frames, action_ranges=action_ranges_path)
     description = (f"rt1({os.path.abspath(train_path)}, {len(world.files('train'))} train files, "
                    f"C={context_frames}, P={predict_frames})")
