@@ -46,6 +46,7 @@ from .. import ops as rf
 from .. import rewards
 from .._threads import CpuThreads
 from ..models import count_parameters, load_model
+from ..ops.advantages import WHITENED_ESTIMATORS
 from ..worlds import Task, load_task
 from . import distributed as D
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -252,9 +253,9 @@ class GRPOTrainer:
             failures = stats.errors + stats.non_finite + stats.timeouts
             scores = torch.tensor(raw, dtype=torch.float32, device=self.device)
         t_reward = time.perf_counter() - t0 - t_gen
-        pp = cfg.algo.estimator == "reinforce_pp_baseline"
+        whitened = cfg.algo.estimator in WHITENED_ESTIMATORS  # its batch statistics count response tokens
         adv = rf.group_advantages(scores, group_size=n, estimator=cfg.algo.estimator,
-                                  response_mask=batch.response_mask if pp else None)  # fmt: skip
+                                  response_mask=batch.response_mask if whitened else None)  # fmt: skip
 
         B = len(examples)
         mini = (cfg.algo.mini_batch_size or B * self.dist.world) // self.dist.world
