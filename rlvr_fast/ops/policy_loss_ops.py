@@ -2,8 +2,9 @@
 :func:`~rlvr_fast.ops.policy_loss_from_logits`: backend choice (the Triton kernels in
 ``rlvr_fast.kernels.policy_loss`` or the torch reference), fake kernels and autograd formulas.
 
-The loss settings are keyword-only arguments named like :class:`LossOptions`' fields: callers pass
-``**opts._asdict()``, and the ops and their autograd contexts read them back by name.
+The loss settings are keyword-only arguments named like :class:`LossOptions`' fields, in its order:
+callers pass ``**opts._asdict()``, the ops bundle their arguments of those names back into one, and
+the autograd contexts read them by name from ``keyword_only_inputs``.
 """
 
 from __future__ import annotations
@@ -64,16 +65,7 @@ def _policy_loss_op(
     agg: str,
     norm_const: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    opts = LossOptions(
-        clip_low=clip_low,
-        clip_high=clip_high,
-        dual_clip=dual_clip,
-        kl_type=kl_type,
-        kl_coef=kl_coef,
-        kl_clamp=kl_clamp,
-        log_ratio_clamp=log_ratio_clamp,
-        entropy_coef=entropy_coef,
-    )
+    opts = LossOptions(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef)
     return _policy_loss_impl(logp, old_logp, advantages, response_mask, ref_logp, entropy, opts, agg, norm_const)
 
 
@@ -116,16 +108,7 @@ def _policy_loss_backward_op(
     log_ratio_clamp: float,
     entropy_coef: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    opts = LossOptions(
-        clip_low=clip_low,
-        clip_high=clip_high,
-        dual_clip=dual_clip,
-        kl_type=kl_type,
-        kl_coef=kl_coef,
-        kl_clamp=kl_clamp,
-        log_ratio_clamp=log_ratio_clamp,
-        entropy_coef=entropy_coef,
-    )
+    opts = LossOptions(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef)
     return _backward_tokens(grad, row_weight, logp, old_logp, advantages, response_mask, ref_logp, opts)
 
 
@@ -184,16 +167,7 @@ def _policy_loss_from_logits_op(
         logits, token_ids, temperature, compute_entropy, ignore_index, inplace_backward
     )
     mask = (response_mask != 0) & (token_ids != ignore_index)
-    opts = LossOptions(
-        clip_low=clip_low,
-        clip_high=clip_high,
-        dual_clip=dual_clip,
-        kl_type=kl_type,
-        kl_coef=kl_coef,
-        kl_clamp=kl_clamp,
-        log_ratio_clamp=log_ratio_clamp,
-        entropy_coef=entropy_coef,
-    )
+    opts = LossOptions(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef)
     loss, metrics, w = _policy_loss_impl(
         logp, old_logp, advantages, mask, ref_logp, ent if compute_entropy else None, opts, agg, norm_const,
         logp_name="logits",
