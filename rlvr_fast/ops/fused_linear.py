@@ -372,8 +372,9 @@ def _fused_linear_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     chunk_tokens, chunk_vocab = _chunks(hidden, weight, chunk_tokens, chunk_vocab)
     with torch.no_grad():
+        steps = _tile_steps(hidden.device)
         dh, dw, db = _fused_backward(grad_logp, grad_entropy, hidden, weight, bias, token_ids, lse, mean_z,
-                                     temperature, ignore_index, chunk_tokens, chunk_vocab, _tile_steps(hidden.device))  # fmt: skip
+                                     temperature, ignore_index, chunk_tokens, chunk_vocab, steps)  # fmt: skip
     return dh, dw, db if db is not None else weight.new_empty(0)
 
 
