@@ -101,23 +101,19 @@ def _loss_inputs(B: int, T: int) -> dict:
 
 
 def _ref_args(d):
-    return (
-        d["old"],
-        d["adv"],
-        d["mask"],
-        d["ref"],
-        None,
-        CLIP,
-        CLIP,
-        DUAL_CLIP,
-        "k3",
-        KL_COEF_LOSS,
-        10.0,
-        20.0,
-        0.0,
-        "token-mean",
-        None,
+    from rlvr_fast.ops.policy_loss_reference import LossOptions
+
+    opts = LossOptions(
+        clip_low=CLIP,
+        clip_high=CLIP,
+        dual_clip=DUAL_CLIP,
+        kl_type="k3",
+        kl_coef=KL_COEF_LOSS,
+        kl_clamp=10.0,
+        log_ratio_clamp=20.0,
+        entropy_coef=0.0,
     )
+    return (d["old"], d["adv"], d["mask"], d["ref"], None, opts, "token-mean", None)
 
 
 def _loss_ours(d):

@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rlvr_fast as rf
-
-ESTIMATORS = ["grpo", "drgrpo", "rloo", "reinforce_pp_baseline"]
+from rlvr_fast.ops.advantages import ESTIMATORS
 
 
 def hand_advantages(scores, groups, estimator, eps, unbiased, singleton, nan_missing=False, token_counts=None):

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import rlvr_fast as rf
-from rlvr_fast.ops.policy_loss import policy_loss_ref
+from rlvr_fast.ops.policy_loss_reference import LossOptions, policy_loss_ref
 from rlvr_fast.rewards.video import pixel_reward
 
 NAN, INF = float("nan"), float("inf")
@@ -164,8 +164,18 @@ def _loss_oracle(logp, old, adv, mask, ref, ent):
     clean = [torch.where(mask, t, 0.0).double() for t in (logp, old, ref, ent)]
     a = torch.where(valid, adv, 0.0).double()
     lp, e = clean[0].requires_grad_(), clean[3].requires_grad_()
-    cfg = (0.2, 0.2, 3.0, "k3", 0.1, 10.0, 20.0, 0.01, "token-mean", None)  # LOSS_KW, positionally
-    loss, _, _ = policy_loss_ref(lp, clean[1], a, mask, clean[2], e, *cfg)
+    # LOSS_KW with the public defaults for the rest
+    opts = LossOptions(
+        clip_low=0.2,
+        clip_high=0.2,
+        dual_clip=LOSS_KW["dual_clip"],
+        kl_type=LOSS_KW["kl_type"],
+        kl_coef=LOSS_KW["kl_coef"],
+        kl_clamp=10.0,
+        log_ratio_clamp=20.0,
+        entropy_coef=LOSS_KW["entropy_coef"],
+    )
+    loss, _, _ = policy_loss_ref(lp, clean[1], a, mask, clean[2], e, opts, "token-mean", None)
     loss.backward()
     return loss, lp.grad, e.grad
 

@@ -31,3 +31,16 @@ def test_bench_script_checks_and_runs(bench):
                                                                             "RLVR_FAST_BACKEND": "torch"})  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "median" in res.stdout
+
+
+def test_targets_table_gives_the_committed_results_md(monkeypatch):
+    """benchmarks/targets.py evaluates against the committed result rows and gives exactly the "Targets"
+    table of the committed RESULTS.md (which run_all.py generated from those rows)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import run_all
+
+    got = run_all._table(run_all.TARGET_COLUMNS, run_all.target_rows(run_all.load_latest()))
+    lines = (ROOT / "benchmarks" / "RESULTS.md").read_text().splitlines()
+    start = lines.index("## Targets (DESIGN.md section 8)") + 2
+    want = lines[start : lines.index("", start)]
+    assert got == want

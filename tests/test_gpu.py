@@ -146,10 +146,12 @@ def test_opcheck_on_gpu():
     logits = torch.randn(4, 8, 1000, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     ids = torch.randint(0, 1000, (4, 8), device="cuda")
     torch.library.opcheck(torch.ops.rlvr_fast.token_logprobs.default, (logits, ids, 1.0, True, -100, False))
-    args = (logits, ids, torch.randn(4, 8, device="cuda") - 7, torch.randn(4, device="cuda"),
-            torch.ones(4, 8, device="cuda"), None, 0.2, 0.2, 3.0, "", 0.0, 10.0, 20.0, 0.01, "token-mean", None, 1.0,
-            -100, False, True)  # fmt: skip
-    torch.library.opcheck(torch.ops.rlvr_fast.policy_loss_from_logits.default, args)
+    old, adv = torch.randn(4, 8, device="cuda") - 7, torch.randn(4, device="cuda")
+    settings = dict(clip_low=0.2, clip_high=0.2, dual_clip=3.0, kl_type="", kl_coef=0.0, kl_clamp=10.0)
+    settings |= dict(log_ratio_clamp=20.0, entropy_coef=0.01, agg="token-mean", norm_const=None)
+    settings |= dict(temperature=1.0, ignore_index=-100, inplace_backward=False, compute_entropy=True)
+    args = (logits, ids, old, adv, torch.ones(4, 8, device="cuda"), None)
+    torch.library.opcheck(torch.ops.rlvr_fast.policy_loss_from_logits.default, args, settings)
 
 
 # ------------------------------------------------------------------------------------------------

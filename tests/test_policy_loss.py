@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rlvr_fast as rf
-from rlvr_fast.ops.policy_loss import policy_loss_backward_ref, policy_loss_ref
+from rlvr_fast.ops.policy_loss_reference import LossOptions, policy_loss_backward_ref, policy_loss_ref
 
 KL = [None, "k1", "k2", "k3", "abs"]
 
@@ -32,13 +32,27 @@ def oracle(logp, old, adv, mask, ref, ent, kw):
     """float64 loss and gradients through the differentiable reference with plain autograd."""
     lp = logp.detach().double().cpu().requires_grad_()
     e = ent.detach().double().cpu().requires_grad_()
+    opts = loss_options(**{k: v for k, v in kw.items() if k not in ("agg", "norm_const")})
     loss, metrics, _ = policy_loss_ref(
-        lp, old.double().cpu(), adv.double().cpu(), mask.cpu(), ref.double().cpu(), e, kw["clip_low"],
-        kw["clip_high"], kw["dual_clip"], kw["kl_type"] or "", kw["kl_coef"], 10.0, 20.0, kw["entropy_coef"],
-        kw["agg"], kw.get("norm_const"),
+        lp, old.double().cpu(), adv.double().cpu(), mask.cpu(), ref.double().cpu(), e, opts, kw["agg"],
+        kw.get("norm_const"),
     )  # fmt: skip
     loss.backward()
     return loss.detach(), metrics, lp.grad, e.grad
+
+
+def loss_options(clip_low=0.2, clip_high=0.2, dual_clip=None, kl_type=None, kl_coef=0.0, entropy_coef=0.0):
+    """The reference's settings, with the public functions' defaults (kl_clamp 10, log_ratio_clamp 20)."""
+    return LossOptions(
+        clip_low=clip_low,
+        clip_high=clip_high,
+        dual_clip=dual_clip,
+        kl_type=kl_type or "",
+        kl_coef=kl_coef,
+        kl_clamp=10.0,
+        log_ratio_clamp=20.0,
+        entropy_coef=entropy_coef,
+    )
 
 
 def options(agg="token-mean", kl=None, dual=None, **extra):
@@ -76,10 +90,11 @@ def test_analytic_backward_matches_autograd_including_ties(kl, dual):
     adv[4, :5] = -adv[4, :5].abs()  # dual-clip region
     kw = options("seq-mean-token-mean", kl, dual)
     _, _, g_lp, _ = oracle(logp, old, adv, mask, ref, ent, kw)
-    _, _, w = policy_loss_ref(logp, old, adv.double(), mask, ref.double(), ent.double(), 0.2, 0.28, dual, kl or "",
-                              kw["kl_coef"], 10.0, 20.0, 0.01, "seq-mean-token-mean", None)  # fmt: skip
-    got, _ = policy_loss_backward_ref(torch.tensor(1.0, dtype=torch.float64), w, logp, old, adv.double(), mask,
-                                      ref.double(), 0.2, 0.28, dual, kl or "", kw["kl_coef"], 10.0, 20.0, 0.01)  # fmt: skip
+    opts = loss_options(clip_high=0.28, dual_clip=dual, kl_type=kl, kl_coef=kw["kl_coef"], entropy_coef=0.01)
+    agg = "seq-mean-token-mean"
+    _, _, w = policy_loss_ref(logp, old, adv.double(), mask, ref.double(), ent.double(), opts, agg, None)
+    one = torch.tensor(1.0, dtype=torch.float64)
+    got, _ = policy_loss_backward_ref(one, w, logp, old, adv.double(), mask, ref.double(), opts)
     torch.testing.assert_close(got, g_lp, rtol=1e-10, atol=1e-12)
 
 
@@ -140,14 +155,16 @@ def test_low_precision_inputs(monkeypatch):
 def test_opcheck(backend, device):
     logp, old, adv, mask, ref, ent = make_batch(device=device)
     lp, e = logp.clone().requires_grad_(), ent.clone().requires_grad_()
-    cfg = (0.2, 0.28, 3.0, "k3", 0.1, 10.0, 20.0, 0.01, "seq-mean-token-mean", None)
-    torch.library.opcheck(torch.ops.rlvr_fast.policy_loss.default, (lp, old, adv, mask, ref, e, *cfg))
-    torch.library.opcheck(torch.ops.rlvr_fast.policy_loss.default, (lp, old, adv[:, 0], mask.float(), None, None,
-                                                                    0.2, 0.2, None, "", 0.0, 10.0, 20.0, 0.0,
-                                                                    "token-mean", 7.0))  # fmt: skip
+    opts = loss_options(clip_high=0.28, dual_clip=3.0, kl_type="k3", kl_coef=0.1, entropy_coef=0.01)._asdict()
+    agg = dict(agg="seq-mean-token-mean", norm_const=None)
+    torch.library.opcheck(torch.ops.rlvr_fast.policy_loss.default, (lp, old, adv, mask, ref, e), opts | agg)
+    plain = loss_options()._asdict() | dict(agg="token-mean", norm_const=7.0)
+    torch.library.opcheck(
+        torch.ops.rlvr_fast.policy_loss.default, (lp, old, adv[:, 0], mask.float(), None, None), plain
+    )
     w = torch.rand(logp.shape[0], device=device)
-    torch.library.opcheck(torch.ops.rlvr_fast.policy_loss_backward.default,
-                          (torch.tensor(1.5, device=device), w, logp, old, adv, mask, ref, *cfg[:8]))  # fmt: skip
+    grads_args = (torch.tensor(1.5, device=device), w, logp, old, adv, mask, ref)
+    torch.library.opcheck(torch.ops.rlvr_fast.policy_loss_backward.default, grads_args, opts)
 
 
 # --- from logits ------------------------------------------------------------------------------------
@@ -209,8 +226,9 @@ def test_from_logits_float64_oracle_and_inplace(backend, device):
     logp_all = torch.log_softmax(x64, -1)
     lp64 = logp_all.gather(-1, ids.cpu()[..., None])[..., 0]
     ent64 = -(logp_all.exp() * logp_all).sum(-1)
-    want, _, _ = policy_loss_ref(lp64, old.double().cpu(), adv.double().cpu(), mask.cpu(), None, ent64, 0.2, 0.2,
-                                 None, "", 0.0, 10.0, 20.0, 0.02, "token-mean", None)  # fmt: skip
+    opts = loss_options(entropy_coef=0.02)
+    old64, adv64 = old.double().cpu(), adv.double().cpu()
+    want, _, _ = policy_loss_ref(lp64, old64, adv64, mask.cpu(), None, ent64, opts, "token-mean", None)
     want.backward()
     torch.testing.assert_close(loss.cpu().double(), want.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(leaf.grad.cpu().double(), x64.grad, rtol=1e-4, atol=1e-7)
@@ -219,10 +237,11 @@ def test_from_logits_float64_oracle_and_inplace(backend, device):
 def test_from_logits_opcheck(backend, device):
     logits = torch.randn(2, 4, 31, device=device, requires_grad=True)
     ids = torch.randint(0, 31, (2, 4), device=device)
-    args = (logits, ids, torch.randn(2, 4, device=device) - 3, torch.randn(2, device=device),
-            torch.ones(2, 4, device=device), None, 0.2, 0.2, None, "", 0.0, 10.0, 20.0, 0.01, "token-mean", None,
-            1.0, -100, False, True)  # fmt: skip
-    torch.library.opcheck(torch.ops.rlvr_fast.policy_loss_from_logits.default, args)
+    old, adv = torch.randn(2, 4, device=device) - 3, torch.randn(2, device=device)
+    args = (logits, ids, old, adv, torch.ones(2, 4, device=device), None)
+    kwargs = loss_options(entropy_coef=0.01)._asdict() | dict(agg="token-mean", norm_const=None)
+    kwargs |= dict(temperature=1.0, ignore_index=-100, inplace_backward=False, compute_entropy=True)
+    torch.library.opcheck(torch.ops.rlvr_fast.policy_loss_from_logits.default, args, kwargs)
 
 
 # --- peers ------------------------------------------------------------------------------------------
@@ -358,8 +377,8 @@ def test_entropy_gradient_written_only_when_weighted(backend, device, coef):
     loss.backward()
     w = torch.ones(B, device=device) / mask.sum()  # token-mean weights of the row partials
     gl, ge = torch.ops.rlvr_fast.policy_loss_backward(
-        torch.tensor(1.0, device=device), w, logp.detach(), old, adv, mask, None, 0.2, 0.2, None, "", 0.0, 10.0,
-        20.0, coef,
+        torch.tensor(1.0, device=device), w, logp.detach(), old, adv, mask, None, clip_low=0.2, clip_high=0.2,
+        dual_clip=None, kl_type="", kl_coef=0.0, kl_clamp=10.0, log_ratio_clamp=20.0, entropy_coef=coef,
     )
     if coef == 0:
         assert ge.numel() == 0 and ent.grad is None

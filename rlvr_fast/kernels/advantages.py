@@ -12,9 +12,12 @@ import torch
 import triton
 import triton.language as tl
 
+from .._kernel_spec import Baseline
 from ._launch import LAUNCH_OPTIONS, loadable_mask, on_tensor_device
 
-ESTIMATOR_IDS = {"grpo": 0, "drgrpo": 1, "rloo": 2, "reinforce_pp_baseline": 1}
+# The baseline modes as the tl.constexpr globals a jit function may read.
+_MEAN_STD = tl.constexpr(Baseline.MEAN_STD.value)
+_LEAVE_ONE_OUT = tl.constexpr(Baseline.LEAVE_ONE_OUT.value)
 # One block holds a whole group (BLOCK_N x BLOCK_T tile). Past 256 samples the tile spills registers
 # on sm_90, so larger groups take the generic path (torch statistics + the broadcast kernel).
 MAX_GROUP = 256
@@ -34,7 +37,7 @@ def _contiguous_group_kernel(
     GROUP: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_T: tl.constexpr,
-    ESTIMATOR: tl.constexpr,  # 0 grpo, 1 mean baseline only, 2 rloo
+    BASELINE: tl.constexpr,  # a Baseline mode
     UNBIASED: tl.constexpr,
     SINGLETON_VERL: tl.constexpr,
     NAN_MISSING: tl.constexpr,
@@ -65,14 +68,14 @@ def _contiguous_group_kernel(
         var = m2 / tl.maximum(n - 1.0, 1.0)
     else:
         var = m2 / tl.maximum(n, 1.0)
-    if ESTIMATOR == 0:
+    if BASELINE == _MEAN_STD:
         adv = dev / (tl.sqrt(var) + eps / scale)
-    elif ESTIMATOR == 2:
+    elif BASELINE == _LEAVE_ONE_OUT:
         adv = dev * n / tl.maximum(n - 1.0, 1.0) * scale
-    else:
+    else:  # Baseline.MEAN
         adv = dev * scale
     if SINGLETON_VERL:
-        if ESTIMATOR == 0:
+        if BASELINE == _MEAN_STD:
             lone = r / (1.0 + eps)
         else:
             lone = r
@@ -116,7 +119,7 @@ def contiguous_group_advantages(
     scores: torch.Tensor,
     group_size: int,
     response_mask: torch.Tensor | None,
-    estimator: str,
+    baseline: int,
     eps: float,
     unbiased_std: bool,
     singleton: str,
@@ -124,7 +127,7 @@ def contiguous_group_advantages(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One launch: per-sample advantages [B] and, if ``response_mask`` [B, T] is given, token advantages.
 
-    ``estimator`` ``reinforce_pp_baseline`` yields the group-centred value (whitening is the caller's).
+    ``baseline``: a ``rlvr_fast._kernel_spec.Baseline`` mode (batch whitening, if any, is the caller's).
     """
     scores = scores.contiguous()  # the kernel reads scores[row] at unit stride
     batch = scores.shape[0]
@@ -151,7 +154,7 @@ def contiguous_group_advantages(
         GROUP=group_size,
         BLOCK_N=block_n,
         BLOCK_T=block_t,
-        ESTIMATOR=ESTIMATOR_IDS[estimator],
+        BASELINE=int(baseline),
         UNBIASED=unbiased_std,
         SINGLETON_VERL=singleton == "verl",
         NAN_MISSING=nan_as_missing,

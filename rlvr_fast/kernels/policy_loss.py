@@ -3,7 +3,8 @@
 The forward writes per-row partial sums (loss, token count, clip counts, KL, ratio stats, entropy);
 a few [B]-sized torch ops finish the aggregation, so every ``agg`` mode and every metric comes out of
 one read of the inputs. The backward recomputes the per-token derivative (cheaper than storing it)
-and writes d(logp) and d(entropy) in one pass. Formulas: ``rlvr_fast.ops.policy_loss``.
+and writes d(logp) and d(entropy) in one pass. Formulas: ``rlvr_fast.ops.policy_loss``; the launchers
+read the settings by name from a ``rlvr_fast.ops.policy_loss_reference.LossOptions``.
 """
 
 from __future__ import annotations
@@ -12,10 +13,24 @@ import torch
 import triton
 import triton.language as tl
 
+from .._kernel_spec import KL_IDS, Partial
 from ._launch import LAUNCH_OPTIONS, loadable_mask, on_tensor_device
 
-KL_IDS = {"": 0, "k1": 1, "abs": 2, "k2": 3, "k3": 4}
-N_PARTIALS = 11
+# The KL modes and partial-sum columns as the tl.constexpr globals a jit function may read.
+_K1 = tl.constexpr(KL_IDS["k1"])
+_K2 = tl.constexpr(KL_IDS["k2"])
+_ABS = tl.constexpr(KL_IDS["abs"])
+_LOSS = tl.constexpr(Partial.LOSS.value)
+_COUNT = tl.constexpr(Partial.COUNT.value)
+_PG_LOSS = tl.constexpr(Partial.PG_LOSS.value)
+_CLIPFRAC = tl.constexpr(Partial.CLIPFRAC.value)
+_CLIPFRAC_LOWER = tl.constexpr(Partial.CLIPFRAC_LOWER.value)
+_APPROX_KL = tl.constexpr(Partial.APPROX_KL.value)
+_KL = tl.constexpr(Partial.KL.value)
+_RATIO = tl.constexpr(Partial.RATIO.value)
+_RATIO_MIN = tl.constexpr(Partial.RATIO_MIN.value)
+_RATIO_MAX = tl.constexpr(Partial.RATIO_MAX.value)
+_ENTROPY = tl.constexpr(Partial.ENTROPY.value)
 
 
 @triton.jit
@@ -73,11 +88,11 @@ def _policy_loss_fwd_kernel(
         if HAS_REF:
             ref = _load_row_tile(ref_ptr, row, cols, s_ref_b, s_ref_t, inb, valid)
             y = lp - ref
-            if KL == 1:
+            if KL == _K1:
                 kl = y
-            elif KL == 2:
+            elif KL == _ABS:
                 kl = tl.abs(y)
-            elif KL == 3:
+            elif KL == _K2:
                 kl = 0.5 * y * y
             else:
                 k = _clamp(-y, -lrc, lrc)
@@ -97,18 +112,18 @@ def _policy_loss_fwd_kernel(
         acc_rmin = tl.minimum(acc_rmin, tl.where(valid, ratio, float("inf")))
         acc_rmax = tl.maximum(acc_rmax, tl.where(valid, ratio, -float("inf")))
     out = out_ptr + row * N_OUT
-    tl.store(out + 0, tl.sum(acc_loss, axis=0))
-    tl.store(out + 1, tl.sum(acc_n, axis=0))
-    tl.store(out + 2, tl.sum(acc_pg, axis=0))
-    tl.store(out + 3, tl.sum(acc_clip, axis=0))
-    tl.store(out + 4, tl.sum(acc_low, axis=0))
-    tl.store(out + 5, tl.sum(acc_akl, axis=0))
-    tl.store(out + 6, tl.sum(acc_kl, axis=0))
-    tl.store(out + 7, tl.sum(acc_r, axis=0))
+    tl.store(out + _LOSS, tl.sum(acc_loss, axis=0))
+    tl.store(out + _COUNT, tl.sum(acc_n, axis=0))
+    tl.store(out + _PG_LOSS, tl.sum(acc_pg, axis=0))
+    tl.store(out + _CLIPFRAC, tl.sum(acc_clip, axis=0))
+    tl.store(out + _CLIPFRAC_LOWER, tl.sum(acc_low, axis=0))
+    tl.store(out + _APPROX_KL, tl.sum(acc_akl, axis=0))
+    tl.store(out + _KL, tl.sum(acc_kl, axis=0))
+    tl.store(out + _RATIO, tl.sum(acc_r, axis=0))
     # finite sentinels, like the torch reference, so an empty row never yields inf in the min/max
-    tl.store(out + 8, tl.minimum(tl.min(acc_rmin, axis=0), 3.4028234663852886e38))
-    tl.store(out + 9, tl.maximum(tl.max(acc_rmax, axis=0), -3.4028234663852886e38))
-    tl.store(out + 10, tl.sum(acc_ent, axis=0))
+    tl.store(out + _RATIO_MIN, tl.minimum(tl.min(acc_rmin, axis=0), 3.4028234663852886e38))
+    tl.store(out + _RATIO_MAX, tl.maximum(tl.max(acc_rmax, axis=0), -3.4028234663852886e38))
+    tl.store(out + _ENTROPY, tl.sum(acc_ent, axis=0))
 
 
 @triton.jit
@@ -145,11 +160,11 @@ def _policy_loss_bwd_kernel(
     if HAS_REF:
         ref = _load_row_tile(ref_ptr, row, cols, s_ref_b, s_ref_t, inb, valid)
         y = lp - ref
-        if KL == 1:
+        if KL == _K1:
             dkl = tl.full([BLOCK_T], 1.0, tl.float32)
-        elif KL == 2:
+        elif KL == _ABS:
             dkl = tl.where(y > 0, 1.0, tl.where(y < 0, -1.0, 0.0))
-        elif KL == 3:
+        elif KL == _K2:
             dkl = y
         else:
             k = _clamp(-y, -lrc, lrc)
@@ -171,51 +186,56 @@ def _strides(t: torch.Tensor | None) -> tuple[int, int]:
     return t.stride(0), t.stride(1)
 
 
-def _scalars(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef):
-    return (clip_low, clip_high, dual_clip if dual_clip is not None else 0.0, kl_coef, kl_clamp, log_ratio_clamp,
-            entropy_coef)  # fmt: skip
+def _settings(opts) -> dict:
+    """The loss settings as the kernels' scalar and mode arguments, by name (``kl_type`` "" is mode 0)."""
+    return dict(
+        clip_low=opts.clip_low,
+        clip_high=opts.clip_high,
+        dual_clip=0.0 if opts.dual_clip is None else opts.dual_clip,
+        kl_coef=opts.kl_coef,
+        kl_clamp=opts.kl_clamp,
+        lrc=opts.log_ratio_clamp,
+        entropy_coef=opts.entropy_coef,
+        DUAL=opts.dual_clip is not None,
+        KL=KL_IDS.get(opts.kl_type, 0),
+    )
 
 
 @on_tensor_device
-def policy_loss_forward(logp, old_logp, advantages, response_mask, ref_logp, entropy, clip_low, clip_high, dual_clip,
-                        kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef):  # fmt: skip
-    """Per-row partial sums, float32 [B, 11] (columns: ``rlvr_fast.ops.policy_loss.PARTIALS``)."""
+def policy_loss_forward(logp, old_logp, advantages, response_mask, ref_logp, entropy, opts):
+    """Per-row partial sums, float32 [B, len(Partial)] (columns: ``rlvr_fast._kernel_spec.Partial``)."""
     B, T = logp.shape
-    out = torch.empty(B, N_PARTIALS, dtype=torch.float32, device=logp.device)
+    out = torch.empty(B, len(Partial), dtype=torch.float32, device=logp.device)
     mask = loadable_mask(response_mask)
-    has_ref = bool(kl_type) and ref_logp is not None
+    has_ref = bool(opts.kl_type) and ref_logp is not None
     block_t = max(16, min(triton.next_power_of_2(max(T, 1)), 1024))
     _policy_loss_fwd_kernel[(B,)](
         logp, old_logp, advantages, mask, ref_logp if has_ref else logp, entropy if entropy is not None else logp, out,
         T, *_strides(logp), *_strides(old_logp), *_strides(advantages), *_strides(mask),
         *_strides(ref_logp if has_ref else None), *_strides(entropy),
-        *_scalars(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef),
-        DUAL=dual_clip is not None, KL=KL_IDS[kl_type], HAS_REF=has_ref, HAS_ENT=entropy is not None,
-        N_OUT=N_PARTIALS, BLOCK_T=block_t,
+        **_settings(opts), HAS_REF=has_ref, HAS_ENT=entropy is not None, N_OUT=len(Partial), BLOCK_T=block_t,
         **LAUNCH_OPTIONS,
     )  # fmt: skip
     return out
 
 
 @on_tensor_device
-def policy_loss_backward(grad, row_w, logp, old_logp, advantages, response_mask, ref_logp, clip_low, clip_high,
-                         dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef):  # fmt: skip
+def policy_loss_backward(grad, row_w, logp, old_logp, advantages, response_mask, ref_logp, opts):
     """(d logp, d entropy), float32 [B, T] each, for the scalar upstream gradient ``grad``; d entropy is
-    empty (0 elements, nothing written) when ``entropy_coef == 0``."""
+    empty (0 elements, nothing written) when ``opts.entropy_coef == 0``."""
     B, T = logp.shape
     glp = torch.empty(B, T, dtype=torch.float32, device=logp.device)
-    ent_grad = entropy_coef != 0
+    ent_grad = opts.entropy_coef != 0
     gent = torch.empty_like(glp) if ent_grad else glp.new_empty(0)
     mask = loadable_mask(response_mask)
-    has_ref = bool(kl_type) and ref_logp is not None and kl_coef != 0
+    has_ref = bool(opts.kl_type) and ref_logp is not None and opts.kl_coef != 0
     block_t = max(16, min(triton.next_power_of_2(max(T, 1)), 1024))
     _policy_loss_bwd_kernel[(B, triton.cdiv(T, block_t))](
         grad.reshape(1).float(), row_w.float().contiguous(), logp, old_logp, advantages, mask,
         ref_logp if has_ref else logp, glp, gent if ent_grad else glp, B, T,
         *_strides(logp), *_strides(old_logp), *_strides(advantages), *_strides(mask),
         *_strides(ref_logp if has_ref else None),
-        *_scalars(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef),
-        DUAL=dual_clip is not None, KL=KL_IDS[kl_type], HAS_REF=has_ref, ENT_GRAD=ent_grad, BLOCK_T=block_t,
+        **_settings(opts), HAS_REF=has_ref, ENT_GRAD=ent_grad, BLOCK_T=block_t,
         **LAUNCH_OPTIONS,
     )  # fmt: skip
     return glp, gent

@@ -20,15 +20,8 @@ from .pixel_metrics import (
     scatter_sequence_reward,
     scatter_sequence_reward_ref,
 )
-from .policy_loss import (
-    AGG_MODES,
-    KL_TYPES,
-    METRICS,
-    policy_loss,
-    policy_loss_backward_ref,
-    policy_loss_from_logits,
-    policy_loss_ref,
-)
+from .policy_loss import AGG_MODES, KL_TYPES, policy_loss, policy_loss_from_logits
+from .policy_loss_reference import METRICS, policy_loss_backward_ref, policy_loss_ref
 from .video import (
     Quantizer,
     VideoTokenLayout,

@@ -8,22 +8,55 @@ autograd formula: its output never requires grad.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .. import _checks as C
 from .._dispatch import use_triton
+from .._kernel_spec import Baseline
 
-ESTIMATORS = ("grpo", "drgrpo", "rloo", "reinforce_pp_baseline")
-PRESETS = (None, "verl", "trl")
 
-# What each preset fixes. `singleton`: "zero" gives a group of one valid sample advantage 0 (it has no
-# baseline); "verl" uses verl's mean 0 / std 1 for such groups. `nan_as_missing`: TRL marks unscorable
-# completions with NaN rewards, leaves them out of the group statistics and gives them advantage 0.
-_PRESET_VALUES = {
-    None: dict(eps=1e-6, unbiased_std=True, singleton="zero", nan_as_missing=False),
-    "verl": dict(eps=1e-6, unbiased_std=True, singleton="verl", nan_as_missing=False),
-    "trl": dict(eps=1e-4, unbiased_std=True, singleton="zero", nan_as_missing=True),
+class Estimator(NamedTuple):
+    """What an advantage estimator does with the scores (formulas: :func:`group_advantages`)."""
+
+    baseline: Baseline  # how its group's statistics make a sample's advantage (the kernel's mode)
+    whiten: bool  # then whitened over the batch's valid response tokens (needs the response mask)
+
+
+# Every estimator, by name: adding one is a row here (and a Baseline mode if its group formula is new).
+ESTIMATOR_SPECS = {
+    "grpo": Estimator(Baseline.MEAN_STD, whiten=False),
+    "drgrpo": Estimator(Baseline.MEAN, whiten=False),
+    "rloo": Estimator(Baseline.LEAVE_ONE_OUT, whiten=False),
+    "reinforce_pp_baseline": Estimator(Baseline.MEAN, whiten=True),
 }
+ESTIMATORS = tuple(ESTIMATOR_SPECS)
+# Estimators whose advantage comes from the sample's group alone: they need two or more samples a group.
+GROUP_ESTIMATORS = tuple(name for name, spec in ESTIMATOR_SPECS.items() if not spec.whiten)
+# Estimators whitened over the batch: the token counts of the response mask weigh their statistics.
+WHITENED_ESTIMATORS = tuple(name for name, spec in ESTIMATOR_SPECS.items() if spec.whiten)
+
+
+class _Settings(NamedTuple):
+    """What a preset fixes (the custom op's scalar arguments of the same names)."""
+
+    eps: float
+    unbiased_std: bool
+    # "zero" gives a group of one valid sample advantage 0 (it has no baseline); "verl" uses verl's
+    # mean 0 / std 1 for such groups
+    singleton: str
+    # TRL marks unscorable completions with NaN rewards, leaves them out of the group statistics and
+    # gives them advantage 0
+    nan_as_missing: bool
+
+
+_PRESET_SETTINGS = {
+    None: _Settings(eps=1e-6, unbiased_std=True, singleton="zero", nan_as_missing=False),
+    "verl": _Settings(eps=1e-6, unbiased_std=True, singleton="verl", nan_as_missing=False),
+    "trl": _Settings(eps=1e-4, unbiased_std=True, singleton="zero", nan_as_missing=True),
+}
+PRESETS = tuple(_PRESET_SETTINGS)
 # verl's masked_whiten: (x - mean) * rsqrt(var + 1e-8), unbiased var over the valid tokens.
 WHITEN_EPS = 1e-8
 
@@ -88,12 +121,12 @@ def group_advantages(
     """
     C.check_choice("preset", preset, PRESETS)
     C.check_choice("estimator", estimator, ESTIMATORS)
-    cfg = dict(_PRESET_VALUES[preset])
+    settings = _PRESET_SETTINGS[preset]
     if eps is not None:
-        cfg["eps"] = float(eps)
+        settings = settings._replace(eps=float(eps))
     if unbiased_std is not None:
-        cfg["unbiased_std"] = bool(unbiased_std)
-    C.check_positive("eps", cfg["eps"], allow_zero=True)
+        settings = settings._replace(unbiased_std=bool(unbiased_std))
+    C.check_positive("eps", settings.eps, allow_zero=True)
 
     C.check_tensor("scores", scores, dtypes=C.FLOAT_DTYPES, ndim=1)
     batch = scores.shape[0]
@@ -121,10 +154,7 @@ def group_advantages(
         group_size or 0,
         response_mask,
         estimator,
-        cfg["eps"],
-        cfg["unbiased_std"],
-        cfg["singleton"],
-        cfg["nan_as_missing"],
+        **settings._asdict(),
     )
 
 
@@ -185,8 +215,9 @@ def group_centered(
 
     Groups are contiguous runs of ``group_size`` or given by ``group_ids`` [B] (any labels, any
     order). Computes in ``promote(scores.dtype, float32)``. Returns (advantage [B], valid bool [B]);
-    invalid (NaN, when ``nan_as_missing``) samples get 0.
+    invalid (NaN, when ``nan_as_missing``) samples get 0. A whitened estimator's value before whitening.
     """
+    baseline = ESTIMATOR_SPECS[estimator].baseline
     dtype = torch.promote_types(scores.dtype, torch.float32)
     batch = scores.shape[0]
     perm, start, end = _segment_bounds(batch, group_ids, group_size, scores.device)
@@ -204,14 +235,14 @@ def group_centered(
     mean = _segment_sum(x, start, end) / n.clamp_min(1.0)
     dev = torch.where(valid, x - mean, 0.0)
     var = _segment_sum(dev * dev, start, end) / ((n - 1.0) if unbiased_std else n).clamp_min(1.0)
-    if estimator == "grpo":
+    if baseline == Baseline.MEAN_STD:
         adv = dev / (var.sqrt() + eps / scale)
-    elif estimator == "rloo":
+    elif baseline == Baseline.LEAVE_ONE_OUT:
         adv = dev * n / (n - 1.0).clamp_min(1.0) * scale  # scale last: no overflow on the way
-    else:  # drgrpo, reinforce_pp_baseline: mean baseline only
+    else:  # Baseline.MEAN
         adv = dev * scale
     if singleton == "verl":  # verl: mean 0, std 1 for a group of one -> r / (1 + eps) or r
-        lone = r0 / (1.0 + eps) if estimator == "grpo" else r0
+        lone = r0 / (1.0 + eps) if baseline == Baseline.MEAN_STD else r0
         adv = torch.where(n == 1, lone, adv)
     else:
         adv = torch.where(n <= 1, 0.0, adv)
@@ -265,7 +296,7 @@ def group_advantages_ref(
     adv, valid = group_centered(
         scores, group_ids, group_size, estimator, eps, unbiased_std, singleton, nan_as_missing
     )
-    if estimator == "reinforce_pp_baseline":
+    if ESTIMATOR_SPECS[estimator].whiten:
         adv = whiten(adv, valid, response_mask, unbiased_std)
     if response_mask is None:
         return adv
@@ -300,20 +331,20 @@ def _group_advantages_op(
         return group_advantages_ref(*args).float()
     from ..kernels import advantages as K
 
-    rpp = estimator == "reinforce_pp_baseline"
+    spec = ESTIMATOR_SPECS[estimator]
     if group_ids is None and group_size <= K.MAX_GROUP:
         adv, tok = K.contiguous_group_advantages(
-            scores, group_size, None if rpp else response_mask, estimator, eps, unbiased_std, singleton,
+            scores, group_size, None if spec.whiten else response_mask, spec.baseline, eps, unbiased_std, singleton,
             nan_as_missing,
         )
-        if not rpp:
+        if not spec.whiten:
             return adv if tok is None else tok
         valid = ~torch.isnan(scores) if nan_as_missing else torch.ones_like(adv, dtype=torch.bool)
     else:
         adv, valid = group_centered(
             scores.float(), group_ids, group_size, estimator, eps, unbiased_std, singleton, nan_as_missing
         )
-    if rpp:  # batch whitening needs global statistics: a few [B]-sized torch ops between launches
+    if spec.whiten:  # batch whitening needs global statistics: a few [B]-sized torch ops between launches
         adv = whiten(adv, valid, response_mask, unbiased_std)
     return adv if response_mask is None else K.broadcast_to_tokens(adv, response_mask)
 

@@ -39,6 +39,9 @@ memory, pass a smaller ``chunk_vocab``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch
 
 from .. import _checks as C
@@ -227,13 +230,23 @@ def _grad_torch(z, dz, ids, g, ge, lse, mean, v0, temperature):
     dz.copy_(d)
 
 
-def _tile_fns(device: torch.device):
-    """(stats, grad) tile steps: the Triton kernels when the dispatch picks them, else the torch twins."""
+class _TileSteps(NamedTuple):
+    """The per-tile steps of the chunked passes (signatures: the torch twins above)."""
+
+    stats: Callable
+    grad: Callable
+
+
+_TORCH_STEPS = _TileSteps(stats=_stats_torch, grad=_grad_torch)
+
+
+def _tile_steps(device: torch.device) -> _TileSteps:
+    """The Triton kernels when the dispatch picks them, else the torch twins."""
     if select_backend("fused_linear_logprobs", device) == "triton":
         from ..kernels.fused_linear import tile_grad, tile_stats
 
-        return tile_stats, tile_grad
-    return _stats_torch, _grad_torch
+        return _TileSteps(stats=tile_stats, grad=tile_grad)
+    return _TORCH_STEPS
 
 
 def fused_linear_logprobs_ref(
@@ -243,12 +256,11 @@ def fused_linear_logprobs_ref(
     ``(logp, entropy, lse, mean_z)`` float32 [N] each (entropy and mean_z empty unless asked).
     Tiles go through the torch twins; :func:`_fused_forward` with the Triton steps is the CUDA path."""
     return _fused_forward(hidden, weight, bias, token_ids, temperature, return_entropy, ignore_index,
-                          chunk_tokens, chunk_vocab, (_stats_torch, _grad_torch))  # fmt: skip
+                          chunk_tokens, chunk_vocab, _TORCH_STEPS)  # fmt: skip
 
 
 def _fused_forward(hidden, weight, bias, token_ids, temperature, return_entropy, ignore_index, chunk_tokens,
-                   chunk_vocab, fns):  # fmt: skip
-    stats = fns[0]
+                   chunk_vocab, steps: _TileSteps):  # fmt: skip
     N, V = hidden.shape[0], weight.shape[0]
     f32 = dict(dtype=torch.float32, device=hidden.device)
     r, s = torch.zeros(N, **f32), torch.zeros(N, **f32)
@@ -261,8 +273,8 @@ def _fused_forward(hidden, weight, bias, token_ids, temperature, return_entropy,
         for n0 in range(0, N, chunk_tokens):
             n1 = min(N, n0 + chunk_tokens)
             rows = slice(n0, n1)
-            stats(_tile(hidden[rows], w, b), ids[rows], r[rows], s[rows], t[rows], picked[rows], v0, temperature,
-                  return_entropy)  # fmt: skip
+            tile = _tile(hidden[rows], w, b)
+            steps.stats(tile, ids[rows], r[rows], s[rows], t[rows], picked[rows], v0, temperature, return_entropy)
     log_s = s.log()
     lse = r + log_s
     keep = ids != ignore_index
@@ -281,12 +293,11 @@ def fused_linear_logprobs_backward_ref(
     """Chunked backward: ``(d_hidden [N, H], d_weight [V, H], d_bias [V] | None)`` in the inputs' dtypes.
     grad_entropy may be empty (no entropy requested). Tiles go through the torch twins."""
     return _fused_backward(grad_logp, grad_entropy, hidden, weight, bias, token_ids, lse, mean_z, temperature,
-                           ignore_index, chunk_tokens, chunk_vocab, (_stats_torch, _grad_torch))  # fmt: skip
+                           ignore_index, chunk_tokens, chunk_vocab, _TORCH_STEPS)  # fmt: skip
 
 
 def _fused_backward(grad_logp, grad_entropy, hidden, weight, bias, token_ids, lse, mean_z, temperature,
-                    ignore_index, chunk_tokens, chunk_vocab, fns):  # fmt: skip
-    grad = fns[1]
+                    ignore_index, chunk_tokens, chunk_vocab, steps: _TileSteps):  # fmt: skip
     N, V = hidden.shape[0], weight.shape[0]
     ids = token_ids.contiguous()
     # rows that are ignored or get no upstream gradient (masked by a loss) contribute exactly 0 whatever
@@ -311,8 +322,8 @@ def _fused_backward(grad_logp, grad_entropy, hidden, weight, bias, token_ids, ls
             h = torch.where(active[rows, None], hidden[rows], 0.0)
             # d(logits) in the inputs' dtype, as an unfused lm_head backward rounds it
             dz = torch.empty(n1 - n0, v1 - v0, dtype=h.dtype, device=h.device)
-            grad(_tile(h, w, b), dz, ids[rows], g[rows], ge[rows] if ge is not None else None, lse[rows],
-                 mean_z[rows] if ge is not None else None, v0, temperature)  # fmt: skip
+            steps.grad(_tile(h, w, b), dz, ids[rows], g[rows], ge[rows] if ge is not None else None, lse[rows],
+                       mean_z[rows] if ge is not None else None, v0, temperature)  # fmt: skip
             d_hidden[rows] += (dz @ w).float()
             dw += (dz.t() @ h).float()
             if db is not None:
@@ -337,7 +348,7 @@ def _fused_linear_logprobs_op(
     chunk_tokens, chunk_vocab = _chunks(hidden, weight, chunk_tokens, chunk_vocab)
     with torch.no_grad():
         return _fused_forward(hidden, weight, bias, token_ids, temperature, return_entropy, ignore_index,
-                              chunk_tokens, chunk_vocab, _tile_fns(hidden.device))  # fmt: skip
+                              chunk_tokens, chunk_vocab, _tile_steps(hidden.device))  # fmt: skip
 
 
 def _chunks(hidden, weight, chunk_tokens: int, chunk_vocab: int) -> tuple[int, int]:
@@ -361,8 +372,9 @@ def _fused_linear_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     chunk_tokens, chunk_vocab = _chunks(hidden, weight, chunk_tokens, chunk_vocab)
     with torch.no_grad():
+        steps = _tile_steps(hidden.device)
         dh, dw, db = _fused_backward(grad_logp, grad_entropy, hidden, weight, bias, token_ids, lse, mean_z,
-                                     temperature, ignore_index, chunk_tokens, chunk_vocab, _tile_fns(hidden.device))  # fmt: skip
+                                     temperature, ignore_index, chunk_tokens, chunk_vocab, steps)  # fmt: skip
     return dh, dw, db if db is not None else weight.new_empty(0)
 
 
@@ -376,7 +388,8 @@ def _setup_context(ctx, inputs, output):
     hidden, weight, bias, token_ids, temperature, _ret_ent, ignore_index, chunk_tokens, chunk_vocab = inputs
     _, _, lse, mean_z = output
     ctx.save_for_backward(hidden, weight, bias, token_ids, lse, mean_z)
-    ctx.args = (temperature, ignore_index, chunk_tokens, chunk_vocab)
+    ctx.temperature, ctx.ignore_index = temperature, ignore_index
+    ctx.chunk_tokens, ctx.chunk_vocab = chunk_tokens, chunk_vocab
 
 
 def _backward(ctx, grad_logp, grad_entropy, _grad_lse, _grad_mean_z):
@@ -386,7 +399,18 @@ def _backward(ctx, grad_logp, grad_entropy, _grad_lse, _grad_mean_z):
     if grad_entropy is None or mean_z.numel() == 0:
         grad_entropy = lse.new_empty(0)
     dh, dw, db = torch.ops.rlvr_fast.fused_linear_logprobs_backward(
-        grad_logp.contiguous(), grad_entropy.contiguous(), hidden, weight, bias, token_ids, lse, mean_z, *ctx.args
+        grad_logp.contiguous(),
+        grad_entropy.contiguous(),
+        hidden,
+        weight,
+        bias,
+        token_ids,
+        lse,
+        mean_z,
+        temperature=ctx.temperature,
+        ignore_index=ctx.ignore_index,
+        chunk_tokens=ctx.chunk_tokens,
+        chunk_vocab=ctx.chunk_vocab,
     )
     return dh, dw, (db if bias is not None else None), None, None, None, None, None, None
 

@@ -1,9 +1,9 @@
 """The clipped policy-gradient loss of PPO/GRPO, from log-probs or straight from logits.
 
-Top to bottom: the public functions (``policy_loss``, ``policy_loss_from_logits``), the pure-PyTorch
-reference (differentiable: CPU fallback and, through autograd in float64, the test oracle), the
-analytic backward used by the torch backend, and the ``rlvr_fast::policy_loss*`` custom ops. The
-Triton kernels live in ``rlvr_fast.kernels.policy_loss``.
+Here: the public functions (``policy_loss``, ``policy_loss_from_logits``) and their argument checks.
+The ``rlvr_fast::policy_loss*`` custom ops (backend choice, autograd) are in
+``rlvr_fast.ops.policy_loss_ops``, the pure-PyTorch reference and its analytic backward (the torch
+backend) in ``rlvr_fast.ops.policy_loss_reference``, the Triton kernels in ``rlvr_fast.kernels.policy_loss``.
 
 Per token, with ``d = clamp(logp - old_logp, -log_ratio_clamp, log_ratio_clamp)`` and ``r = exp(d)``
 (verl ``compute_policy_loss_vanilla``, PPO arXiv 1707.06347, dual-clip arXiv 1912.09729)::
@@ -40,23 +40,13 @@ import math
 import torch
 
 from .. import _checks as C
-from .._dispatch import use_triton
-from .logprobs import _check_temperature, logits_grad
+from .._kernel_spec import KL_IDS
+from . import policy_loss_ops  # noqa: F401  (registers torch.ops.rlvr_fast.policy_loss*)
+from .logprobs import _check_temperature
+from .policy_loss_reference import METRICS, LossOptions
 
-KL_TYPES = (None, "k1", "k2", "k3", "abs")
+KL_TYPES = (None, *KL_IDS)
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-
-# Columns of the per-row partial sums that the forward produces (torch and Triton alike).
-PARTIALS = (
-    "loss", "count", "pg_loss", "clipfrac", "clipfrac_lower", "approx_kl", "kl", "ratio", "ratio_min",
-    "ratio_max", "entropy",
-)  # fmt: skip
-N_PARTIALS = len(PARTIALS)
-# Metrics returned to the caller, in the order of the packed metrics vector.
-METRICS = (
-    "pg_loss", "clipfrac", "clipfrac_lower", "approx_kl", "kl", "ratio_mean", "ratio_min", "ratio_max",
-    "entropy", "n_tokens",
-)  # fmt: skip
 
 
 def policy_loss(
@@ -107,14 +97,22 @@ def policy_loss(
         ``kl`` (mean KL estimate), ``ratio_mean|min|max``, ``entropy`` (mean; only when ``entropy``
         is given), ``n_tokens``. All means are over valid tokens; with no valid token they are 0.
     """
-    cfg = _loss_config(
+    opts, norm_const = _loss_options(
         clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef, agg, norm_const
     )
     C.check_tensor("logp", logp, dtypes=C.FLOAT_DTYPES, ndim=2)
     _check_has_tokens("logp", logp.shape)
-    _check_loss_inputs(logp.shape, logp, old_logp, advantages, response_mask, ref_logp, entropy, cfg)
+    _check_loss_inputs(logp.shape, logp, old_logp, advantages, response_mask, ref_logp, entropy, opts)
     loss, metrics_vec, _ = torch.ops.rlvr_fast.policy_loss(
-        logp, old_logp, advantages, response_mask, ref_logp, entropy, *cfg
+        logp,
+        old_logp,
+        advantages,
+        response_mask,
+        ref_logp,
+        entropy,
+        **opts._asdict(),
+        agg=agg,
+        norm_const=norm_const,
     )
     return loss, unpack_metrics(metrics_vec, entropy is not None)
 
@@ -166,7 +164,7 @@ def policy_loss_from_logits(
         ``(loss, metrics)`` as :func:`policy_loss`, plus ``metrics["logp"]`` ([B, T] float32,
         detached) and, when entropies were computed, ``metrics["entropy_tokens"]``.
     """
-    cfg = _loss_config(
+    opts, norm_const = _loss_options(
         clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef, agg, norm_const
     )
     C.check_tensor("logits", logits, dtypes=(torch.float32, torch.bfloat16, torch.float16, torch.float64), ndim=3)
@@ -178,16 +176,27 @@ def policy_loss_from_logits(
     _check_has_tokens("logits", logits.shape)
     _check_temperature(temperature)
     _check_loss_inputs(
-        token_ids.shape, logits, old_logp, advantages, response_mask, ref_logp, None, cfg, entropy_required=False,
+        token_ids.shape, logits, old_logp, advantages, response_mask, ref_logp, None, opts, entropy_required=False,
         like_name="logits",
     )
     with_entropy = bool(entropy_coef != 0 if compute_entropy is None else compute_entropy)
     if entropy_coef != 0 and not with_entropy:
         raise ValueError(f"compute_entropy: must not be False when entropy_coef={entropy_coef} != 0")
     loss, metrics_vec, logp, ent, _, _ = torch.ops.rlvr_fast.policy_loss_from_logits(
-        logits, token_ids, old_logp, advantages, response_mask, ref_logp, *cfg,
-        float(temperature), int(ignore_index), bool(inplace_backward), with_entropy,
-    )  # fmt: skip
+        logits,
+        token_ids,
+        old_logp,
+        advantages,
+        response_mask,
+        ref_logp,
+        **opts._asdict(),
+        agg=agg,
+        norm_const=norm_const,
+        temperature=float(temperature),
+        ignore_index=int(ignore_index),
+        inplace_backward=bool(inplace_backward),
+        compute_entropy=with_entropy,
+    )
     metrics = unpack_metrics(metrics_vec, with_entropy)
     metrics["logp"] = logp.detach()
     if with_entropy:
@@ -203,9 +212,11 @@ def unpack_metrics(vec: torch.Tensor, has_entropy: bool = True) -> dict[str, tor
     return {name: vec[i] for i, name in enumerate(METRICS) if has_entropy or name != "entropy"}
 
 
-def _loss_config(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef, agg,
-                 norm_const) -> tuple:  # fmt: skip
-    """Validate the scalar options; returns them in the custom ops' argument order."""
+def _loss_options(
+    clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef, agg, norm_const
+) -> tuple[LossOptions, float | None]:
+    """Validate the scalar settings; returns the per-token ones as the custom ops and every backend read
+    them, and ``norm_const`` as a float (``agg`` passes as it is)."""
     C.check_choice("kl_type", kl_type, KL_TYPES)
     C.check_choice("agg", agg, AGG_MODES)
     for name, v in (("clip_low", clip_low), ("clip_high", clip_high), ("kl_clamp", kl_clamp),
@@ -221,11 +232,17 @@ def _loss_config(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log
             raise ValueError(f"{name}: expected a finite number, got {v!r}")
     if norm_const is not None and not norm_const > 0:
         raise ValueError(f"norm_const: expected None or a positive number, got {norm_const!r}")
-    return (
-        float(clip_low), float(clip_high), None if dual_clip is None else float(dual_clip), kl_type or "",
-        float(kl_coef), float(kl_clamp), float(log_ratio_clamp), float(entropy_coef), agg,
-        None if norm_const is None else float(norm_const),
-    )  # fmt: skip
+    opts = LossOptions(
+        clip_low=float(clip_low),
+        clip_high=float(clip_high),
+        dual_clip=None if dual_clip is None else float(dual_clip),
+        kl_type=kl_type or "",
+        kl_coef=float(kl_coef),
+        kl_clamp=float(kl_clamp),
+        log_ratio_clamp=float(log_ratio_clamp),
+        entropy_coef=float(entropy_coef),
+    )
+    return opts, None if norm_const is None else float(norm_const)
 
 
 def _check_has_tokens(name: str, shape) -> None:
@@ -238,7 +255,7 @@ def _check_has_tokens(name: str, shape) -> None:
 
 
 def _check_loss_inputs(
-    shape, like, old_logp, advantages, response_mask, ref_logp, entropy, cfg, entropy_required=True, like_name="logp"
+    shape, like, old_logp, advantages, response_mask, ref_logp, entropy, opts, entropy_required=True, like_name="logp"
 ) -> None:
     """Shapes, dtypes and devices of the per-token inputs; ``like`` is the main input (logp or logits)."""
     B = shape[0]
@@ -249,380 +266,17 @@ def _check_loss_inputs(
         raise ValueError(f"advantages: expected shape {tuple(shape)} or ({B},), got {tuple(advantages.shape)}")
     C.check_tensor("response_mask", response_mask)
     C.check_shape("response_mask", response_mask, shape, "like the log-probs")
-    kl_type, kl_coef = cfg[3], cfg[4]
     if ref_logp is not None:
         C.check_tensor("ref_logp", ref_logp, dtypes=C.FLOAT_DTYPES)
         C.check_shape("ref_logp", ref_logp, shape, "like the log-probs")
-    elif kl_type and kl_coef != 0:
-        raise ValueError(f"ref_logp: required when kl_type={kl_type!r} and kl_coef={kl_coef} != 0")
+    elif opts.kl_type and opts.kl_coef != 0:
+        raise ValueError(f"ref_logp: required when kl_type={opts.kl_type!r} and kl_coef={opts.kl_coef} != 0")
     if entropy is not None:
         C.check_tensor("entropy", entropy, dtypes=C.FLOAT_DTYPES)
         C.check_shape("entropy", entropy, shape, "like the log-probs")
-    elif entropy_required and cfg[7] != 0:
-        raise ValueError(f"entropy: required when entropy_coef={cfg[7]} != 0")
+    elif entropy_required and opts.entropy_coef != 0:
+        raise ValueError(f"entropy: required when entropy_coef={opts.entropy_coef} != 0")
     C.check_same_device(
         **{like_name: like}, old_logp=old_logp, advantages=advantages, response_mask=response_mask,
         ref_logp=ref_logp, entropy=entropy,
     )  # fmt: skip
-
-
-# ----------------------------------------------------------------------------------------------
-# Reference
-# ----------------------------------------------------------------------------------------------
-
-
-def _kl_torch(logp, ref, kl_type, kl_clamp, log_ratio_clamp):
-    x = logp - ref
-    if kl_type == "k1":
-        return x
-    if kl_type == "abs":
-        return x.abs()
-    if kl_type == "k2":
-        return 0.5 * x.square()
-    kl = torch.clamp(-x, -log_ratio_clamp, log_ratio_clamp)  # k3 in verl's form: ref - logp
-    return torch.clamp(torch.exp(kl) - kl - 1, -kl_clamp, kl_clamp)
-
-
-def _row_partials_torch(logp, old_logp, adv, mask, ref, entropy, clip_low, clip_high, dual_clip, kl_type, kl_coef,
-                        kl_clamp, log_ratio_clamp, entropy_coef):  # fmt: skip
-    """Per-row partial sums [B, N_PARTIALS] (differentiable in ``logp`` and ``entropy``)."""
-    dtype = torch.promote_types(logp.dtype, torch.float32)
-    valid = mask != 0
-    # select, never multiply: NaN/Inf under the mask must not reach a sum (0 * NaN = NaN)
-    lp, old = _masked(logp, valid, dtype), _masked(old_logp, valid, dtype)
-    A = _masked((adv[:, None] if adv.dim() == 1 else adv).expand_as(logp), valid, dtype)
-    ref = None if ref is None else _masked(ref, valid, dtype)
-    entropy = None if entropy is None else _masked(entropy, valid, dtype)
-    m = valid.to(dtype)
-    neg_kl = torch.clamp(lp - old, -log_ratio_clamp, log_ratio_clamp)
-    ratio = torch.exp(neg_kl)
-    pg1 = -A * ratio
-    pg2 = -A * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
-    pg = torch.maximum(pg1, pg2)
-    clip_lower = torch.zeros_like(pg)
-    if dual_clip is not None:
-        pg3 = -A * dual_clip
-        clip_lower = ((pg > pg3) & (A < 0)).to(dtype)
-        pg = torch.where(A < 0, torch.minimum(pg3, pg), pg)
-    loss = pg
-    kl = torch.zeros_like(pg)
-    if kl_type and ref is not None:
-        kl = _kl_torch(lp, ref.to(dtype), kl_type, kl_clamp, log_ratio_clamp)
-        if kl_coef != 0:
-            loss = loss + kl_coef * kl
-    ent = torch.zeros_like(pg) if entropy is None else entropy.to(dtype)
-    if entropy is not None and entropy_coef != 0:
-        loss = loss - entropy_coef * ent
-    big = torch.finfo(dtype).max
-    rdet = ratio.detach()
-
-    def total(x):
-        return torch.where(valid, x, 0.0).sum(1)
-
-    clipped = (pg2 > pg1).to(dtype)
-    rmin, rmax = torch.where(valid, rdet, big).amin(1), torch.where(valid, rdet, -big).amax(1)
-    cols = [
-        total(loss), m.sum(1), total(pg), total(clipped), total(clip_lower), total(-neg_kl.detach()),
-        total(kl.detach()), total(rdet), rmin, rmax, total(ent.detach()),
-    ]  # fmt: skip
-    return torch.stack(cols, dim=1)
-
-
-def _masked(x: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``x`` in ``dtype`` with 0 wherever ``valid`` is False (a select: masked NaN/Inf never propagate)."""
-    return torch.where(valid, x.to(dtype), 0.0)
-
-
-def row_weights(counts: torch.Tensor, agg: str, norm_const: float | None, T: int) -> torch.Tensor:
-    """Weight of each row's token sum in the loss, float [B] (module docstring table); 0 if no valid token."""
-    if agg == "token-mean":
-        denom = counts.sum() if norm_const is None else torch.full_like(counts[:1].sum(), norm_const)
-        w = torch.ones_like(counts) / denom
-    else:
-        n_seq = (counts > 0).sum().to(counts.dtype) if norm_const is None or agg == "seq-mean-token-sum-norm" else None
-        seqs = n_seq if n_seq is not None else torch.full_like(counts[:1].sum(), norm_const)
-        if agg == "seq-mean-token-sum":
-            w = torch.ones_like(counts) / seqs
-        elif agg == "seq-mean-token-mean":
-            w = 1.0 / ((counts + 1e-8) * seqs)
-        else:
-            w = torch.ones_like(counts) / (seqs * (T if norm_const is None else norm_const))
-    return torch.where(counts > 0, w, torch.zeros_like(w))
-
-
-def finish(partials: torch.Tensor, agg: str, norm_const: float | None, T: int):
-    """From row partials [B, N_PARTIALS] to ``(loss, metrics_vec, row_weight)`` (float32, no sync)."""
-    count = partials[:, 1]
-    w = row_weights(count.detach(), agg, norm_const, T)
-    loss = (w * partials[:, 0]).sum()
-    n = count.sum()
-    denom = n.clamp_min(1)
-    big = torch.finfo(partials.dtype).max
-    if partials.shape[0]:
-        rmin, rmax = partials[:, 8].amin(), partials[:, 9].amax()
-    else:
-        rmin, rmax = partials.new_tensor(big), partials.new_tensor(-big)
-    any_tok = n > 0
-    metrics = torch.stack([
-        (w * partials[:, 2]).sum(), partials[:, 3].sum() / denom, partials[:, 4].sum() / denom,
-        partials[:, 5].sum() / denom, partials[:, 6].sum() / denom, partials[:, 7].sum() / denom,
-        torch.where(any_tok, rmin, 0.0), torch.where(any_tok, rmax, 0.0), partials[:, 10].sum() / denom, n,
-    ]).detach()  # fmt: skip
-    return loss, metrics, w
-
-
-def policy_loss_ref(
-    logp, old_logp, advantages, response_mask, ref_logp, entropy, clip_low, clip_high, dual_clip, kl_type, kl_coef,
-    kl_clamp, log_ratio_clamp, entropy_coef, agg, norm_const,
-):  # fmt: skip
-    """Reference of :func:`policy_loss` (same arguments as the custom op; ``kl_type`` "" for none).
-
-    Differentiable with plain autograd; computes in ``promote(logp.dtype, float32)``, so float64
-    inputs give the float64 oracle. Returns ``(loss, metrics_vec, row_weight)``.
-    """
-    partials = _row_partials_torch(
-        logp, old_logp, advantages, response_mask, ref_logp, entropy, clip_low, clip_high, dual_clip, kl_type,
-        kl_coef, kl_clamp, log_ratio_clamp, entropy_coef,
-    )  # fmt: skip
-    return finish(partials, agg, norm_const, logp.shape[1])
-
-
-def policy_loss_backward_ref(
-    grad, row_w, logp, old_logp, advantages, response_mask, ref_logp, clip_low, clip_high, dual_clip, kl_type,
-    kl_coef, kl_clamp, log_ratio_clamp, entropy_coef,
-):  # fmt: skip
-    """Analytic d(loss)/d(logp) and d(loss)/d(entropy), [B, T] each, in ``promote(logp.dtype, float32)``;
-    d(entropy) is empty (0 elements) when ``entropy_coef == 0``.
-
-    Mirrors autograd through :func:`policy_loss_ref` exactly, ties included (``torch.maximum`` gives
-    each side half the gradient on a tie; ``torch.clamp`` passes it on the closed interval).
-    """
-    dtype = torch.promote_types(logp.dtype, torch.float32)
-    valid = response_mask != 0
-    lp, old = _masked(logp, valid, dtype), _masked(old_logp, valid, dtype)
-    A = _masked((advantages[:, None] if advantages.dim() == 1 else advantages).expand_as(logp), valid, dtype)
-    scale = torch.where(valid, grad.to(dtype) * row_w.to(dtype)[:, None], 0.0)
-    x = lp - old
-    ratio = torch.exp(torch.clamp(x, -log_ratio_clamp, log_ratio_clamp))
-    dratio = torch.where(x.abs() <= log_ratio_clamp, ratio, 0.0)
-    pg1 = -A * ratio
-    pg2 = -A * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
-    # torch.maximum gives each side half the gradient on a tie; clamp passes it on [lo, hi]
-    inside = ((ratio >= 1 - clip_low) & (ratio <= 1 + clip_high)).to(dtype)
-    through = torch.where(pg1 > pg2, 1.0, torch.where(pg1 < pg2, inside, 0.5 * (1.0 + inside)))
-    if dual_clip is not None:
-        clip1 = torch.maximum(pg1, pg2)
-        pg3 = -A * dual_clip
-        lower = torch.where(clip1 < pg3, 1.0, torch.where(clip1 == pg3, 0.5, 0.0))
-        through = through * torch.where(A < 0, lower, 1.0)
-    d = -A * through * dratio
-    if kl_type and ref_logp is not None and kl_coef != 0:
-        y = lp - _masked(ref_logp, valid, dtype)
-        if kl_type == "k1":
-            dkl = torch.ones_like(y)
-        elif kl_type == "abs":
-            dkl = torch.sign(y)
-        elif kl_type == "k2":
-            dkl = y
-        else:
-            kl = torch.clamp(-y, -log_ratio_clamp, log_ratio_clamp)
-            kld = torch.exp(kl) - kl - 1
-            in_kl = ((-y >= -log_ratio_clamp) & (-y <= log_ratio_clamp)).to(dtype)
-            in_kld = ((kld >= -kl_clamp) & (kld <= kl_clamp)).to(dtype)
-            dkl = -(torch.exp(kl) - 1) * in_kl * in_kld
-        d = d + kl_coef * dkl
-    # with entropy_coef == 0, d(entropy) would be all zeros: empty instead (autograd takes None for it)
-    ge = -entropy_coef * scale if entropy_coef != 0 else scale.new_empty(0)
-    return torch.where(valid, d * scale, 0.0), ge
-
-
-# ----------------------------------------------------------------------------------------------
-# Custom ops
-# ----------------------------------------------------------------------------------------------
-
-
-def _forward_partials(logp, old_logp, advantages, response_mask, ref_logp, entropy, cfg_tok):
-    """Row partials on the chosen backend (float32 [B, N_PARTIALS])."""
-    if use_triton("policy_loss", logp):
-        from ..kernels import policy_loss as K
-
-        return K.policy_loss_forward(logp, old_logp, advantages, response_mask, ref_logp, entropy, *cfg_tok)
-    with torch.no_grad():
-        return _row_partials_torch(logp, old_logp, advantages, response_mask, ref_logp, entropy, *cfg_tok).float()
-
-
-def _backward_tokens(grad, row_w, logp, old_logp, advantages, response_mask, ref_logp, cfg_tok):
-    """(d logp, d entropy) float32 [B, T] on the chosen backend; d entropy has 0 elements when
-    ``entropy_coef == 0`` (it would be all zeros: autograd takes None for it, so nothing is written)."""
-    if use_triton("policy_loss_backward", logp):
-        from ..kernels import policy_loss as K
-
-        return K.policy_loss_backward(grad, row_w, logp, old_logp, advantages, response_mask, ref_logp, *cfg_tok)
-    gl, ge = policy_loss_backward_ref(grad, row_w, logp, old_logp, advantages, response_mask, ref_logp, *cfg_tok)
-    return gl.float(), ge.float()
-
-
-@torch.library.custom_op("rlvr_fast::policy_loss", mutates_args=())
-def _policy_loss_op(
-    logp: torch.Tensor,
-    old_logp: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    ref_logp: torch.Tensor | None,
-    entropy: torch.Tensor | None,
-    clip_low: float,
-    clip_high: float,
-    dual_clip: float | None,
-    kl_type: str,
-    kl_coef: float,
-    kl_clamp: float,
-    log_ratio_clamp: float,
-    entropy_coef: float,
-    agg: str,
-    norm_const: float | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    cfg_tok = (clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef)
-    return _policy_loss_impl(logp, old_logp, advantages, response_mask, ref_logp, entropy, cfg_tok, agg, norm_const)
-
-
-def _policy_loss_impl(
-    logp, old_logp, advantages, response_mask, ref_logp, entropy, cfg_tok, agg, norm_const, logp_name="logp"
-):
-    """Eager forward of both loss ops: value checks, row partials, aggregation."""
-    used_ref = ref_logp if cfg_tok[3] else None  # read for the KL term and metric only when kl_type is set
-    hint = " (a NaN/Inf logit in a row makes its log-prob non-finite)" if logp_name == "logits" else ""
-    # only positions that count are checked: whatever the mask hides is never read into the loss
-    named = {logp_name: logp, "old_logp": old_logp, "advantages": advantages}
-    named.update(ref_logp=used_ref, entropy=entropy)
-    C.check_finite_where(response_mask != 0, "where response_mask is nonzero", hint, **named)
-    partials = _forward_partials(logp, old_logp, advantages, response_mask, ref_logp, entropy, cfg_tok)
-    loss, metrics, w = finish(partials, agg, norm_const, logp.shape[1])
-    return loss, metrics, w
-
-
-@_policy_loss_op.register_fake
-def _(logp, old_logp, advantages, response_mask, ref_logp, entropy, *cfg):
-    f32 = dict(dtype=torch.float32, device=logp.device)
-    return torch.empty((), **f32), torch.empty(len(METRICS), **f32), torch.empty(logp.shape[0], **f32)
-
-
-@torch.library.custom_op("rlvr_fast::policy_loss_backward", mutates_args=())
-def _policy_loss_backward_op(
-    grad: torch.Tensor,
-    row_weight: torch.Tensor,
-    logp: torch.Tensor,
-    old_logp: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    ref_logp: torch.Tensor | None,
-    clip_low: float,
-    clip_high: float,
-    dual_clip: float | None,
-    kl_type: str,
-    kl_coef: float,
-    kl_clamp: float,
-    log_ratio_clamp: float,
-    entropy_coef: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    cfg_tok = (clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef)
-    return _backward_tokens(grad, row_weight, logp, old_logp, advantages, response_mask, ref_logp, cfg_tok)
-
-
-@_policy_loss_backward_op.register_fake
-def _(grad, row_weight, logp, *rest):
-    f32 = dict(dtype=torch.float32, device=logp.device)
-    entropy_coef = rest[-1]
-    return torch.empty(logp.shape, **f32), torch.empty(logp.shape if entropy_coef != 0 else (0,), **f32)
-
-
-def _pl_setup(ctx, inputs, output):
-    logp, old_logp, advantages, response_mask, ref_logp, entropy, *cfg = inputs
-    ctx.save_for_backward(logp, old_logp, advantages, response_mask, ref_logp, output[2])
-    ctx.mark_non_differentiable(output[1], output[2])  # metrics and row weights
-    ctx.cfg_tok = tuple(cfg[:8])
-    ctx.dtypes = (logp.dtype, None if entropy is None else entropy.dtype)
-
-
-def _pl_backward(ctx, grad_loss, _grad_metrics, _grad_w):
-    logp, old_logp, advantages, response_mask, ref_logp, w = ctx.saved_tensors
-    gl, ge = torch.ops.rlvr_fast.policy_loss_backward(
-        grad_loss, w, logp, old_logp, advantages, response_mask, ref_logp, *ctx.cfg_tok
-    )
-    g_ent = None if ctx.dtypes[1] is None or ctx.cfg_tok[7] == 0 else ge.to(ctx.dtypes[1])
-    return (gl.to(ctx.dtypes[0]), None, None, None, None, g_ent) + (None,) * 10
-
-
-_policy_loss_op.register_autograd(_pl_backward, setup_context=_pl_setup)
-
-
-@torch.library.custom_op("rlvr_fast::policy_loss_from_logits", mutates_args=())
-def _policy_loss_from_logits_op(
-    logits: torch.Tensor,
-    token_ids: torch.Tensor,
-    old_logp: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    ref_logp: torch.Tensor | None,
-    clip_low: float,
-    clip_high: float,
-    dual_clip: float | None,
-    kl_type: str,
-    kl_coef: float,
-    kl_clamp: float,
-    log_ratio_clamp: float,
-    entropy_coef: float,
-    agg: str,
-    norm_const: float | None,
-    temperature: float,
-    ignore_index: int,
-    inplace_backward: bool,
-    compute_entropy: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    logp, ent, lse = torch.ops.rlvr_fast.token_logprobs.default(
-        logits, token_ids, temperature, compute_entropy, ignore_index, inplace_backward
-    )
-    mask = (response_mask != 0) & (token_ids != ignore_index)
-    cfg_tok = (clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef)
-    loss, metrics, w = _policy_loss_impl(
-        logp, old_logp, advantages, mask, ref_logp, ent if compute_entropy else None, cfg_tok, agg, norm_const,
-        logp_name="logits",
-    )
-    return loss, metrics, logp, ent, lse, w
-
-
-@_policy_loss_from_logits_op.register_fake
-def _(logits, token_ids, *rest):
-    f32 = dict(dtype=torch.float32, device=logits.device)
-    compute_entropy = rest[-1]
-    logp, lse = torch.empty(token_ids.shape, **f32), torch.empty(token_ids.shape, **f32)
-    ent = torch.empty(token_ids.shape if compute_entropy else (0,), **f32)
-    return torch.empty((), **f32), torch.empty(len(METRICS), **f32), logp, ent, lse, torch.empty(token_ids.shape[0], **f32)
-
-
-def _plfl_setup(ctx, inputs, output):
-    logits, token_ids, old_logp, advantages, response_mask, ref_logp, *cfg = inputs
-    _, _, logp, ent, lse, w = output
-    ctx.save_for_backward(logits, token_ids, old_logp, advantages, response_mask, ref_logp, logp, ent, lse, w)
-    ctx.mark_non_differentiable(output[1], logp, ent, lse, w)  # only the loss carries a gradient
-    ctx.cfg_tok = tuple(cfg[:8])
-    ctx.temperature, ctx.ignore_index, ctx.inplace = cfg[10], cfg[11], cfg[12]
-    ctx.set_materialize_grads(False)
-
-
-def _plfl_backward(ctx, grad_loss, *_unused):
-    logits, token_ids, old_logp, advantages, response_mask, ref_logp, logp, ent, lse, w = ctx.saved_tensors
-    if grad_loss is None:
-        return (None,) * 20
-    mask = (response_mask != 0) & (token_ids != ctx.ignore_index)
-    g_logp, g_ent = torch.ops.rlvr_fast.policy_loss_backward(
-        grad_loss, w, logp, old_logp, advantages, mask, ref_logp, *ctx.cfg_tok
-    )
-    use_ent = ctx.cfg_tok[7] != 0
-    dlogits = logits_grad(
-        logits, token_ids, lse, ent if use_ent else None, g_logp, g_ent if use_ent else None, ctx.temperature,
-        ctx.ignore_index, ctx.inplace,
-    )  # fmt: skip
-    return (dlogits,) + (None,) * 19
-
-
-_policy_loss_from_logits_op.register_autograd(_plfl_backward, setup_context=_plfl_setup)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..ops.advantages import ESTIMATORS
+from ..ops.advantages import ESTIMATORS, GROUP_ESTIMATORS, WHITENED_ESTIMATORS
 from ..ops.pixel_metrics import AGGREGATES
 from ..ops.policy_loss import AGG_MODES, KL_TYPES
 from ..worlds import WORLDS, check_reward_name
@@ -337,7 +337,7 @@ def validate(cfg: Config, *, for_eval: bool = False) -> None:
         files = "data.test_path (eval reads only the held-out file)"
     checks = [
         (r.n >= 1, f"rollout.n must be >= 1, got {r.n}"),
-        (r.n >= 2 or a.estimator not in ("grpo", "drgrpo", "rloo"),
+        (r.n >= 2 or a.estimator not in GROUP_ESTIMATORS,
          f"rollout.n = {r.n}: estimator {a.estimator!r} compares samples within a group, use rollout.n >= 2"),
         (r.prompts_per_step >= 1, f"rollout.prompts_per_step must be >= 1, got {r.prompts_per_step}"),
         (r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}"),
@@ -377,7 +377,7 @@ def validate(cfg: Config, *, for_eval: bool = False) -> None:
     checks += [
         (mini >= 1 and batch % mini == 0,
          f"algo.mini_batch_size = {mini} must divide the rollout batch rollout.prompts_per_step x rollout.n = {batch}"),
-        (mini % r.n == 0 or a.estimator == "reinforce_pp_baseline",
+        (mini % r.n == 0 or a.estimator in WHITENED_ESTIMATORS,
          f"algo.mini_batch_size = {mini} must be a multiple of rollout.n = {r.n} (whole groups per mini-batch)"),
     ]
     for ok, msg in checks:

@@ -47,6 +47,7 @@ from .. import ops as rf
 from .. import rewards
 from .._threads import CpuThreads
 from ..models import count_parameters, load_model
+from ..ops.advantages import WHITENED_ESTIMATORS
 from ..task import Task
 from . import distributed as D
 from . import interrupt, report, run_state
@@ -181,9 +182,9 @@ class GRPOTrainer:
         means = torch.stack([scored.metrics[k].float().mean() for k in names]).tolist() if names else []  # one sync
         reward_metrics = {f"train/{k}": v for k, v in zip(names, means)}
         t_reward = time.perf_counter() - t0 - t_gen
-        pp = cfg.algo.estimator == "reinforce_pp_baseline"
+        whitened = cfg.algo.estimator in WHITENED_ESTIMATORS  # its batch statistics count response tokens
         adv = rf.group_advantages(scores, group_size=n, estimator=cfg.algo.estimator,
-                                  response_mask=batch.response_mask if pp else None)  # fmt: skip
+                                  response_mask=batch.response_mask if whitened else None)  # fmt: skip
 
         B = len(examples)
         mini = (cfg.algo.mini_batch_size or B * self.dist.world) // self.dist.world
