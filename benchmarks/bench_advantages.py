@@ -5,7 +5,7 @@ broadcast over T response tokens and zeroed where ``response_mask`` is 0. Memory
 [B, T] mask read and the [B, T] float32 write; the group statistics are O(B).
 
 Floors
-    GPU target (DESIGN.md section 8): 8192 groups x 16 samples, T = 1024, B = 131072: the int64 mask is
+    GPU target (docs/DESIGN.md section 8): 8192 groups x 16 samples, T = 1024, B = 131072: the int64 mask is
     1.07 GB read and the float32 advantages 0.54 GB written -> 1.61 GB / 3.35 TB/s = 0.48 ms on an H100
     (0.20 ms with a bool mask). Targets: one launch, >= 100x the verl loop, >= 3x verl vectorised.
     CPU small shapes: G=256 x 16, T=1024 (mask 33.5 MB + output 16.8 MB) for every provider; G=2048 x 16,

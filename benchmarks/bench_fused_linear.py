@@ -7,7 +7,7 @@ advantages, masks with response lengths uniform in [T/4, T]. Outputs checked: lo
 
 Work: the unavoidable part is three N x H x V matmuls (logits; d(hidden) = d(logits) W; d(W) = d(logits)^T
 h): 6 N H V flops. rlvr_fast recomputes the logits tile in the backward (fused_linear.py docstring says
-why), so it does 8 N H V. GPU target (DESIGN.md section 8): N = 16384 (B=16 x T=1024), H = 4096,
+why), so it does 8 N H V. GPU target (docs/DESIGN.md section 8): N = 16384 (B=16 x T=1024), H = 4096,
 V = 151936, bf16: 6.1e13 flops for the floor, ~62 ms at a measured ~990 TFLOP/s; target >= 70% of the
 measured bf16 matmul rate, <= 1 GiB extra memory (the unfused path holds 5 GB of bf16 logits and their
 gradient), faster than Liger's ``LigerFusedLinearGRPOLoss``. CPU small shape: N = 2048 (B=4 x T=512),

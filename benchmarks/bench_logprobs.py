@@ -7,12 +7,12 @@ Floors
     GPU target shape N = 16384 (B=16 x T=1024), V = 151936, bf16: the logits are
     16384 * 151936 * 2 B = 4.98 GB. Forward floor = one read = 4.98 GB / 3.35 TB/s (H100 SXM HBM3
     peak) = 1.49 ms; fwd+bwd floor = 2 reads + 1 write of the logits (forward read, backward read,
-    d(logits) write) = 14.9 GB -> 4.46 ms. DESIGN.md section 8: forward <= 1.15x the floor and >= 1.0x
+    d(logits) write) = 14.9 GB -> 4.46 ms. docs/DESIGN.md section 8: forward <= 1.15x the floor and >= 1.0x
     the fastest of Liger / flash-attn CE / TRL.
     CPU target shape N = 4096 (B=8 x T=512), V = 32000, fp32: 4096 * 32000 * 4 B = 524 MB per read;
     at this machine's ~25-50 GB/s of read bandwidth (2 cores) one read is ~10-20 ms, but the
     reference is compute-bound on 2 cores (exp per element), so the peer comparison is what counts:
-    DESIGN.md section 8 asks >= 1.5x TRL ``selective_log_softmax`` and peak <= 0.3x naive
+    docs/DESIGN.md section 8 asks >= 1.5x TRL ``selective_log_softmax`` and peak <= 0.3x naive
     log_softmax + gather.
     The ``floor`` pseudo-provider measures the floor on the machine itself: ``logits.sum()`` (one read)
     for fwd, plus a copy into a fresh buffer (one more read + one write) for fwd+bwd.
@@ -51,8 +51,8 @@ import torch.nn.functional as F
 OP, OP_ENT = "token_logprobs", "token_logprobs+entropy"
 
 SHAPES = {
-    "small": [dict(B=8, T=512, V=32000, dtype="float32")],  # DESIGN.md section 8 CPU target
-    "target": [dict(B=16, T=1024, V=151936, dtype="bfloat16")],  # DESIGN.md section 8 GPU target
+    "small": [dict(B=8, T=512, V=32000, dtype="float32")],  # docs/DESIGN.md section 8 CPU target
+    "target": [dict(B=16, T=1024, V=151936, dtype="bfloat16")],  # docs/DESIGN.md section 8 GPU target
     "smoke": [dict(B=2, T=8, V=1000, dtype="float32")],  # seconds: checks that every provider still runs
 }
 

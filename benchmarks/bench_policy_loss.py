@@ -18,7 +18,7 @@ Two ops, both timed as forward + backward (the way a trainer uses them):
     k3 coefficient 0.04 (TRL's classic beta), per-sequence advantages [B].
     Floor: read the logits forward, read them again backward and write d(logits) once: GPU target
     N = 16384 (B=16 x T=1024), V = 151936, bf16: 3 x 4.98 GB = 14.9 GB -> 4.46 ms at 3.35 TB/s
-    (DESIGN.md section 8: <= 1.25x the floor, >= 1.2x Liger grpo_loss, no fp32 copy of the logits).
+    (docs/DESIGN.md section 8: <= 1.25x the floor, >= 1.2x Liger grpo_loss, no fp32 copy of the logits).
     CPU small shape N = 4096 (B=8 x T=512), V = 32000, fp32: 3 x 524 MB. The ``floor`` pseudo-provider
     measures it on the machine: ``logits.sum()`` + a copy of the logits into a fresh buffer.
     Providers: rlvr_fast; verl-unfused (verl ``logprobs_from_logits_naive`` = log_softmax + gather,

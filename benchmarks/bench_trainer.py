@@ -1,6 +1,6 @@
 """GRPO step, end to end: ``rlvr_fast.trainer.GRPOTrainer`` against TRL's ``GRPOTrainer``.
 
-DESIGN.md section 8 target (1 GPU): >= 1.5x TRL's tokens/s and <= 0.6x its peak memory, same model
+docs/DESIGN.md section 8 target (1 GPU): >= 1.5x TRL's tokens/s and <= 0.6x its peak memory, same model
 and batch.
 
 What one step is
@@ -683,7 +683,7 @@ def driver(args) -> int:
         )
         print(
             f"# rlvr_fast vs trl: {ours['tokens_per_s'] / trl['tokens_per_s']:.2f}x the tokens/s, "
-            f"{mem_ratio} the peak memory (DESIGN.md target on 1 GPU: >= 1.5x and <= 0.6x)",
+            f"{mem_ratio} the peak memory (docs/DESIGN.md target on 1 GPU: >= 1.5x and <= 0.6x)",
             flush=True,
         )
     if done and not args.no_record:

@@ -8,7 +8,7 @@ Two ops, both forward only (rewards carry no gradient):
     provider sees the same values (piqa asserts the range, rlvr_fast clamps).
     Work: one read of the predictions (+ the G targets); SSIM is 5 separable 11-tap Gaussian
     filterings of x, y, x^2, y^2, xy per pixel, i.e. compute-bound on CPU.
-    GPU target shape (DESIGN.md section 8): 2048 x 3x256x320 bf16 with 128 real frames (n = 16):
+    GPU target shape (docs/DESIGN.md section 8): 2048 x 3x256x320 bf16 with 128 real frames (n = 16):
     predictions 1.01 GB, read once -> 0.30 ms at 3.35 TB/s; target >= 10x piqa and one pass over the
     predictions. CPU small shape = the CPU target: 256 x 3x64x64 float32 with 16 real frames (n = 16);
     target >= 3x piqa SSIM+PSNR on the same cores.
@@ -63,7 +63,7 @@ Two ops, both forward only (rewards carry no gradient):
     rollout the -2 penalty; the clamp would score it as some other frame). Records carry
     ``rollouts_per_s`` (B / median time), also at the head of the note.
     Shapes: smoke 8 rollouts (n = 4) at 16x20; small (CPU) 64 rollouts, n = 8, 64x80 frames (x4);
-    target (GPU, DESIGN.md section 8: >= 3x the RLVR-World path) 2048 rollouts, n = 16 (128 real
+    target (GPU, docs/DESIGN.md section 8: >= 3x the RLVR-World path) 2048 rollouts, n = 16 (128 real
     frames), 256x320 (x16).
 
 Run: ``python benchmarks/bench_video.py --shapes small`` (CPU) or ``--shapes target`` (GPU).
@@ -84,11 +84,11 @@ METRICS = ("mse", "mae", "psnr", "ssim")
 
 SHAPES = {
     "small": dict(
-        metrics=[dict(G=16, n=16, C=3, H=64, W=64, dtype="float32")],  # DESIGN.md section 8 CPU target
+        metrics=[dict(G=16, n=16, C=3, H=64, W=64, dtype="float32")],  # docs/DESIGN.md section 8 CPU target
         reward=[dict(B=64, n=8, up=4)],
     ),
     "target": dict(
-        metrics=[dict(G=128, n=16, C=3, H=256, W=320, dtype="bfloat16")],  # DESIGN.md section 8 GPU target
+        metrics=[dict(G=128, n=16, C=3, H=256, W=320, dtype="bfloat16")],  # docs/DESIGN.md section 8 GPU target
         reward=[dict(B=2048, n=16, up=16)],
     ),
     # seconds: checks that every provider still runs

@@ -1,4 +1,4 @@
-"""Shared machinery of the ``rlvr_fast`` benchmark suite (DESIGN.md section 7).
+"""Shared machinery of the ``rlvr_fast`` benchmark suite (docs/DESIGN.md section 7).
 
 Every ``bench_<family>.py`` describes its work as a list of :class:`Case` objects (one op, provider,
 mode and shape each) and hands them to :func:`run`, which, for each group of cases that compute the
@@ -421,7 +421,7 @@ def parser(description: str) -> argparse.ArgumentParser:
         "--shapes",
         choices=("small", "target", "smoke"),
         default="target" if HAS_CUDA else "small",
-        help="target: DESIGN.md section 8 shapes (GPU); small: CPU-sized (default without CUDA); "
+        help="target: docs/DESIGN.md section 8 shapes (GPU); small: CPU-sized (default without CUDA); "
         "smoke: tiny shapes that only check every provider runs (use with --no-record)",
     )
     p.add_argument(

@@ -13,7 +13,7 @@
 # anywhere from the .jsonl with `python benchmarks/run_all.py --report-only`).
 #
 # Benchmarks: each bench_*.py is called directly (as run_all.py would, one process per bench), its
-# providers split over processes with `--providers`: first those DESIGN.md section 8 compares (rlvr_fast,
+# providers split over processes with `--providers`: first those docs/DESIGN.md section 8 compares (rlvr_fast,
 # floor, Liger, TRL, piqa) plus cheap eager ones, later the RLVR-World video path (host-CPU bound, ~2-3
 # min) and the torch.compile references ("extras", compile time dominates). A bench writes its records
 # only when it finishes, so a timeout then costs one group of providers, not the target rows. Every
@@ -328,7 +328,7 @@ main() {
         --junitxml="$OUT/gpu-tests-triton.xml"
     finish_background
 
-    # Benchmarks, in order of value: the providers DESIGN.md section 8 compares (and cheap eager ones)
+    # Benchmarks, in order of value: the providers docs/DESIGN.md section 8 compares (and cheap eager ones)
     run_stage logprobs 150 40 bench logprobs --providers rlvr_fast,floor,liger,trl,flash-attn-ce,torch-naive
     run_stage policy_loss 120 40 bench policy_loss --providers rlvr_fast,floor,liger-grpo,trl-unfused,torch-ref
     run_stage fused_linear 180 60 bench fused_linear --providers rlvr_fast,floor,liger,unfused

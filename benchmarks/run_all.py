@@ -1,12 +1,12 @@
 """Run every benchmark, then regenerate ``benchmarks/RESULTS.md`` from ``benchmarks/results/*.jsonl``.
 
     python benchmarks/run_all.py --shapes small      # CPU
-    python benchmarks/run_all.py --shapes target     # GPU (DESIGN.md section 8 shapes)
+    python benchmarks/run_all.py --shapes target     # GPU (docs/DESIGN.md section 8 shapes)
     python benchmarks/run_all.py --report-only       # only rebuild RESULTS.md (and the chart)
 
 Flags other than ``--report-only`` / ``--only`` are passed through to each ``bench_*.py``. Each bench
 runs in its own process. RESULTS.md keeps, per device, the latest row of every
-(op, provider, mode, shape, dtype); a "Targets" table compares them with DESIGN.md section 8 (the
+(op, provider, mode, shape, dtype); a "Targets" table compares them with docs/DESIGN.md section 8 (the
 targets are data: ``targets.py``).
 """
 
@@ -121,7 +121,7 @@ def _find(rows, *, op, provider, mode=None, device_type=None, shape=None, dtype=
 
 
 # ----------------------------------------------------------------------------------------------
-# Targets (DESIGN.md section 8; the table is targets.py)
+# Targets (docs/DESIGN.md section 8; the table is targets.py)
 # ----------------------------------------------------------------------------------------------
 
 _DEVICE_TYPES = {"H100": "cuda", "CPU": "cpu"}
@@ -288,7 +288,7 @@ def render(rows: list[dict]) -> str:
             "the floor."
         ),
         "",
-        "## Targets (DESIGN.md section 8)",
+        "## Targets (docs/DESIGN.md section 8)",
         "",
     ]
     md += _table(TARGET_COLUMNS, target_rows(rows))

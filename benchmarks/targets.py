@@ -1,4 +1,4 @@
-"""The performance targets of DESIGN.md section 8, as data: one :class:`Target` per row of the "Targets"
+"""The performance targets of docs/DESIGN.md section 8, as data: one :class:`Target` per row of the "Targets"
 table in ``RESULTS.md``, in the order they appear there. ``run_all.py`` evaluates them against the
 latest result rows (``run_all.target_rows``); adding a target is a row here.
 """

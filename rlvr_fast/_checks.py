@@ -1,4 +1,4 @@
-"""Argument checks shared by every public entry point (DESIGN.md section 5).
+"""Argument checks shared by every public entry point (docs/DESIGN.md section 5).
 
 Each check raises ValueError / IndexError / TypeError whose message names the argument, what was
 expected and what came. Shape/dtype/device checks are free. Value checks (token ids in range, finite

@@ -1,4 +1,4 @@
-"""The one place that chooses a backend for each op call (DESIGN.md section 3).
+"""The one place that chooses a backend for each op call (docs/DESIGN.md section 3).
 
 Backends:
 - ``torch``: the pure-PyTorch reference, any device;

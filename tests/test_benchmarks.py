@@ -41,6 +41,6 @@ def test_targets_table_gives_the_committed_results_md(monkeypatch):
 
     got = run_all._table(run_all.TARGET_COLUMNS, run_all.target_rows(run_all.load_latest()))
     lines = (ROOT / "benchmarks" / "RESULTS.md").read_text().splitlines()
-    start = lines.index("## Targets (DESIGN.md section 8)") + 2
+    start = lines.index("## Targets (docs/DESIGN.md section 8)") + 2
     want = lines[start : lines.index("", start)]
     assert got == want

@@ -12,7 +12,7 @@ checks synchronise the GPU. Here:
 - :func:`scatter_sequence_reward` places each sequence reward on its last response token (verl's
   token-level reward layout), without a Python loop.
 
-Conventions (piqa, DESIGN.md section 4): Gaussian window 11, sigma 1.5, valid padding (no border),
+Conventions (piqa, docs/DESIGN.md section 4): Gaussian window 11, sigma 1.5, valid padding (no border),
 C1 = (0.01 L)^2, C2 = (0.03 L)^2, mean over channels; PSNR = 10 log10(L^2 / (MSE + 1e-8)), so
 identical images give 80 dB; inputs are clamped to [0, L] (RLVR-World clamps the decoded prediction;
 piqa asserts the range instead, a host sync).
