@@ -14,7 +14,7 @@ EXT_STAMP := $(VENV)/.rlvr_fast-ext-built
 EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.h)
 PYTEST_ARGS ?=
 
-.PHONY: test test-gpu check-cuda demo bench install lock clean
+.PHONY: test test-gpu check-cuda demo bench install lock clean format
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ install: $(BASE_STAMP) $(EXT_STAMP)
 ## CPU test tier (Triton kernels run under TRITON_INTERPRET=1, set by tests/conftest.py)
 test: $(TEST_STAMP) $(EXT_STAMP)
 	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+## Format the code with the pinned ruff (tests/test_style.py checks it; config in pyproject.toml)
+format: $(TEST_STAMP)
+	$(VENV)/bin/ruff format rlvr_fast tests benchmarks examples setup.py
 
 ## GPU test tier, on a machine with CUDA
 test-gpu: $(TEST_STAMP) $(EXT_STAMP)

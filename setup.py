@@ -67,8 +67,10 @@ def _extension():
             "rlvr_fast._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=openmp
         )
     kind = "CUDAExtension" if with_cuda else "CppExtension"
-    print(f"rlvr_fast: building rlvr_fast._C as {kind}"
-          f" (torch {torch.__version__}, CUDA_HOME={cpp_extension.CUDA_HOME})", file=sys.stderr)
+    print(
+        f"rlvr_fast: building rlvr_fast._C as {kind} (torch {torch.__version__}, CUDA_HOME={cpp_extension.CUDA_HOME})",
+        file=sys.stderr,
+    )
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 
 
@@ -111,6 +113,8 @@ EXTRAS = {
         # requirement would replace the CPU torch: see tests/_oracles.py)
         "pytorch-msssim>=1.0",
         "torchmetrics>=1.4",
+        # the formatter and linter tests/test_style.py runs; a minor release may format differently
+        "ruff>=0.17,<0.18",
         *VERL_CORE_DEPS,
     ],
     "bench": ["pytest-benchmark>=4,<6", "liger-kernel; platform_system == 'Linux'"],

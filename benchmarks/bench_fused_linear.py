@@ -52,11 +52,23 @@ def _inputs(B: int, T: int, H: int, V: int, dtype: torch.dtype) -> dict:
     ids = C.randint(V, (B, T), seed=63)
     mask = C.response_mask(B, T, seed=64)
     with torch.no_grad():
-        lp = torch.cat([F.log_softmax((h[i : i + 512] @ w.T).float(), -1).gather(-1, ids.reshape(-1)[i : i + 512, None])
-                        for i in range(0, B * T, 512)])[:, 0].view(B, T)  # fmt: skip
-    return dict(h=h.requires_grad_(True), w=w.requires_grad_(True), ids=ids, mask=mask, B=B, T=T,
-                old=lp + C.randn((B, T), seed=65, scale=0.05), ref=lp + C.randn((B, T), seed=66, scale=0.05),
-                adv=C.randn((B,), seed=67))  # fmt: skip
+        lp = torch.cat(
+            [
+                F.log_softmax((h[i : i + 512] @ w.T).float(), -1).gather(-1, ids.reshape(-1)[i : i + 512, None])
+                for i in range(0, B * T, 512)
+            ]
+        )[:, 0].view(B, T)
+    return dict(
+        h=h.requires_grad_(True),
+        w=w.requires_grad_(True),
+        ids=ids,
+        mask=mask,
+        B=B,
+        T=T,
+        old=lp + C.randn((B, T), seed=65, scale=0.05),
+        ref=lp + C.randn((B, T), seed=66, scale=0.05),
+        adv=C.randn((B,), seed=67),
+    )
 
 
 def _ours(d):
@@ -102,8 +114,9 @@ def _liger(d):
     if "liger" not in d:
         d["liger"] = LigerFusedLinearGRPOLoss(beta=0.04, epsilon_low=0.2, epsilon_high=0.2, loss_type="dapo")
     h = d["h"].view(d["B"], d["T"], -1)
-    return d["liger"](h, d["w"], d["ids"], d["mask"].long(), d["adv"], ref_per_token_logps=d["ref"],
-                      old_per_token_logps=d["old"])[0]  # fmt: skip
+    return d["liger"](
+        h, d["w"], d["ids"], d["mask"].long(), d["adv"], ref_per_token_logps=d["ref"], old_per_token_logps=d["old"]
+    )[0]
 
 
 PROVIDERS = {
@@ -153,10 +166,20 @@ def cases(shapes: str, only: str | None = None) -> list[C.Case]:
                 continue
             if provider != "floor" and not PROVIDERS[provider][1]():
                 continue
-            out.append(C.Case(op=OP, provider=provider, mode=C.FWD_BWD, shape=shape, dtype=spec["dtype"],
-                              make=_make(provider, spec), shape_name=name, check=provider != "floor",
-                              tol=(2e-3, 2e-4) if spec["dtype"] == "float32" else None,
-                              note="the three matmuls alone (6 N H V flops)" if provider == "floor" else NOTE))  # fmt: skip
+            out.append(
+                C.Case(
+                    op=OP,
+                    provider=provider,
+                    mode=C.FWD_BWD,
+                    shape=shape,
+                    dtype=spec["dtype"],
+                    make=_make(provider, spec),
+                    shape_name=name,
+                    check=provider != "floor",
+                    tol=(2e-3, 2e-4) if spec["dtype"] == "float32" else None,
+                    note="the three matmuls alone (6 N H V flops)" if provider == "floor" else NOTE,
+                )
+            )
     return out
 
 

@@ -78,9 +78,7 @@ def _verl_loss(logp, old, adv_tok, mask, ref, kl_coef, cfg):
     """verl's actor: pg loss (vanilla, dual clip) + kl_loss_coef * agg_loss(k3 KL)."""
     from verl.trainer.ppo.core_algos import agg_loss, compute_policy_loss_vanilla, kl_penalty
 
-    pg_loss, _metrics = compute_policy_loss_vanilla(
-        old, logp, adv_tok, mask, loss_agg_mode="token-mean", config=cfg
-    )
+    pg_loss, _metrics = compute_policy_loss_vanilla(old, logp, adv_tok, mask, loss_agg_mode="token-mean", config=cfg)
     kld = kl_penalty(logprob=logp, ref_logprob=ref, kl_penalty="low_var_kl")
     kl_loss = agg_loss(loss_mat=kld, loss_mask=mask, loss_agg_mode="token-mean")
     return pg_loss + kl_loss * kl_coef
@@ -201,7 +199,13 @@ def _logits_ours(d):
     import rlvr_fast
 
     loss, _metrics = rlvr_fast.policy_loss_from_logits(
-        d["full"][:, :-1], d["ids"], d["old"], d["adv"], d["mask"], ref_logp=d["ref"], kl_coef=KL_COEF_LOGITS,
+        d["full"][:, :-1],
+        d["ids"],
+        d["old"],
+        d["adv"],
+        d["mask"],
+        ref_logp=d["ref"],
+        kl_coef=KL_COEF_LOGITS,
         **LOSS_OPTIONS,
     )
     return loss
@@ -224,9 +228,7 @@ def _logits_trl(d):
     advantages = d["adv"].unsqueeze(1)
     old_per_token_logps, ref_per_token_logps, mask = d["old"], d["ref"], d["mask"]
     coef_1 = torch.exp(per_token_logps - old_per_token_logps)
-    per_token_kl = (
-        torch.exp(ref_per_token_logps - per_token_logps) - (ref_per_token_logps - per_token_logps) - 1
-    )
+    per_token_kl = torch.exp(ref_per_token_logps - per_token_logps) - (ref_per_token_logps - per_token_logps) - 1
     coef_2 = torch.clamp(coef_1, 1 - CLIP, 1 + CLIP)
     per_token_loss1 = coef_1 * advantages
     per_token_loss2 = coef_2 * advantages

@@ -100,17 +100,32 @@ SHAPES = {
     # model: ModelConfig fields; P prompts x n samples x T new tokens; micro: sequences per fwd/bwd
     "smoke": dict(
         model=dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64),
-        P=2, n=2, T=8, micro=4, warmup=1, n_train=1000,
+        P=2,
+        n=2,
+        T=8,
+        micro=4,
+        warmup=1,
+        n_train=1000,
     ),
     "small": dict(
         model=dict(hidden_size=128, num_layers=3, num_heads=4, intermediate_size=384),
-        P=16, n=8, T=64, micro=64, warmup=2, n_train=6000,
+        P=16,
+        n=8,
+        T=64,
+        micro=64,
+        warmup=2,
+        n_train=6000,
     ),
     "target": dict(
         model=dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=2048),
-        P=64, n=8, T=256, micro=32, warmup=2, n_train=6000,
+        P=64,
+        n=8,
+        T=256,
+        micro=32,
+        warmup=2,
+        n_train=6000,
     ),
-}  # fmt: skip
+}
 LR = 1e-4  # the demo config's GRPO learning rate
 SEED = 0
 MAX_TIMED_STEPS = 200
@@ -344,9 +359,7 @@ def _run_trl(spec, args, task, reward_fn, clock: StepClock, out_dir: str, ours: 
     reward.__name__ = "rlvr_fast_reward"
     dataset = Dataset.from_dict({"prompt": [ex.prompt for ex in train], "idx": list(range(len(train)))})
     tok = AutoTokenizer.from_pretrained(args.model_dir)
-    model = AutoModelForCausalLM.from_pretrained(
-        args.model_dir, dtype=torch.float32, attn_implementation=args.attn
-    )
+    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32, attn_implementation=args.attn)
     gen_s: list[float] = []
     _timed_generate(model, gen_s)
     config = GRPOConfig(
@@ -520,9 +533,7 @@ def _build_model_dir(spec: dict, path: str, attn: str) -> tuple[int, int]:
     return count_parameters(model), prompt_len
 
 
-def _spawn(
-    args, model_dir: str, *, providers: list[str], memory: bool, min_steps: int, max_time: float
-) -> dict:
+def _spawn(args, model_dir: str, *, providers: list[str], memory: bool, min_steps: int, max_time: float) -> dict:
     """Run one worker process; ``{provider: result}`` for the providers that reported."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if memory:
@@ -532,10 +543,22 @@ def _spawn(
     else:
         role = ["--timing-worker", "--providers", ",".join(providers)]
     cmd = [
-        sys.executable, __file__, *role, "--shapes", args.shapes, "--model-dir", model_dir,
-        "--attn", args.attn, "--warmup", str(args.warmup), "--min-rounds", str(min_steps),
-        "--max-time", str(max_time),
-    ]  # fmt: skip
+        sys.executable,
+        __file__,
+        *role,
+        "--shapes",
+        args.shapes,
+        "--model-dir",
+        model_dir,
+        "--attn",
+        args.attn,
+        "--warmup",
+        str(args.warmup),
+        "--min-rounds",
+        str(min_steps),
+        "--max-time",
+        str(max_time),
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
@@ -598,7 +621,11 @@ def driver(args) -> int:
         print(f"# shape {name}: {json.dumps(shape)}", flush=True)
         for r in range(args.repeats):
             got = _spawn(
-                args, model_dir, providers=wanted, memory=False, min_steps=args.min_rounds,
+                args,
+                model_dir,
+                providers=wanted,
+                memory=False,
+                min_steps=args.min_rounds,
                 max_time=args.max_time,
             )
             for provider, res in got.items():
@@ -612,9 +639,7 @@ def driver(args) -> int:
                 )
         if not args.no_memory:
             for provider in wanted:
-                got = _spawn(
-                    args, model_dir, providers=[provider], memory=True, min_steps=args.mem_steps, max_time=0.0
-                )
+                got = _spawn(args, model_dir, providers=[provider], memory=True, min_steps=args.mem_steps, max_time=0.0)
                 if provider in got:
                     res = mem[provider] = got[provider]
                     print(

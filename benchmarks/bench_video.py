@@ -256,8 +256,17 @@ def _reward_inputs(B: int, n: int, up: int) -> dict:
     project_out, decoder = _decoder(up)
     levels = torch.tensor(FSQ_LEVELS, dtype=torch.int32, device=C.DEVICE)
     basis = torch.cumprod(torch.tensor((1, *FSQ_LEVELS[:-1])), 0).to(device=C.DEVICE, dtype=torch.int32)
-    d = dict(responses=responses, mask=mask, n=n, layout=layout, levels=levels, basis=basis,
-             project_out=project_out, decoder=decoder, quantizer=Quantizer.fsq(FSQ_LEVELS, [project_out]))
+    d = dict(
+        responses=responses,
+        mask=mask,
+        n=n,
+        layout=layout,
+        levels=levels,
+        basis=basis,
+        project_out=project_out,
+        decoder=decoder,
+        quantizer=Quantizer.fsq(FSQ_LEVELS, [project_out]),
+    )
     # Real frames: the first rollout of each group decoded, plus N(0, 0.05) noise (SSIMs well above 0).
     with torch.no_grad(), _autocast():
         first = _fsq_latents_ivideogpt(d, responses[::n, : h * w].reshape(-1, h, w))
@@ -293,8 +302,14 @@ def _reward_ours(d):
     if "video_reward" not in d:  # the library's path (rlvr_fast.rewards.video), built on the warm-up call
         from rlvr_fast.rewards.video import VideoReward
 
-        d["video_reward"] = VideoReward(d["layout"], d["quantizer"], d["decoder"], WEIGHTS,
-                                        invalid_reward=INVALID_REWARD, decode_chunk=OURS_DECODE_CHUNK)  # fmt: skip
+        d["video_reward"] = VideoReward(
+            d["layout"],
+            d["quantizer"],
+            d["decoder"],
+            WEIGHTS,
+            invalid_reward=INVALID_REWARD,
+            decode_chunk=OURS_DECODE_CHUNK,
+        )
     return d["video_reward"](d["responses"], d["mask"], d["real"], group_size=d["n"]).token_rewards
 
 

@@ -354,8 +354,7 @@ def check_outputs(case: Case, got, expected) -> None:
             atol=atol_frac * max(scale, 1e-30),
             check_dtype=False,
             msg=lambda m, i=i: (
-                f"{case.op} {case.mode} {case.shape_name}: output {i} of {case.provider} "
-                f"differs from rlvr_fast: {m}"
+                f"{case.op} {case.mode} {case.shape_name}: output {i} of {case.provider} differs from rlvr_fast: {m}"
             ),
         )
 
@@ -424,15 +423,11 @@ def parser(description: str) -> argparse.ArgumentParser:
         help="target: docs/DESIGN.md section 8 shapes (GPU); small: CPU-sized (default without CUDA); "
         "smoke: tiny shapes that only check every provider runs (use with --no-record)",
     )
-    p.add_argument(
-        "--providers", default="", help="comma-separated providers to time (default: all installed)"
-    )
+    p.add_argument("--providers", default="", help="comma-separated providers to time (default: all installed)")
     p.add_argument("--no-record", action="store_true", help="print results only; append nothing to results/")
     p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
     p.add_argument("--max-time", type=float, default=1.0, help="CPU: seconds of timed rounds per provider")
-    p.add_argument(
-        "--min-rounds", type=int, default=5, help="CPU: at least this many timed rounds per provider"
-    )
+    p.add_argument("--min-rounds", type=int, default=5, help="CPU: at least this many timed rounds per provider")
     # internal: the fresh-process CPU memory worker
     p.add_argument("--mem-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mem-provider", default="", help=argparse.SUPPRESS)
@@ -484,9 +479,7 @@ def _cpu_peaks(script: str, shapes: str, provider: str, shape_name: str) -> dict
                 continue
             peaks[tuple(rec["key"])] = (rec["peak_bytes"], rec["method"])
     if proc.returncode != 0:
-        print(
-            f"  [memory] worker for {provider}/{shape_name} exited {proc.returncode}: {proc.stderr[-2000:]}"
-        )
+        print(f"  [memory] worker for {provider}/{shape_name} exited {proc.returncode}: {proc.stderr[-2000:]}")
     return peaks
 
 
@@ -620,9 +613,7 @@ def run(cases: list[Case], args: argparse.Namespace, script: str) -> list[dict]:
                     _report_failure(case, exc)
                     continue
                 _print_timing(case, timing, peak)
-                done.append(
-                    (case, timing, peak, None if peak is None else "torch.cuda.max_memory_allocated delta")
-                )
+                done.append((case, timing, peak, None if peak is None else "torch.cuda.max_memory_allocated delta"))
             continue
         ready: list[tuple[Case, Callable, float]] = []
         for case in group_cases:

@@ -75,9 +75,7 @@ def _groups(rows: list[dict]) -> dict[tuple, list[dict]]:
 
 def _ordered(groups: dict[tuple, list[dict]]) -> list[tuple[tuple, list[dict]]]:
     """Groups by op name, then in the order they were first run (shapes small to large as benched)."""
-    return sorted(
-        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], min(r.get("timestamp", "") for r in kv[1]))
-    )
+    return sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], min(r.get("timestamp", "") for r in kv[1])))
 
 
 def _by_device(rows: list[dict]) -> dict[str, list[dict]]:
@@ -372,9 +370,7 @@ def write_report() -> Path:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--report-only", action="store_true", help="only regenerate RESULTS.md from results/*.jsonl"
-    )
+    p.add_argument("--report-only", action="store_true", help="only regenerate RESULTS.md from results/*.jsonl")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHES)}")
     args, passthrough = p.parse_known_args(argv)
     failures = []

@@ -49,7 +49,9 @@ def sample_prompts(n: int, gen: torch.Generator, split: str) -> tuple[torch.Tens
         inc = torch.randint(0, 3, (4 * n,), generator=gen)
         key = (state * torch.tensor([1000, 100, 10, 1])).sum(1) * 12 + shift * 3 + inc
         keep = (key * 2654435761 % 97 < 20) == (split == "test")  # a fixed hash split, ~20% held out
-        prompt = torch.cat([state, (SHIFT0 + shift)[:, None], (INC0 + inc)[:, None], torch.full_like(shift, SEP)[:, None]], 1)
+        prompt = torch.cat(
+            [state, (SHIFT0 + shift)[:, None], (INC0 + inc)[:, None], torch.full_like(shift, SEP)[:, None]], 1
+        )
         out_p.append(prompt[keep])
         out_y.append(world_step(state, shift, inc)[keep])
     return torch.cat(out_p)[:n], torch.cat(out_y)[:n]
@@ -130,9 +132,17 @@ def train_grpo(model: WorldModel, args, gen: torch.Generator, log) -> None:
         for _ in range(args.ppo_epochs):
             logits = model(inputs)[:, PROMPT_LEN - 1 :]
             loss, metrics = rf.policy_loss_from_logits(
-                logits, targets, old_logp, adv, mask, ref_logp=ref_logp, kl_type="k3", kl_coef=args.kl_coef,
-                clip_low=0.2, clip_high=0.28,
-            )  # fmt: skip
+                logits,
+                targets,
+                old_logp,
+                adv,
+                mask,
+                ref_logp=ref_logp,
+                kl_type="k3",
+                kl_coef=args.kl_coef,
+                clip_low=0.2,
+                clip_high=0.28,
+            )
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -157,7 +167,9 @@ def main(argv=None) -> dict:
 
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    test_prompts, test_target = sample_prompts(args.eval_size, torch.Generator().manual_seed(10_000 + args.seed), "test")
+    test_prompts, test_target = sample_prompts(
+        args.eval_size, torch.Generator().manual_seed(10_000 + args.seed), "test"
+    )
     model = WorldModel()
     t0 = time.time()
     results = {"random init": evaluate(model, test_prompts, test_target)}
@@ -174,8 +186,9 @@ def main(argv=None) -> dict:
     def log(step, mean_reward, metrics):
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(reward=f"{mean_reward:.3f}", kl=f"{metrics['kl'].item():.4f}",
-                            clip=f"{metrics['clipfrac'].item():.3f}")  # fmt: skip
+            bar.set_postfix(
+                reward=f"{mean_reward:.3f}", kl=f"{metrics['kl'].item():.4f}", clip=f"{metrics['clipfrac'].item():.3f}"
+            )
         elif step % 25 == 0:
             print(f"GRPO step {step}: reward {mean_reward:.3f}")
 

@@ -28,8 +28,17 @@ from rlvr_fast.integrations.hf import response_logprobs
 class FusedGRPOTrainer(GRPOTrainer):
     """``trl.GRPOTrainer`` whose per-token log-probs and entropies come from the fused linear op."""
 
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
-                                           compute_entropy=False, compute_aux_loss=False, **extra):  # fmt: skip
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **extra,
+    ):
         if compute_aux_loss or any(v is not None for v in extra.values()):
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **extra
@@ -41,9 +50,15 @@ class FusedGRPOTrainer(GRPOTrainer):
         for s in range(0, input_ids.size(0), batch_size):
             rows = slice(s, s + batch_size)
             with self.accelerator.autocast():
-                lp, ent = response_logprobs(module, input_ids[rows], attention_mask[rows], logits_to_keep,
-                                            temperature=self.temperature, return_entropy=True,
-                                            position_ids=positions[rows])  # fmt: skip
+                lp, ent = response_logprobs(
+                    module,
+                    input_ids[rows],
+                    attention_mask[rows],
+                    logits_to_keep,
+                    temperature=self.temperature,
+                    return_entropy=True,
+                    position_ids=positions[rows],
+                )
             logps.append(lp)
             entropies.append(ent)
         return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
@@ -59,13 +74,24 @@ def tiny_setup(vocab_words: int = 40, seed: int = 0):
     words = [f"w{i}" for i in range(vocab_words)]
     tok = build_tokenizer([" ".join(words)])
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=True)  # fmt: skip
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
     model = LlamaForCausalLM(cfg)
     g = torch.Generator().manual_seed(seed)
-    prompts = [" ".join(words[i] for i in torch.randint(0, vocab_words, (int(n),), generator=g).tolist())
-               for n in torch.randint(2, 6, (32,), generator=g)]  # fmt: skip
+    prompts = [
+        " ".join(words[i] for i in torch.randint(0, vocab_words, (int(n),), generator=g).tolist())
+        for n in torch.randint(2, 6, (32,), generator=g)
+    ]
     return model, tok, Dataset.from_dict({"prompt": prompts})
 
 
@@ -77,11 +103,24 @@ def count_w0(completions, **kwargs) -> list[float]:
 def make_trainer(steps: int, out_dir: str, fused: bool = True, temperature: float = 1.0):
     model, tok, data = tiny_setup()
     config = GRPOConfig(
-        output_dir=out_dir, per_device_train_batch_size=8, num_generations=4, max_completion_length=8,
-        learning_rate=1e-3, max_steps=steps, beta=0.0, loss_type="dapo", report_to=[], save_strategy="no",
-        logging_steps=1, disable_tqdm=True, bf16=False, use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=False, seed=0, temperature=temperature,
-    )  # fmt: skip
+        output_dir=out_dir,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=8,
+        learning_rate=1e-3,
+        max_steps=steps,
+        beta=0.0,
+        loss_type="dapo",
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        bf16=False,
+        use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=False,
+        seed=0,
+        temperature=temperature,
+    )
     cls = FusedGRPOTrainer if fused else GRPOTrainer
     return cls(model=model, reward_funcs=[count_w0], args=config, train_dataset=data, processing_class=tok)
 

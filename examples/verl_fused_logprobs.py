@@ -27,9 +27,15 @@ def forward_micro_batch(module, micro_batch: dict, temperature: float, calculate
     """(entropy [B, R] or None, log_probs [B, R]) for verl's padded micro-batch layout."""
     responses = micro_batch["responses"]
     R = responses.shape[-1]
-    logp, ent = response_logprobs(module, micro_batch["input_ids"], micro_batch["attention_mask"], R,
-                                  temperature=temperature, return_entropy=True,
-                                  position_ids=micro_batch["position_ids"])  # fmt: skip
+    logp, ent = response_logprobs(
+        module,
+        micro_batch["input_ids"],
+        micro_batch["attention_mask"],
+        R,
+        temperature=temperature,
+        return_entropy=True,
+        position_ids=micro_batch["position_ids"],
+    )
     return (ent if calculate_entropy else None), logp
 
 
@@ -38,8 +44,12 @@ def verl_reference(module, micro_batch: dict, temperature: float):
     from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits
 
     R = micro_batch["responses"].shape[-1]
-    out = module(input_ids=micro_batch["input_ids"], attention_mask=micro_batch["attention_mask"],
-                 position_ids=micro_batch["position_ids"], use_cache=False)  # fmt: skip
+    out = module(
+        input_ids=micro_batch["input_ids"],
+        attention_mask=micro_batch["attention_mask"],
+        position_ids=micro_batch["position_ids"],
+        use_cache=False,
+    )
     logits = out.logits[:, -R - 1 : -1, :] / temperature
     return entropy_from_logits(logits), logprobs_from_logits(logits, micro_batch["responses"])
 
@@ -49,14 +59,27 @@ def demo_batch(vocab: int = 97, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)).eval()  # fmt: skip
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            pad_token_id=0,
+        )
+    ).eval()
     ids = torch.randint(1, vocab, (3, 12))
     mask = torch.ones_like(ids)
     mask[0, :4] = 0
     ids[0, :4] = 0
-    batch = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
-             "responses": ids[:, -5:]}  # fmt: skip
+    batch = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+        "responses": ids[:, -5:],
+    }
     return model, batch
 
 

@@ -122,9 +122,7 @@ def check_finite(name: str, t: torch.Tensor, hint: str = "") -> None:
         )
 
 
-def check_finite_where(
-    where: torch.Tensor, what: str, hint: str = "", **tensors: torch.Tensor | None
-) -> None:
+def check_finite_where(where: torch.Tensor, what: str, hint: str = "", **tensors: torch.Tensor | None) -> None:
     """Raise ValueError naming the first of ``tensors`` with NaN/Inf where ``where`` is True.
 
     ``where`` is a bool [B, T]; a [B] tensor is checked on the rows with any True in ``where``. Values at

@@ -100,8 +100,13 @@ class CpuThreads:
         # stalls the barriers
         want = max(1, min(len(self.cores), math.floor(len(self.cores) - others + 0.3)))
         if want != self.threads:
-            log.info("CPU threads %d -> %d: other processes used %.1f of %d cores", self.threads, want, others,
-                     len(self.cores))
+            log.info(
+                "CPU threads %d -> %d: other processes used %.1f of %d cores",
+                self.threads,
+                want,
+                others,
+                len(self.cores),
+            )
             torch.set_num_threads(want)
             self.threads = want
         return self.threads

@@ -73,10 +73,14 @@ def _report(summary: dict, out_dir: str) -> None:
     if summary.get("best"):
         b = summary["best"]
         which = "the MLE model (before GRPO)" if b.get("stage") == "mle" else f"GRPO step {b['step']}"
-        print(f"best checkpoint by {summary['select_metric']}: {which} "
-              f"({summary['select_metric']} {b.get(summary['select_metric'], float('nan')):.3f}) in {out_dir}/best")  # fmt: skip
-    print(f"{summary['seconds']:.0f} s; metrics {out_dir}/metrics.jsonl, curves {summary.get('plot')}, "
-          f"summary {out_dir}/summary.json, checkpoint {out_dir}/checkpoint")  # fmt: skip
+        print(
+            f"best checkpoint by {summary['select_metric']}: {which} "
+            f"({summary['select_metric']} {b.get(summary['select_metric'], float('nan')):.3f}) in {out_dir}/best"
+        )
+    print(
+        f"{summary['seconds']:.0f} s; metrics {out_dir}/metrics.jsonl, curves {summary.get('plot')}, "
+        f"summary {out_dir}/summary.json, checkpoint {out_dir}/checkpoint"
+    )
     if summary.get("preview"):
         print(f"held-out predictions (context / real / MLE / MLE + GRPO): {summary['preview']}")
 
@@ -108,8 +112,10 @@ def cmd_train(args, default_config: str | None = None) -> int:
     demo = args.cmd == "demo"
     request = _demo_request(cfg) if demo else None
     if demo and not args.resume and not args.force and (done := _finished_demo(cfg)) is not None:
-        print(f"rlvr-fast demo: {cfg.trainer.out_dir} holds a finished run of this configuration; showing it "
-              "(--force runs it again)")
+        print(
+            f"rlvr-fast demo: {cfg.trainer.out_dir} holds a finished run of this configuration; showing it "
+            "(--force runs it again)"
+        )
         _report(done, cfg.trainer.out_dir)
         return 0
     try:
@@ -129,11 +135,14 @@ def cmd_eval(args) -> int:
     # a checkpoint directory is a Hugging Face model directory (weights, config, tokenizer)
     ckpt = Path(args.checkpoint)
     if not ckpt.is_dir():
-        raise FileNotFoundError(f"--checkpoint {args.checkpoint!r}: no such directory (a run's out_dir/best or "
-                                "out_dir/checkpoint)")
+        raise FileNotFoundError(
+            f"--checkpoint {args.checkpoint!r}: no such directory (a run's out_dir/best or out_dir/checkpoint)"
+        )
     if not (ckpt / "config.json").is_file():
-        raise FileNotFoundError(f"--checkpoint {args.checkpoint!r} is not a checkpoint directory (no config.json; "
-                                "use a run's out_dir/best or out_dir/checkpoint)")
+        raise FileNotFoundError(
+            f"--checkpoint {args.checkpoint!r} is not a checkpoint directory (no config.json; "
+            "use a run's out_dir/best or out_dir/checkpoint)"
+        )
     # eval reads only the held-out data: a text world's config needs no data.train_path
     cfg = _config(args.config, [*args.overrides, f"model.path={args.checkpoint}"], for_eval=True)
     metrics = GRPOTrainer(cfg, eval_only=True).evaluate()
@@ -151,36 +160,57 @@ def cmd_config(args) -> int:
 def cmd_bench(args) -> int:
     script = Path.cwd() / "benchmarks" / "run_all.py"
     if not script.is_file():
-        print("rlvr-fast bench runs benchmarks/run_all.py of a source checkout: run it from the repository root",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "rlvr-fast bench runs benchmarks/run_all.py of a source checkout: run it from the repository root",
+            file=sys.stderr,
+        )
         return 2
     return subprocess.call([sys.executable, str(script), *args.rest])
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="rlvr-fast", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="rlvr-fast",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name, helptext in (("demo", "the built-in main job"), ("train", "MLE + GRPO training"),
-                           ("eval", "evaluate a checkpoint"), ("config", "print the resolved configuration")):  # fmt: skip
+    for name, helptext in (
+        ("demo", "the built-in main job"),
+        ("train", "MLE + GRPO training"),
+        ("eval", "evaluate a checkpoint"),
+        ("config", "print the resolved configuration"),
+    ):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("--config", help="YAML file (sections as in `rlvr-fast config`)")
         s.add_argument("overrides", nargs="*", help="section.key=value")
         if name in ("train", "demo"):
             s.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint")
         if name == "demo":
-            s.add_argument("--world", choices=sorted(DEMO_CONFIGS), default="text",
-                           help="text: the synthetic text game (demo.yaml); video: the sprite world (demo_video.yaml)")
-            s.add_argument("--force", action="store_true",
-                           help="run again even when out_dir holds a finished run of the same configuration")
+            s.add_argument(
+                "--world",
+                choices=sorted(DEMO_CONFIGS),
+                default="text",
+                help="text: the synthetic text game (demo.yaml); video: the sprite world (demo_video.yaml)",
+            )
+            s.add_argument(
+                "--force",
+                action="store_true",
+                help="run again even when out_dir holds a finished run of the same configuration",
+            )
         if name == "eval":
-            s.add_argument("--checkpoint", required=True, help="checkpoint directory (out_dir/best or out_dir/checkpoint)")
+            s.add_argument(
+                "--checkpoint", required=True, help="checkpoint directory (out_dir/best or out_dir/checkpoint)"
+            )
     b = sub.add_parser("bench", help="run the benchmark suite (source checkout)")
     b.add_argument("rest", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
 
     try:
         if args.cmd == "demo":

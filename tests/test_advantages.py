@@ -68,9 +68,12 @@ def test_group_ids_any_order_with_token_broadcast(backend, device, estimator, pr
     mask = torch.rand(B, T) > 0.3
     mask[0] = False  # a fully masked row
     got = rf.group_advantages(
-        scores.float().to(device), group_ids=torch.from_numpy(labels).to(device), estimator=estimator,
-        response_mask=mask.to(device), preset=preset,
-    )  # fmt: skip
+        scores.float().to(device),
+        group_ids=torch.from_numpy(labels).to(device),
+        estimator=estimator,
+        response_mask=mask.to(device),
+        preset=preset,
+    )
     eps = 1e-4 if preset == "trl" else 1e-6
     singleton = "verl" if preset == "verl" else "zero"
     want = hand_advantages(scores, list(labels), estimator, eps, True, singleton, token_counts=mask.sum(1).tolist())
@@ -131,7 +134,9 @@ def test_strided_scores_and_ids(backend, device):
 
 def test_empty_batch(backend, device):
     assert rf.group_advantages(torch.empty(0, device=device), group_size=4).shape == (0,)
-    out = rf.group_advantages(torch.empty(0, device=device), group_size=4, response_mask=torch.ones(0, 5, device=device))
+    out = rf.group_advantages(
+        torch.empty(0, device=device), group_size=4, response_mask=torch.ones(0, 5, device=device)
+    )
     assert out.shape == (0, 5)
 
 
@@ -172,9 +177,12 @@ def test_matches_verl(backend, device, verl_fn, estimator, kwargs, preset):
     uids = np.random.default_rng(1).integers(0, 9, size=B)  # random uids: ragged groups, some singletons
     want, _ = getattr(verl_core, verl_fn)(token_rewards.clone(), mask, uids, **kwargs)
     got = rf.group_advantages(
-        scores.to(device), group_ids=torch.from_numpy(uids).to(device), estimator=estimator,
-        response_mask=mask.to(device), preset=preset,
-    )  # fmt: skip
+        scores.to(device),
+        group_ids=torch.from_numpy(uids).to(device),
+        estimator=estimator,
+        response_mask=mask.to(device),
+        preset=preset,
+    )
     assert np.bincount(uids).min() >= 1 and (np.bincount(uids) == 1).any()  # singletons are exercised
     torch.testing.assert_close(got.cpu(), want.float(), rtol=1e-5, atol=1e-5)
 

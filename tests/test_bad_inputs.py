@@ -85,15 +85,15 @@ def _advantage_cases():
     s, mask = _scores(), torch.rand(8, 5) > 0.3
     ga = rf.group_advantages
     cases = {
-        "device-mask": (lambda: ga(s, group_size=4, response_mask=meta(mask)),
-                        Raises(ValueError, "response_mask")),
-        "device-ids": (lambda: ga(s, group_ids=meta(torch.zeros(8, dtype=torch.long))),
-                       Raises(ValueError, "group_ids")),
+        "device-mask": (lambda: ga(s, group_size=4, response_mask=meta(mask)), Raises(ValueError, "response_mask")),
+        "device-ids": (
+            lambda: ga(s, group_ids=meta(torch.zeros(8, dtype=torch.long))),
+            Raises(ValueError, "group_ids"),
+        ),
         "dtype-scores": (lambda: ga(s.long(), group_size=4), Raises(TypeError, "scores")),
         "dtype-ids": (lambda: ga(s, group_ids=torch.zeros(8)), Raises(TypeError, "group_ids")),
         "shape-scores": (lambda: ga(s[None], group_size=4), Raises(ValueError, "scores")),
-        "shape-mask": (lambda: ga(s, group_size=4, response_mask=mask[:7]),
-                       Raises(ValueError, "response_mask")),
+        "shape-mask": (lambda: ga(s, group_size=4, response_mask=mask[:7]), Raises(ValueError, "response_mask")),
         "shape-group-size": (lambda: ga(s, group_size=3), Raises(ValueError, "group_size")),
         "empty": (lambda: ga(s[:0], group_size=4), Matches(lambda: torch.zeros(0))),
         "nan": (lambda: ga(torch.where(s == 3, NAN, s), group_size=4), Raises(ValueError, "scores")),
@@ -102,10 +102,11 @@ def _advantage_cases():
             lambda: ga(torch.where(s == 2, NAN, s), group_size=4, preset="trl"),
             Matches(_adv_ref(torch.where(s == 2, NAN, s), eps=1e-4, nan_as_missing=True)),
         ),
-        "strided-scores": (lambda: ga(strided(s), group_size=4, response_mask=mask),
-                           Matches(_adv_ref(s, mask))),
-        "strided-mask": (lambda: ga(s, group_size=4, response_mask=mask.t().contiguous().t()),
-                         Matches(_adv_ref(s, mask))),
+        "strided-scores": (lambda: ga(strided(s), group_size=4, response_mask=mask), Matches(_adv_ref(s, mask))),
+        "strided-mask": (
+            lambda: ga(s, group_size=4, response_mask=mask.t().contiguous().t()),
+            Matches(_adv_ref(s, mask)),
+        ),
     }
     for scale in (1e20, 1e38):  # squares overflow float32; the statistics must not
         for est in ("grpo", "rloo", "reinforce_pp_baseline"):
@@ -201,10 +202,14 @@ def _policy_loss_cases():
         "shape-old": (lambda: call(old_logp=old[:, :-1]), Raises(ValueError, "old_logp")),
         "shape-advantages": (lambda: call(advantages=adv[:, :2]), Raises(ValueError, "advantages")),
         "shape-mask": (lambda: call(response_mask=mask[:2]), Raises(ValueError, "response_mask")),
-        "empty-T": (lambda: call(**{k: v[:, :0] for k, v in args.items()}, response_mask=mask[:, :0]),
-                    Raises(ValueError, "logp")),
-        "empty-B": (lambda: call(**{k: v[:0] for k, v in args.items()}, response_mask=mask[:0]),
-                    Matches(lambda: torch.zeros(()))),
+        "empty-T": (
+            lambda: call(**{k: v[:, :0] for k, v in args.items()}, response_mask=mask[:, :0]),
+            Raises(ValueError, "logp"),
+        ),
+        "empty-B": (
+            lambda: call(**{k: v[:0] for k, v in args.items()}, response_mask=mask[:0]),
+            Matches(lambda: torch.zeros(())),
+        ),
         "strided": (
             lambda: _loss_and_grads(*(strided(t) for t in (logp, old, adv, mask, ref, ent))),
             Matches(lambda: _loss_oracle(logp, old, adv, mask, ref, ent)),
@@ -228,7 +233,8 @@ def _policy_loss_cases():
             order = [poisoned[k] for k in ("logp", "old_logp", "advantages")]
             order += [mask, poisoned["ref_logp"], poisoned["entropy"]]
             cases[f"masked-{value}-{name}"] = (
-                lambda o=order: _loss_and_grads(*o), Matches(lambda o=order: _loss_oracle(*o))
+                lambda o=order: _loss_and_grads(*o),
+                Matches(lambda o=order: _loss_oracle(*o)),
             )
             cases[f"unmasked-{value}-{name}"] = (
                 lambda n=name, v=value: call(**{n: _poisoned(args[n], ~(mask & (torch.arange(T) == 1)), v)}),
@@ -262,20 +268,30 @@ def _from_logits_cases():
     junk = torch.where(mask[..., None], logits, NAN)  # every masked row is all NaN
     oracle = _from_logits(logits.double(), ids, old, adv, mask, ref)
     cases = {
-        "device-token_ids": (lambda: _from_logits(logits, meta(ids), old, adv, mask, ref),
-                             Raises(ValueError, "token_ids")),
-        "device-old_logp": (lambda: _from_logits(logits, ids, meta(old), adv, mask, ref),
-                            Raises(ValueError, "old_logp")),
-        "dtype-token_ids": (lambda: _from_logits(logits, ids.float(), old, adv, mask, ref),
-                            Raises(TypeError, "token_ids")),
-        "shape-token_ids": (lambda: _from_logits(logits, ids[:, :-1], old, adv, mask, ref),
-                            Raises(ValueError, "token_ids")),
+        "device-token_ids": (
+            lambda: _from_logits(logits, meta(ids), old, adv, mask, ref),
+            Raises(ValueError, "token_ids"),
+        ),
+        "device-old_logp": (
+            lambda: _from_logits(logits, ids, meta(old), adv, mask, ref),
+            Raises(ValueError, "old_logp"),
+        ),
+        "dtype-token_ids": (
+            lambda: _from_logits(logits, ids.float(), old, adv, mask, ref),
+            Raises(TypeError, "token_ids"),
+        ),
+        "shape-token_ids": (
+            lambda: _from_logits(logits, ids[:, :-1], old, adv, mask, ref),
+            Raises(ValueError, "token_ids"),
+        ),
         "empty-T": (
             lambda: _from_logits(*(t[:, :0] for t in (logits, ids, old, adv, mask, ref))),
             Raises(ValueError, "logits"),
         ),
-        "ids-out-of-range": (lambda: _from_logits(logits, ids + V, old, adv, mask, ref),
-                             Raises(ValueError, "token_ids")),
+        "ids-out-of-range": (
+            lambda: _from_logits(logits, ids + V, old, adv, mask, ref),
+            Raises(ValueError, "token_ids"),
+        ),
         "masked-nan-logits": (lambda: _from_logits(junk, ids, old, adv, mask, ref), Matches(lambda: oracle)),
         "masked-nan-logits-entropy": (
             lambda: _from_logits(junk, ids, old, adv, mask, ref, compute_entropy=True),
@@ -326,10 +342,11 @@ def _logprob_cases():
         "shape-token_ids": (lambda: tl(logits, ids[:, 1:]), Raises(ValueError, "token_ids")),
         "empty": (lambda: tl(logits[:0], ids[:0]), Matches(lambda: torch.zeros(0, T))),
         "ids-out-of-range": (lambda: tl(logits, ids - V), Raises(ValueError, "token_ids")),
-        "ignored-nan-row": (lambda: with_grad(junk, ignored),
-                            Matches(lambda: with_grad(logits.double(), ignored))),
-        "view-logits": (lambda: tl(torch.cat([logits, logits[:, :1]], 1)[:, :-1], ids),
-                        Matches(lambda: tl(logits.double(), ids))),
+        "ignored-nan-row": (lambda: with_grad(junk, ignored), Matches(lambda: with_grad(logits.double(), ignored))),
+        "view-logits": (
+            lambda: tl(torch.cat([logits, logits[:, :1]], 1)[:, :-1], ids),
+            Matches(lambda: tl(logits.double(), ids)),
+        ),
     }
 
 
@@ -373,11 +390,15 @@ def _fused_cases():
         "empty": (lambda: fl(h[:0], w, ids[:0]), Matches(lambda: torch.zeros(0, T))),
         "ids-out-of-range": (lambda: fl(h, w, ids + V), Raises(ValueError, "token_ids")),
         "strided-hidden": (lambda: fl(strided(h), w, ids, bias=b), Matches(lambda: exact_logp(h, w, b, ids))),
-        "masked-nan-hidden": (lambda: loss_and_grads(junk, entropy_coef=0.0),
-                              Matches(lambda: loss_and_grads(h, entropy_coef=0.0))),
+        "masked-nan-hidden": (
+            lambda: loss_and_grads(junk, entropy_coef=0.0),
+            Matches(lambda: loss_and_grads(h, entropy_coef=0.0)),
+        ),
         "masked-nan-hidden-entropy": (lambda: loss_and_grads(junk), Matches(lambda: loss_and_grads(h))),
-        "unmasked-nan-hidden": (lambda: loss_and_grads(torch.where(mask[..., None], NAN, h)),
-                                Raises(ValueError, "hidden")),
+        "unmasked-nan-hidden": (
+            lambda: loss_and_grads(torch.where(mask[..., None], NAN, h)),
+            Raises(ValueError, "hidden"),
+        ),
     }
 
 
@@ -417,48 +438,57 @@ def _video_cases():
     bad[0, 1] = 10_000  # out-of-range id: that rollout is invalid, the others are not
 
     return {
-        "unpack-device-mask": (lambda: unpack(resp, meta(rmask), LAYOUT),
-                               Raises(ValueError, "response_mask")),
+        "unpack-device-mask": (lambda: unpack(resp, meta(rmask), LAYOUT), Raises(ValueError, "response_mask")),
         "unpack-dtype": (lambda: unpack(resp.float(), rmask, LAYOUT), Raises(TypeError, "responses")),
         "unpack-shape": (lambda: unpack(resp, rmask[:, 1:], LAYOUT), Raises(ValueError, "response_mask")),
-        "unpack-empty": (lambda: unpack(resp[:0], rmask[:0], LAYOUT)[1].float(),
-                         Matches(lambda: torch.zeros(0))),
-        "unpack-out-of-range": (lambda: unpack(bad, rmask, LAYOUT)[1].float(),
-                                Matches(lambda: torch.tensor([0.0, 1.0, 1.0, 1.0]))),
-        "unpack-strided": (lambda: unpack(strided(resp), strided(rmask), LAYOUT)[0],
-                           Matches(lambda: unpack(resp, rmask, LAYOUT)[0])),
-        "codes-device-table": (lambda: rf.codes_to_latents(codes, meta(table)),
-                               Raises(ValueError, "quantizer")),
+        "unpack-empty": (lambda: unpack(resp[:0], rmask[:0], LAYOUT)[1].float(), Matches(lambda: torch.zeros(0))),
+        "unpack-out-of-range": (
+            lambda: unpack(bad, rmask, LAYOUT)[1].float(),
+            Matches(lambda: torch.tensor([0.0, 1.0, 1.0, 1.0])),
+        ),
+        "unpack-strided": (
+            lambda: unpack(strided(resp), strided(rmask), LAYOUT)[0],
+            Matches(lambda: unpack(resp, rmask, LAYOUT)[0]),
+        ),
+        "codes-device-table": (lambda: rf.codes_to_latents(codes, meta(table)), Raises(ValueError, "quantizer")),
         "codes-dtype": (lambda: rf.codes_to_latents(codes.float(), quant), Raises(TypeError, "codes")),
         "codes-shape": (lambda: rf.codes_to_latents(codes[0, 0], quant), Raises(ValueError, "codes")),
         "codes-empty-grid": (lambda: rf.codes_to_latents(codes[:, :0], quant), Raises(ValueError, "codes")),
         "codes-out-of-range": (lambda: rf.codes_to_latents(codes + 12, quant), Raises(ValueError, "codes")),
-        "codes-strided": (lambda: rf.codes_to_latents(strided(codes), quant),
-                          Matches(lambda: table[codes].permute(0, 3, 1, 2))),
+        "codes-strided": (
+            lambda: rf.codes_to_latents(strided(codes), quant),
+            Matches(lambda: table[codes].permute(0, 3, 1, 2)),
+        ),
         "fsq-too-many-codes": (lambda: rf.Quantizer.fsq([2**20, 2**20]), Raises(ValueError, "levels")),
         "pixel-device": (lambda: pm(pred, meta(target), group_size=2), Raises(ValueError, "target")),
         "pixel-dtype": (lambda: pm(pred.long(), target, group_size=2), Raises(TypeError, "pred")),
         "pixel-shape": (lambda: pm(pred, target[:1], group_size=2), Raises(ValueError, "pred")),
-        "pixel-empty-frames": (lambda: pm(pred[..., :0], target[..., :0], group_size=2),
-                               Raises(ValueError, "pred")),
+        "pixel-empty-frames": (lambda: pm(pred[..., :0], target[..., :0], group_size=2), Raises(ValueError, "pred")),
         "pixel-k1-nan": (lambda: pm(pred, target, group_size=2, k1=NAN), Raises(ValueError, "k1")),
         "pixel-k2-negative": (lambda: pm(pred, target, group_size=2, k2=-1), Raises(ValueError, "k2")),
-        "pixel-strided": (lambda: pm(pred.transpose(-1, -2), target.transpose(-1, -2), group_size=2),
-                          Matches(lambda: pm(pred.transpose(-1, -2).contiguous(),
-                                             target.transpose(-1, -2).contiguous(), group_size=2))),
-        "reward-device-valid": (lambda: pixel_reward(pred, target, {"mse": 1.0}, group_size=2,
-                                                     valid=meta(torch.ones(4, dtype=torch.bool))),
-                                Raises(ValueError, "valid")),
-        "reward-weights-nan": (lambda: pixel_reward(pred, target, {"mse": NAN}, group_size=2),
-                               Raises(ValueError, "weights['mse']")),
+        "pixel-strided": (
+            lambda: pm(pred.transpose(-1, -2), target.transpose(-1, -2), group_size=2),
+            Matches(
+                lambda: pm(pred.transpose(-1, -2).contiguous(), target.transpose(-1, -2).contiguous(), group_size=2)
+            ),
+        ),
+        "reward-device-valid": (
+            lambda: pixel_reward(pred, target, {"mse": 1.0}, group_size=2, valid=meta(torch.ones(4, dtype=torch.bool))),
+            Raises(ValueError, "valid"),
+        ),
+        "reward-weights-nan": (
+            lambda: pixel_reward(pred, target, {"mse": NAN}, group_size=2),
+            Raises(ValueError, "weights['mse']"),
+        ),
         "scatter-device": (lambda: ssr(reward, meta(smask)), Raises(ValueError, "response_mask")),
         "scatter-dtype": (lambda: ssr(reward.long(), smask), Raises(TypeError, "reward")),
         "scatter-shape": (lambda: ssr(reward, smask[:3]), Raises(ValueError, "response_mask")),
         "scatter-empty": (lambda: ssr(reward, smask[:, :0]), Matches(lambda: torch.zeros(4, 0))),
-        "scatter-nan": (lambda: ssr(torch.where(reward > 0, NAN, reward), smask),
-                        Raises(ValueError, "reward")),
-        "scatter-strided": (lambda: ssr(strided(reward), strided(smask)),
-                            Matches(lambda: rf.scatter_sequence_reward_ref(reward, smask))),
+        "scatter-nan": (lambda: ssr(torch.where(reward > 0, NAN, reward), smask), Raises(ValueError, "reward")),
+        "scatter-strided": (
+            lambda: ssr(strided(reward), strided(smask)),
+            Matches(lambda: rf.scatter_sequence_reward_ref(reward, smask)),
+        ),
     }
 
 
@@ -478,8 +508,7 @@ def test_every_public_op_is_swept():
         "scatter_sequence_reward".split()
     )
     helpers = set(
-        "default_chunks aggregate_frames fsq_codebook Quantizer VideoTokenLayout "
-        "AGG_MODES KL_TYPES METRICS".split()
+        "default_chunks aggregate_frames fsq_codebook Quantizer VideoTokenLayout AGG_MODES KL_TYPES METRICS".split()
     )
     public = {n for n in rf.ops.__all__ if not n.endswith(("_ref", "_backward_ref"))}
     assert public - helpers == swept

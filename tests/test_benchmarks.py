@@ -25,10 +25,23 @@ PROVIDERS = {
 @pytest.mark.parametrize("bench", sorted(PROVIDERS))
 def test_bench_script_checks_and_runs(bench):
     """Each provider must agree with rlvr_fast on the smoke shapes, then be timed without error."""
-    cmd = [sys.executable, str(ROOT / "benchmarks" / bench), "--shapes", "smoke", "--providers", PROVIDERS[bench],
-           "--no-record", "--no-memory", "--max-time", "0.01", "--min-rounds", "1"]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**__import__("os").environ,
-                                                                            "RLVR_FAST_BACKEND": "torch"})  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / bench),
+        "--shapes",
+        "smoke",
+        "--providers",
+        PROVIDERS[bench],
+        "--no-record",
+        "--no-memory",
+        "--max-time",
+        "0.01",
+        "--min-rounds",
+        "1",
+    ]
+    res = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=ROOT, env={**__import__("os").environ, "RLVR_FAST_BACKEND": "torch"}
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "median" in res.stdout
 

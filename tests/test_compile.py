@@ -21,11 +21,31 @@ def grpo_loss(policy, seqs, scores, response_mask, old_logp, ref_logp, fused: bo
     logits = policy(seqs)[:, :-1]
     targets = seqs[:, 1:]
     if fused:
-        return rf.policy_loss_from_logits(logits, targets, old_logp, adv, response_mask, ref_logp=ref_logp,
-                                          kl_type="k3", kl_coef=0.05, entropy_coef=0.01, dual_clip=3.0)  # fmt: skip
+        return rf.policy_loss_from_logits(
+            logits,
+            targets,
+            old_logp,
+            adv,
+            response_mask,
+            ref_logp=ref_logp,
+            kl_type="k3",
+            kl_coef=0.05,
+            entropy_coef=0.01,
+            dual_clip=3.0,
+        )
     logp, ent = rf.token_logprobs(logits, targets, return_entropy=True)
-    return rf.policy_loss(logp, old_logp, adv, response_mask, ref_logp=ref_logp, kl_type="k3", kl_coef=0.05,
-                          entropy=ent, entropy_coef=0.01, dual_clip=3.0)  # fmt: skip
+    return rf.policy_loss(
+        logp,
+        old_logp,
+        adv,
+        response_mask,
+        ref_logp=ref_logp,
+        kl_type="k3",
+        kl_coef=0.05,
+        entropy=ent,
+        entropy_coef=0.01,
+        dual_clip=3.0,
+    )
 
 
 @pytest.mark.parametrize("fused", [False, True])

@@ -149,9 +149,7 @@ def test_setup_ranges_admit_the_pins():
     for text in requires:
         req = Requirement(text)
         extras = [None, "test", "bench"]
-        if req.marker is not None and not any(
-            req.marker.evaluate({"extra": e or ""}) for e in extras
-        ):
+        if req.marker is not None and not any(req.marker.evaluate({"extra": e or ""}) for e in extras):
             continue
         want = pins.get(_canonical(req.name))
         if want is not None and req.specifier and not req.specifier.contains(Version(want).public, prereleases=True):

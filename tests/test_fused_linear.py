@@ -41,8 +41,9 @@ def test_values_and_gradients_against_float64(N, H, V, bias, backend):
     """Both tile backends: torch, and the Triton kernels (under the interpreter on CPU)."""
     h, w, b, ids = _inputs(N, H, V, bias=bias)
     ids[0] = -100  # an ignored position
-    logp, ent = rf.fused_linear_logprobs(h, w, ids, bias=b, temperature=0.7, return_entropy=True,
-                                         chunk_tokens=2, chunk_vocab=max(1, V // 3))  # fmt: skip
+    logp, ent = rf.fused_linear_logprobs(
+        h, w, ids, bias=b, temperature=0.7, return_entropy=True, chunk_tokens=2, chunk_vocab=max(1, V // 3)
+    )
     rl, re = _ref64(h, w, ids, b, 0.7)
     torch.testing.assert_close(logp.double(), rl, rtol=1e-5, atol=2e-5)
     torch.testing.assert_close(ent.double(), re, rtol=1e-5, atol=2e-5)
@@ -58,7 +59,9 @@ def test_values_and_gradients_against_float64(N, H, V, bias, backend):
 def test_chunk_sizes_do_not_change_the_result(chunks, backend):
     h, w, b, ids = _inputs(11, 32, 257, bias=True, seed=3)
     base = rf.fused_linear_logprobs(h, w, ids, bias=b, return_entropy=True, chunk_tokens=11, chunk_vocab=257)
-    got = rf.fused_linear_logprobs(h, w, ids, bias=b, return_entropy=True, chunk_tokens=chunks[0], chunk_vocab=chunks[1])
+    got = rf.fused_linear_logprobs(
+        h, w, ids, bias=b, return_entropy=True, chunk_tokens=chunks[0], chunk_vocab=chunks[1]
+    )
     for a, e in zip(got, base):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
 
@@ -105,7 +108,9 @@ def test_fused_linear_policy_loss_equals_the_logits_path(backend):
     adv = torch.randn(B, generator=g)
     mask = torch.ones(B, T, dtype=torch.bool)
     mask[1, 3:] = False
-    opts = dict(ref_logp=ref_lp, kl_type="k3", kl_coef=0.1, entropy_coef=0.01, clip_high=0.28, agg="seq-mean-token-mean")
+    opts = dict(
+        ref_logp=ref_lp, kl_type="k3", kl_coef=0.1, entropy_coef=0.01, clip_high=0.28, agg="seq-mean-token-mean"
+    )
     loss, m = rf.fused_linear_policy_loss(h, w, ids, old, adv, mask, chunk_vocab=20, temperature=0.9, **opts)
     gh, gw = torch.autograd.grad(loss, [h, w])
     loss2, m2 = rf.policy_loss_from_logits(h @ w.T, ids, old, adv, mask, temperature=0.9, **opts)

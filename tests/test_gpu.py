@@ -189,11 +189,12 @@ def test_video_tokens_cuda_match_cpu(_cuda_ext, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape,groups,group_size", [((3, 256, 320), 16, 16), ((1, 11, 11), 3, 4),
-                                                     ((3, 17, 45), 5, 1), ((3, 64, 64), 8, 16)])
+@pytest.mark.parametrize(
+    "shape,groups,group_size", [((3, 256, 320), 16, 16), ((1, 11, 11), 3, 4), ((3, 17, 45), 5, 1), ((3, 64, 64), 8, 16)]
+)
 def test_pixel_metrics_cuda(_cuda_ext, dtype, shape, groups, group_size):
     target = torch.rand(groups, *shape, device="cuda")
-    pred = (target.repeat_interleave(group_size, 0) + 0.2 * torch.randn(groups * group_size, *shape, device="cuda"))
+    pred = target.repeat_interleave(group_size, 0) + 0.2 * torch.randn(groups * group_size, *shape, device="cuda")
     pred = pred.to(dtype)
     got = rf.pixel_metrics(pred, target, group_size=group_size)
     from rlvr_fast.ops.pixel_metrics import pixel_metrics_ref
@@ -215,8 +216,9 @@ def test_pixel_reward_and_scatter_cuda(_cuda_ext, monkeypatch):
     tok = rf.scatter_sequence_reward(r, mask)
     assert torch.equal(tok.cpu(), rf.ops.scatter_sequence_reward_ref(r.cpu(), mask.cpu()))
     monkeypatch.setenv("RLVR_FAST_BACKEND", "cpp")
-    cpu_r = pixel_reward(pred.cpu(), target.cpu(), {"mae": 1.0, "ssim": 1.0}, group_size=16, valid=valid.cpu(),
-                         aggregate="discount")
+    cpu_r = pixel_reward(
+        pred.cpu(), target.cpu(), {"mae": 1.0, "ssim": 1.0}, group_size=16, valid=valid.cpu(), aggregate="discount"
+    )
     torch.testing.assert_close(r.cpu(), cpu_r, rtol=1e-5, atol=1e-5)
 
 
@@ -228,8 +230,9 @@ def test_video_reward_path_cuda_matches_cpu(_cuda_ext, monkeypatch):
 
     torch.manual_seed(0)
     tok = TinyFSQTokenizer(TinyFSQConfig()).eval()
-    layout = rf.VideoTokenLayout(frame_shape=(8, 8), visual_vocab=1000, action_offset=1000, action_dims=2,
-                                 bos_id=1256, eos_id=1257, pad_id=1257)  # fmt: skip
+    layout = rf.VideoTokenLayout(
+        frame_shape=(8, 8), visual_vocab=1000, action_offset=1000, action_dims=2, bos_id=1256, eos_id=1257, pad_id=1257
+    )
     codes = torch.randint(0, 1000, (256, 1, 8, 8))
     responses = layout.response_ids(codes)
     responses[3, 7] = 1100  # an action id in a frame slot: invalid

@@ -22,12 +22,24 @@ def _model(kind: str, tied: bool):
     torch.manual_seed(0)
     common = dict(vocab_size=97, tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if kind == "llama":
-        cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                          num_key_value_heads=2, **common)  # fmt: skip
+        cfg = LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            **common,
+        )
         return LlamaForCausalLM(cfg).eval()
     if kind == "qwen2":
-        cfg = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                          num_key_value_heads=2, **common)  # fmt: skip
+        cfg = Qwen2Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            **common,
+        )
         return Qwen2ForCausalLM(cfg).eval()
     cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, **common)
     return GPT2LMHeadModel(cfg).eval()

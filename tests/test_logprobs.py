@@ -95,8 +95,7 @@ def test_strided_and_expanded_token_ids(backend, device):
     """ids that are views (a column of a 2-d tensor, a stride-2 slice, an expand) are read correctly."""
     logits = torch.randn(6, 50, device=device, requires_grad=True)
     table = torch.randint(0, 50, (6, 3), device=device)
-    for ids in (table[:, 1], torch.randint(0, 50, (12,), device=device)[::2],
-                torch.tensor(7, device=device).expand(6)):  # fmt: skip
+    for ids in (table[:, 1], torch.randint(0, 50, (12,), device=device)[::2], torch.tensor(7, device=device).expand(6)):
         assert not ids.is_contiguous()
         logp, ent = rf.token_logprobs(logits, ids, return_entropy=True)
         (logp.sum() + ent.sum()).backward()
@@ -231,11 +230,20 @@ def test_opcheck(backend, device):
     ids = torch.randint(0, 37, (3, 4), device=device)
     ids[0, 0] = IGNORE
     torch.library.opcheck(torch.ops.rlvr_fast.token_logprobs.default, (logits, ids, 0.9, True, IGNORE, False))
-    torch.library.opcheck(torch.ops.rlvr_fast.token_logprobs.default, (logits[:, :-1], ids[:, :-1], 1.0, False, IGNORE,
-                                                                       False))  # fmt: skip
+    torch.library.opcheck(
+        torch.ops.rlvr_fast.token_logprobs.default, (logits[:, :-1], ids[:, :-1], 1.0, False, IGNORE, False)
+    )
     logp, ent, lse = torch.ops.rlvr_fast.token_logprobs(logits.detach(), ids, 1.0, True, IGNORE, False)
-    args = (torch.randn(3, 4, device=device), torch.randn(3, 4, device=device), logits.detach(), ids, lse, ent, 1.0,
-            IGNORE)  # fmt: skip
+    args = (
+        torch.randn(3, 4, device=device),
+        torch.randn(3, 4, device=device),
+        logits.detach(),
+        ids,
+        lse,
+        ent,
+        1.0,
+        IGNORE,
+    )
     torch.library.opcheck(torch.ops.rlvr_fast.token_logprobs_backward.default, args)
 
 

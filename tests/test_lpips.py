@@ -104,8 +104,12 @@ def test_features_are_unit_normalised_taps(model, weight_files):
     x = frames(2, 48, 40)
     taps = model.features(x)
     assert [tuple(t.shape) for t in taps] == [
-        (2, 64, 48, 40), (2, 128, 24, 20), (2, 256, 12, 10), (2, 512, 6, 5), (2, 512, 3, 2)
-    ]  # fmt: skip
+        (2, 64, 48, 40),
+        (2, 128, 24, 20),
+        (2, 256, 12, 10),
+        (2, 512, 6, 5),
+        (2, 512, 3, 2),
+    ]
     for got, want in zip(taps, ref_taps(x, vgg)):
         assert got.dtype == torch.float32
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6)

@@ -70,10 +70,22 @@ def test_non_editable_install_ships_kernels(tmp_path):
     """`pip install .` (not editable) must ship rlvr_fast/kernels and the extension in site-packages."""
     target = tmp_path / "site"
     res = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target),
-         str(ROOT)],
-        capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert (target / "rlvr_fast" / "kernels" / "logprobs.py").is_file()
     assert list((target / "rlvr_fast").glob("_C*.so")), "the wheel lacks the extension rlvr_fast._C"
@@ -138,8 +150,13 @@ def test_setup_chooses_the_extension_kind(skip):
     """CppExtension for a CPU build of torch (whatever GPU is attached); none with RLVR_FAST_SKIP_EXT=1."""
     import torch
 
-    res = subprocess.run([sys.executable, "setup.py", "--name"], capture_output=True, text=True, cwd=ROOT,
-                         env={**os.environ, "RLVR_FAST_SKIP_EXT": skip})
+    res = subprocess.run(
+        [sys.executable, "setup.py", "--name"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "RLVR_FAST_SKIP_EXT": skip},
+    )
     assert res.returncode == 0 and res.stdout.strip() == "rlvr_fast", res.stderr
     if skip == "1":
         assert "without the C++/CUDA extension" in res.stderr

@@ -34,9 +34,16 @@ def oracle(logp, old, adv, mask, ref, ent, kw):
     e = ent.detach().double().cpu().requires_grad_()
     opts = loss_options(**{k: v for k, v in kw.items() if k not in ("agg", "norm_const")})
     loss, metrics, _ = policy_loss_ref(
-        lp, old.double().cpu(), adv.double().cpu(), mask.cpu(), ref.double().cpu(), e, opts, kw["agg"],
+        lp,
+        old.double().cpu(),
+        adv.double().cpu(),
+        mask.cpu(),
+        ref.double().cpu(),
+        e,
+        opts,
+        kw["agg"],
         kw.get("norm_const"),
-    )  # fmt: skip
+    )
     loss.backward()
     return loss.detach(), metrics, lp.grad, e.grad
 
@@ -56,8 +63,16 @@ def loss_options(clip_low=0.2, clip_high=0.2, dual_clip=None, kl_type=None, kl_c
 
 
 def options(agg="token-mean", kl=None, dual=None, **extra):
-    return dict(clip_low=0.2, clip_high=0.28, dual_clip=dual, kl_type=kl, kl_coef=0.1 if kl else 0.0,
-                entropy_coef=0.01, agg=agg, **extra)  # fmt: skip
+    return dict(
+        clip_low=0.2,
+        clip_high=0.28,
+        dual_clip=dual,
+        kl_type=kl,
+        kl_coef=0.1 if kl else 0.0,
+        entropy_coef=0.01,
+        agg=agg,
+        **extra,
+    )
 
 
 @pytest.mark.parametrize("agg", rf.AGG_MODES)
@@ -130,8 +145,18 @@ def test_fully_masked_batch_and_empty(backend, device):
     for agg in rf.AGG_MODES:
         lp = logp.clone().requires_grad_()
         e = ent.clone().requires_grad_()
-        loss, m = rf.policy_loss(lp, old, adv, torch.zeros_like(mask), ref_logp=ref, entropy=e, kl_type="k3",
-                                 kl_coef=0.1, entropy_coef=0.01, agg=agg)  # fmt: skip
+        loss, m = rf.policy_loss(
+            lp,
+            old,
+            adv,
+            torch.zeros_like(mask),
+            ref_logp=ref,
+            entropy=e,
+            kl_type="k3",
+            kl_coef=0.1,
+            entropy_coef=0.01,
+            agg=agg,
+        )
         loss.backward()
         assert loss.item() == 0.0 and (lp.grad == 0).all() and (e.grad == 0).all()
         assert all(torch.isfinite(v) and v.item() == 0 for v in m.values())
@@ -184,8 +209,9 @@ def test_from_logits_equals_composition(backend, device, agg, kl, dual, ent_coef
     mask = torch.rand(B, T, device=device) > 0.2
     kw = dict(ref_logp=ref, kl_type=kl, kl_coef=0.1 if kl else 0.0, dual_clip=dual, agg=agg, clip_high=0.28)
     x1 = full.clone().requires_grad_()
-    loss, m = rf.policy_loss_from_logits(x1[:, :-1], ids, old, adv, mask, temperature=0.9, entropy_coef=ent_coef,
-                                         compute_entropy=True, **kw)  # fmt: skip
+    loss, m = rf.policy_loss_from_logits(
+        x1[:, :-1], ids, old, adv, mask, temperature=0.9, entropy_coef=ent_coef, compute_entropy=True, **kw
+    )
     loss.backward()
     x2 = full.clone().requires_grad_()
     lp, ent = rf.token_logprobs(x2[:, :-1], ids, temperature=0.9, return_entropy=True)
@@ -255,8 +281,9 @@ def test_matches_verl(backend, device, agg, kl):
 
     logp, old, adv, mask, ref, ent = make_batch()
     maskf = mask.float()
-    cfg = OmegaConf.create(dict(clip_ratio=0.2, clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=3.0,
-                                global_batch_info={}))  # fmt: skip
+    cfg = OmegaConf.create(
+        dict(clip_ratio=0.2, clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=3.0, global_batch_info={})
+    )
     lp_v = logp.clone().requires_grad_()
     pg, vm = core.compute_policy_loss_vanilla(old, lp_v, adv, maskf, loss_agg_mode=agg, config=cfg)
     total = pg - 0.01 * core.agg_loss(ent, maskf, agg)
@@ -264,8 +291,15 @@ def test_matches_verl(backend, device, agg, kl):
         total = total + 0.1 * core.agg_loss(core.kl_penalty(lp_v, ref, kl), maskf, agg)
     total.backward()
     lp = logp.clone().to(device).requires_grad_()
-    loss, m = rf.policy_loss(lp, old.to(device), adv.to(device), mask.to(device), ref_logp=ref.to(device),
-                             entropy=ent.to(device), **options(agg, kl, 3.0))  # fmt: skip
+    loss, m = rf.policy_loss(
+        lp,
+        old.to(device),
+        adv.to(device),
+        mask.to(device),
+        ref_logp=ref.to(device),
+        entropy=ent.to(device),
+        **options(agg, kl, 3.0),
+    )
     loss.backward()
     torch.testing.assert_close(loss.cpu(), total.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(lp.grad.cpu(), lp_v.grad, rtol=1e-5, atol=1e-7)
@@ -284,14 +318,16 @@ def test_from_logits_matches_verl_unfused(backend, device):
     ids = torch.randint(0, V, (B, T))
     old = vf.logprobs_from_logits_naive(logits, ids).detach() + 0.1 * torch.randn(B, T)
     adv, mask = torch.randn(B, T), (torch.rand(B, T) > 0.2).float()
-    cfg = OmegaConf.create(dict(clip_ratio=0.2, clip_ratio_low=None, clip_ratio_high=None, clip_ratio_c=3.0,
-                                global_batch_info={}))  # fmt: skip
+    cfg = OmegaConf.create(
+        dict(clip_ratio=0.2, clip_ratio_low=None, clip_ratio_high=None, clip_ratio_c=3.0, global_batch_info={})
+    )
     xv = logits.clone().requires_grad_()
     pg, _ = core.compute_policy_loss_vanilla(old, vf.logprobs_from_logits_naive(xv, ids), adv, mask, config=cfg)
     pg.backward()
     x = logits.to(device).requires_grad_()
-    loss, _ = rf.policy_loss_from_logits(x, ids.to(device), old.to(device), adv.to(device), mask.to(device),
-                                         dual_clip=3.0)  # fmt: skip
+    loss, _ = rf.policy_loss_from_logits(
+        x, ids.to(device), old.to(device), adv.to(device), mask.to(device), dual_clip=3.0
+    )
     loss.backward()
     torch.testing.assert_close(loss.cpu(), pg.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(x.grad.cpu(), xv.grad, rtol=1e-4, atol=1e-8)
@@ -377,8 +413,21 @@ def test_entropy_gradient_written_only_when_weighted(backend, device, coef):
     loss.backward()
     w = torch.ones(B, device=device) / mask.sum()  # token-mean weights of the row partials
     gl, ge = torch.ops.rlvr_fast.policy_loss_backward(
-        torch.tensor(1.0, device=device), w, logp.detach(), old, adv, mask, None, clip_low=0.2, clip_high=0.2,
-        dual_clip=None, kl_type="", kl_coef=0.0, kl_clamp=10.0, log_ratio_clamp=20.0, entropy_coef=coef,
+        torch.tensor(1.0, device=device),
+        w,
+        logp.detach(),
+        old,
+        adv,
+        mask,
+        None,
+        clip_low=0.2,
+        clip_high=0.2,
+        dual_clip=None,
+        kl_type="",
+        kl_coef=0.0,
+        kl_clamp=10.0,
+        log_ratio_clamp=20.0,
+        entropy_coef=coef,
     )
     if coef == 0:
         assert ge.numel() == 0 and ent.grad is None

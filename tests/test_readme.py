@@ -48,8 +48,22 @@ def test_demo_script_runs_short(tmp_path):
 
     sys.argv = ["grpo_world.py"]
     mod = runpy.run_path(str(ROOT / "examples" / "grpo_world.py"))
-    results = mod["main"](["--mle-steps", "5", "--rl-steps", "2", "--prompts", "4", "--group", "4",
-                           "--eval-size", "64", "--out", str(tmp_path)])  # fmt: skip
+    results = mod["main"](
+        [
+            "--mle-steps",
+            "5",
+            "--rl-steps",
+            "2",
+            "--prompts",
+            "4",
+            "--group",
+            "4",
+            "--eval-size",
+            "64",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert set(results) == {"random init", "after MLE", "after MLE + GRPO"}
     assert (tmp_path / "summary.json").is_file()
 
@@ -63,10 +77,24 @@ def test_cli_demo_runs_short_and_prints_the_table(tmp_path, capsys):
     """`rlvr-fast demo` end to end with the demo config, shrunk to seconds."""
     from rlvr_fast.cli import main
 
-    rc = main(["demo", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64",
-               "data.n_train=200", "data.n_test=16", "mle.steps=3", "trainer.steps=2", "trainer.eval_size=8",
-               "rollout.prompts_per_step=2", "rollout.max_new_tokens=8", "trainer.progress=false",
-               f"trainer.out_dir={tmp_path}"])  # fmt: skip
+    rc = main(
+        [
+            "demo",
+            "model.hidden_size=32",
+            "model.num_layers=1",
+            "model.num_heads=2",
+            "model.intermediate_size=64",
+            "data.n_train=200",
+            "data.n_test=16",
+            "mle.steps=3",
+            "trainer.steps=2",
+            "trainer.eval_size=8",
+            "rollout.prompts_per_step=2",
+            "rollout.max_new_tokens=8",
+            "trainer.progress=false",
+            f"trainer.out_dir={tmp_path}",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "exact-match accuracy" in out and "task reward" in out and "changed-property accuracy" in out
@@ -75,10 +103,23 @@ def test_cli_demo_runs_short_and_prints_the_table(tmp_path, capsys):
     assert {"exact", "task", "property_acc"} <= set(summary["mle"]) == set(summary["rlvr"])
     assert (tmp_path / "curves.png").is_file()
     # the checkpoint evaluates through `rlvr-fast eval` to the numbers the run reported
-    assert main(["eval", "--checkpoint", str(tmp_path / "checkpoint"), "data.n_train=200", "data.n_test=16",
-                 "trainer.eval_size=8", "trainer.progress=false", f"trainer.out_dir={tmp_path / 'eval'}"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tmp_path / "checkpoint"),
+                "data.n_train=200",
+                "data.n_test=16",
+                "trainer.eval_size=8",
+                "trainer.progress=false",
+                f"trainer.out_dir={tmp_path / 'eval'}",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
-    assert json.loads(printed[printed.index("{"):]) == summary["rlvr"]
+    assert json.loads(printed[printed.index("{") :]) == summary["rlvr"]
 
 
 def test_cli_reports_config_errors(capsys):
@@ -90,15 +131,28 @@ def test_cli_reports_config_errors(capsys):
     assert "n = 4" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["train", "reward.name=nope", "mle.steps=0", "trainer.steps=0"], "unknown reward 'nope'"),
-    (["train", "data.world=text_game", "data.train_path={tmp}/x.csv", "data.test_path={tmp}/x.csv",
-      "model.path={tmp}"], "expected a .parquet, .jsonl or .json file"),
-    (["train", "data.world=text_game", "data.train_path={tmp}/x.jsonl", "data.test_path={tmp}/x.jsonl"],
-     "needs a pretrained model with its tokenizer: set model.path"),
-    (["eval", "--checkpoint", "{tmp}/nope"], "--checkpoint '{tmp}/nope': no such directory"),
-    (["eval", "--checkpoint", "{tmp}"], "is not a checkpoint directory (no config.json"),
-])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["train", "reward.name=nope", "mle.steps=0", "trainer.steps=0"], "unknown reward 'nope'"),
+        (
+            [
+                "train",
+                "data.world=text_game",
+                "data.train_path={tmp}/x.csv",
+                "data.test_path={tmp}/x.csv",
+                "model.path={tmp}",
+            ],
+            "expected a .parquet, .jsonl or .json file",
+        ),
+        (
+            ["train", "data.world=text_game", "data.train_path={tmp}/x.jsonl", "data.test_path={tmp}/x.jsonl"],
+            "needs a pretrained model with its tokenizer: set model.path",
+        ),
+        (["eval", "--checkpoint", "{tmp}/nope"], "--checkpoint '{tmp}/nope': no such directory"),
+        (["eval", "--checkpoint", "{tmp}"], "is not a checkpoint directory (no config.json"),
+    ],
+)
 def test_cli_user_errors_are_one_message(tmp_path, capsys, argv, says):
     """A bad setting or file reaches the terminal as one message naming it, no traceback; --debug raises."""
     from rlvr_fast.cli import main
@@ -118,7 +172,7 @@ def test_readme_performance_numbers_come_from_results_md():
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     results = (ROOT / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
-    perf = readme[readme.index("## Performance"):readme.index("## Where things live")]
+    perf = readme[readme.index("## Performance") : readme.index("## Where things live")]
     figures = set(re.findall(r"(\d[\d,]*(?:\.\d+)?) (?:ms|MiB|tokens/s|rollouts/s)", perf))
     known = set(re.findall(r"\d[\d,]*(?:\.\d+)?", results))
     assert figures and not sorted(figures - known), f"README figures not in RESULTS.md: {sorted(figures - known)}"

@@ -182,9 +182,14 @@ def test_dumps_is_json() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(min_objects=0), dict(min_objects=3, max_objects=2), dict(max_uuid=2), dict(p_effect=1.5),
-     dict(test_fraction=0.0)],
-)  # fmt: skip
+    [
+        dict(min_objects=0),
+        dict(min_objects=3, max_objects=2),
+        dict(max_uuid=2),
+        dict(p_effect=1.5),
+        dict(test_fraction=0.0),
+    ],
+)
 def test_bad_world_arguments(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         SyntheticTextGame(**kwargs)

@@ -39,8 +39,9 @@ def _metrics(completion: str, example: Example) -> dict[str, float]:
 
 def _task(**kwargs) -> TextTask:
     ex = Example(prompt="p", answer="a", ground_truth="g", source="here:1")
-    return TextTask("toy", [ex], [ex], metrics=_metrics, default_reward=f"{__name__}:_length", select_metric="len",
-                    **kwargs)
+    return TextTask(
+        "toy", [ex], [ex], metrics=_metrics, default_reward=f"{__name__}:_length", select_metric="len", **kwargs
+    )
 
 
 def test_text_task_scores_with_its_reward_and_reports_every_metric():

@@ -194,11 +194,7 @@ def test_json_round_trips(value, ascii_only):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.text(
-        alphabet=st.sampled_from(list("{}[],:\"'\\ \nab1-.eTrueNoneFalsu")) | st.characters(), max_size=60
-    )
-)
+@given(st.text(alphabet=st.sampled_from(list("{}[],:\"'\\ \nab1-.eTrueNoneFalsu")) | st.characters(), max_size=60))
 def test_random_text_raises_only_valueerror(text):
     try:
         loads_tolerant(text)
@@ -370,8 +366,14 @@ def test_removed_objects():
 
 def test_created_objects_are_dropped_so_exact_is_impossible():
     # RLVR-World never appends a modified object with a new uuid: the gold diff itself misses it
-    sliced = {"game_state": [obj(1, "jar", [4], isOpen=False, temperature=20), CURR["game_state"][2],
-                             obj(4, "apple slice", isCooked=False), SCORE0]}  # fmt: skip
+    sliced = {
+        "game_state": [
+            obj(1, "jar", [4], isOpen=False, temperature=20),
+            CURR["game_state"][2],
+            obj(4, "apple slice", isCooked=False),
+            SCORE0,
+        ]
+    }
     ex = example(nxt=sliced)
     gold = tg.state_diff(CURR, sliced)
     assert [o["uuid"] for o in gold["modified"]] == [1, 4] and gold["removed"] == [2]
@@ -429,9 +431,7 @@ def test_bad_examples_and_completions_raise():
     with pytest.raises(ValueError, match="data_state"):
         tg.metrics("x", Example(prompt="", answer="", ground_truth=json.dumps(OPENED)))
     with pytest.raises(ValueError, match="ground_truth"):
-        tg.metrics(
-            "x", Example(prompt="", answer="", ground_truth="{oops", extra={"data_state": json.dumps(CURR)})
-        )
+        tg.metrics("x", Example(prompt="", answer="", ground_truth="{oops", extra={"data_state": json.dumps(CURR)}))
     broken = {"game_state": [{"name": "jar", "properties": {}, "contains": []}, SCORE0]}
     with pytest.raises(ValueError, match=r"game_state\[0\]: missing field 'uuid'"):
         tg.metrics("x", example(nxt=broken))
@@ -463,15 +463,11 @@ def test_apply_diff_rules():
     jar = obj(1, "jar", [], isOpen=True)
     got = tg.apply_diff(CURR, {"modified": [jar, obj(9, "new")], "removed": [2], "score": SCORE1})
     assert got == {"game_state": [jar, CURR["game_state"][2], SCORE1]}  # uuid 9 dropped
-    got = tg.apply_diff(
-        CURR, {"modified": [jar, obj(9, "new")], "removed": [2], "score": SCORE1}, add_new=True
-    )
+    got = tg.apply_diff(CURR, {"modified": [jar, obj(9, "new")], "removed": [2], "score": SCORE1}, add_new=True)
     assert [o.get("uuid") for o in got["game_state"]] == [1, 3, 9, None]
     # RLVR-World's `in` on an int raises, so removed=2 removes nothing; removed="…" with int uuids neither
     assert len(tg.apply_diff(CURR, {"removed": 2, "score": {}})["game_state"]) == 4
-    assert (
-        tg.apply_diff(CURR, {"removed": [2], "score": {}})["game_state"][-1] == SCORE0
-    )  # empty score: current
+    assert tg.apply_diff(CURR, {"removed": [2], "score": {}})["game_state"][-1] == SCORE0  # empty score: current
     assert tg.apply_diff(CURR, {"removed": [2]})["game_state"][-1] == CURR["game_state"][2]  # no score at all
     with pytest.raises(ValueError, match="diff"):
         tg.apply_diff(CURR, [])
@@ -599,8 +595,17 @@ def _without(row, dotted):
     return row
 
 
-@pytest.mark.parametrize("field", ["prompt", "reward_model", "reward_model.ground_truth", "extra_info",
-                                   "extra_info.data_state", "extra_info.data_action"])  # fmt: skip
+@pytest.mark.parametrize(
+    "field",
+    [
+        "prompt",
+        "reward_model",
+        "reward_model.ground_truth",
+        "extra_info",
+        "extra_info.data_state",
+        "extra_info.data_action",
+    ],
+)
 def test_missing_field_names_file_line_and_field(tmp_path, field):
     path = write_jsonl(tmp_path / "bad.jsonl", [rlvr_row(0), _without(rlvr_row(1), field)])
     with pytest.raises(ValueError, match=re.escape(f"{path}:2: missing field '{field}'")):
@@ -614,18 +619,14 @@ def test_bad_rows_raise_with_location(tmp_path):
         load_text_game(path)
     broken = {"game_state": [{"uuid": 1, "name": "jar", "properties": [], "contains": []}, SCORE0]}
     path = write_jsonl(tmp_path / "bad2.jsonl", [rlvr_row(0, curr=broken)])
-    with pytest.raises(
-        ValueError, match=re.escape(f"{path}:1: extra_info.data_state: game_state[0]: 'properties'")
-    ):
+    with pytest.raises(ValueError, match=re.escape(f"{path}:1: extra_info.data_state: game_state[0]: 'properties'")):
         load_text_game(path)
     row = rlvr_row(0)
     row["data_source"] = "web_agent"
     with pytest.raises(ValueError, match="data_source"):
         load_text_game(write_jsonl(tmp_path / "bad3.jsonl", [row]))
     with pytest.raises(ValueError, match="extra_info.split"):
-        load_text_game(
-            write_jsonl(tmp_path / "bad4.jsonl", [_without(rlvr_row(0), "extra_info.split")]), split="test"
-        )
+        load_text_game(write_jsonl(tmp_path / "bad4.jsonl", [_without(rlvr_row(0), "extra_info.split")]), split="test")
     with pytest.raises(ValueError, match="path"):
         load_text_game(tmp_path / "data.csv")
     with pytest.raises(ValueError, match="limit"):
@@ -659,7 +660,7 @@ def test_unreadable_files_raise_data_file_error_naming_file_and_line(tmp_path):
         load_text_game(garbage)
     # A JSON array whose bad byte is on line 3 names that line too.
     array = tmp_path / "array.json"
-    array.write_bytes(b"[\n" + good[0] + b",\n\"\xff\"\n]")
+    array.write_bytes(b"[\n" + good[0] + b',\n"\xff"\n]')
     with pytest.raises(DataFileError, match=re.escape(f"{array}:3: not UTF-8")):
         load_text_game(array)
     # json.loads raises RecursionError (not a ValueError) for input nested this deep.

@@ -20,19 +20,38 @@ from rlvr_fast.task import Example, ScoreStats
 from rlvr_fast.trainer import config as C
 from rlvr_fast.trainer.grpo import GRPOTrainer
 from rlvr_fast.trainer.rollout import (
-    Rollout, left_pad, position_ids, response_logits, response_mask_from, sample, teacher_batch,
-)  # fmt: skip
+    Rollout,
+    left_pad,
+    position_ids,
+    response_logits,
+    response_mask_from,
+    sample,
+    teacher_batch,
+)
 from rlvr_fast.trainer.run_state import DataStream
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # A model and run small enough for seconds on 2 CPU cores.
 TINY = [
-    "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64",
-    "data.n_train=200", "data.n_test=16", "rollout.n=4", "rollout.prompts_per_step=4", "rollout.max_new_tokens=12",
-    "mle.steps=4", "mle.batch_size=8", "trainer.steps=4", "trainer.eval_every=2", "trainer.eval_size=8",
-    "trainer.save_every=0", "trainer.progress=false", "algo.micro_batch_size=8",
-]  # fmt: skip
+    "model.hidden_size=32",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.intermediate_size=64",
+    "data.n_train=200",
+    "data.n_test=16",
+    "rollout.n=4",
+    "rollout.prompts_per_step=4",
+    "rollout.max_new_tokens=12",
+    "mle.steps=4",
+    "mle.batch_size=8",
+    "trainer.steps=4",
+    "trainer.eval_every=2",
+    "trainer.eval_size=8",
+    "trainer.save_every=0",
+    "trainer.progress=false",
+    "algo.micro_batch_size=8",
+]
 TIMING_KEYS = {"gen_s", "reward_s", "step_s", "tokens_per_s"}
 
 
@@ -119,8 +138,7 @@ def test_every_float_must_be_finite(key, value):
     [
         ("trainer.betas=[.nan, 0.9]", "trainer.betas must be a finite number, got [nan, 0.9]"),
         ("trainer.betas=[nan, 0.9]", "trainer.betas must be two numbers in [0, 1), got ['nan', 0.9]"),
-        ("video.reward_weights={mae: .inf}",
-         "video.reward_weights must be a finite number, got {'mae': inf}"),
+        ("video.reward_weights={mae: .inf}", "video.reward_weights must be a finite number, got {'mae': inf}"),
         ("video.reward_weights={mae: nan}", "video.reward_weights must map terms to numbers"),
         ("reward.timeout_s=0", "reward.timeout_s must be > 0 (inf: no limit), got 0.0"),
         ("reward.timeout_s=-1", "reward.timeout_s must be > 0"),
@@ -138,8 +156,13 @@ def test_config_ranges_name_the_key(override, message):
 
 
 def test_finite_values_at_the_edges_are_accepted():
-    edges = ["reward.failure_reward=-1e30", "video.gamma=1", "reward.timeout_s=1e-3",
-             "video.reward_weights={mae: 2, ssim: 0.5}", "trainer.betas=[0, 0.99]"]
+    edges = [
+        "reward.failure_reward=-1e30",
+        "video.gamma=1",
+        "reward.timeout_s=1e-3",
+        "video.reward_weights={mae: 2, ssim: 0.5}",
+        "trainer.betas=[0, 0.99]",
+    ]
     cfg = C.load_config(None, edges)
     assert (cfg.reward.failure_reward, cfg.video.gamma, cfg.reward.timeout_s) == (-1e30, 1.0, 1e-3)
 
@@ -166,7 +189,10 @@ def test_data_stream_is_deterministic_and_resumable():
 def test_response_mask_and_padding():
     resp = torch.tensor([[5, 6, 2, 0], [5, 2, 2, 0], [7, 7, 7, 7]])
     assert response_mask_from(resp, eos_id=2).tolist() == [
-        [True, True, True, False], [True, True, False, False], [True, True, True, True]]  # fmt: skip
+        [True, True, True, False],
+        [True, True, False, False],
+        [True, True, True, True],
+    ]
     ids, mask = left_pad([[1, 2, 3], [4]], pad_id=0, device="cpu")
     assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert position_ids(mask).tolist() == [[0, 1, 2], [0, 0, 0]]
@@ -211,7 +237,9 @@ def test_sample_groups_and_masks(tiny_model):
     r = _sample_two_prompts(tiny_model, 3, 8, seed=0)
     assert r.input_ids.shape[0] == 6 and r.response_mask.shape == (6, r.input_ids.shape[1] - r.prompt_len)
     for g in range(2):  # groups are contiguous and share their prompt
-        assert all(torch.equal(r.input_ids[g * 3, : r.prompt_len], r.input_ids[g * 3 + k, : r.prompt_len]) for k in range(3))
+        assert all(
+            torch.equal(r.input_ids[g * 3, : r.prompt_len], r.input_ids[g * 3 + k, : r.prompt_len]) for k in range(3)
+        )
     # tokens after EOS are padding and masked out
     assert torch.all(r.responses[~r.response_mask] == tok.pad_token_id)
     assert len(r.completions) == 6 and isinstance(r.select(torch.tensor([1, 4])), Rollout)
@@ -262,8 +290,14 @@ def test_reward_failures_are_counted_never_raised():
 def test_reward_timeouts_do_not_stall_the_batch():
     ex = Example("p", "a", "g")
     t0 = time.monotonic()
-    out, stats = rewards.score(lambda c, e: _slow(c, e) if c == "slow" else 1.0, ["a", "slow", "b", "slow", "c"],
-                               [ex] * 5, timeout_s=0.3, failure_reward=-2.0, workers=2)  # fmt: skip
+    out, stats = rewards.score(
+        lambda c, e: _slow(c, e) if c == "slow" else 1.0,
+        ["a", "slow", "b", "slow", "c"],
+        [ex] * 5,
+        timeout_s=0.3,
+        failure_reward=-2.0,
+        workers=2,
+    )
     assert time.monotonic() - t0 < 3.0
     assert out == [1.0, -2.0, 1.0, -2.0, 1.0] and stats.timeouts == 2
     out, stats = rewards.score(_boom, ["a"], [ex], failure_reward=0.25)
@@ -289,8 +323,7 @@ def test_a_spinning_reward_is_killed_and_exits_are_failures(tmp_path):
     ex = Example("p", "a", "g", extra={"pidfile": str(tmp_path / "pid")})
     batch = ["a", "spin", "bb", "exit", "ccc", "interrupt", "dddd", "die", "eeeee"]
     t0 = time.monotonic()
-    out, stats = rewards.score(_misbehave, batch, [ex] * len(batch), timeout_s=0.5, failure_reward=-1.0,
-                               workers=2)
+    out, stats = rewards.score(_misbehave, batch, [ex] * len(batch), timeout_s=0.5, failure_reward=-1.0, workers=2)
     assert time.monotonic() - t0 < 5.0
     assert out == [1.0, -1.0, 2.0, -1.0, 3.0, -1.0, 4.0, -1.0, 5.0]
     assert (stats.errors, stats.timeouts, stats.non_finite) == (3, 1, 0)
@@ -326,9 +359,13 @@ def test_a_worker_killed_from_outside_is_replaced_and_examples_must_pickle():
 
 def test_score_arguments_are_checked():
     ex = Example("p", "a", "g")
-    cases = [({"timeout_s": float("nan")}, "timeout_s"), ({"timeout_s": 0}, "timeout_s"),
-             ({"failure_reward": float("nan")}, "failure_reward"),
-             ({"failure_reward": float("-inf")}, "failure_reward"), ({"workers": 0}, "workers")]
+    cases = [
+        ({"timeout_s": float("nan")}, "timeout_s"),
+        ({"timeout_s": 0}, "timeout_s"),
+        ({"failure_reward": float("nan")}, "failure_reward"),
+        ({"failure_reward": float("-inf")}, "failure_reward"),
+        ({"workers": 0}, "workers"),
+    ]
     for kwargs, name in cases:
         with pytest.raises(ValueError, match=f"^{name} must"):
             rewards.score(_ok, ["a"], [ex], **kwargs)
@@ -345,8 +382,14 @@ def _raises_interrupt(c, e):
 
 @pytest.mark.parametrize("fn", ["_raises_exit", "_raises_interrupt"])
 def test_reward_that_exits_or_interrupts_is_a_failure_not_the_end_of_the_run(tmp_path, fn):
-    cfg = tiny_config(tmp_path, "mle.steps=0", "trainer.steps=1", "trainer.eval_every=0",
-                      f"reward.name={__name__}:{fn}", "reward.failure_reward=-1")
+    cfg = tiny_config(
+        tmp_path,
+        "mle.steps=0",
+        "trainer.steps=1",
+        "trainer.eval_every=0",
+        f"reward.name={__name__}:{fn}",
+        "reward.failure_reward=-1",
+    )
     summary = GRPOTrainer(cfg).run()
     rl = [r for r in _records(tmp_path) if r["stage"] == "rl"]
     assert [r["reward"] for r in rl] == [-1.0] and summary["counters"]["reward_errors"] == 16
@@ -373,10 +416,21 @@ def _cli_run(tmp_path: Path, *extra: str) -> subprocess.Popen:
     """The CLI in its own session (so the test can signal the whole process group, as a terminal does)."""
     (tmp_path / "my_rewards.py").write_text(_REWARD_MODULE)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "rlvr_fast.cli", "train", *TINY, f"trainer.out_dir={tmp_path / 'run'}",
-           "mle.steps=0", "trainer.eval_every=0", "trainer.cpu_threads=1", *extra]
-    return subprocess.Popen(cmd, env=env, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlvr_fast.cli",
+        "train",
+        *TINY,
+        f"trainer.out_dir={tmp_path / 'run'}",
+        "mle.steps=0",
+        "trainer.eval_every=0",
+        "trainer.cpu_threads=1",
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, env=env, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _communicate(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
@@ -421,12 +475,16 @@ def test_ctrl_c_during_scoring_takes_the_trainer_interrupt_path(tmp_path):
 
 # ------------------------------------------------------------------------------------------ the loop
 def _records(out: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
-            for line in (out / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
+        for line in (out / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def test_end_to_end_run_writes_everything(tmp_path):
-    summary = GRPOTrainer(tiny_config(tmp_path, "algo.kl_coef=0.01", "algo.ppo_epochs=2", "algo.mini_batch_size=8")).run()
+    summary = GRPOTrainer(
+        tiny_config(tmp_path, "algo.kl_coef=0.01", "algo.ppo_epochs=2", "algo.mini_batch_size=8")
+    ).run()
     assert set(summary["mle"]) >= {"exact", "task", "property_acc", "parsed"}
     assert set(summary["rlvr"]) == set(summary["mle"]) and summary["ranks_agree"]
     on_disk = json.loads((tmp_path / "summary.json").read_text())
@@ -504,7 +562,9 @@ def test_nan_loss_skips_the_step(tmp_path, monkeypatch, caplog):
         return (loss * float("nan"), m) if poison["on"] else (loss, m)
 
     monkeypatch.setattr(G.rf, "policy_loss_from_logits", sometimes_nan)
-    t = GRPOTrainer(tiny_config(tmp_path, "mle.steps=0", "trainer.steps=3", "trainer.eval_every=0", f"reward.name={__name__}:_ok"))
+    t = GRPOTrainer(
+        tiny_config(tmp_path, "mle.steps=0", "trainer.steps=3", "trainer.eval_every=0", f"reward.name={__name__}:_ok")
+    )
     before = {k: v.clone() for k, v in t.module.state_dict().items()}
     t.stage = "rl"
     t.started = time.perf_counter()
@@ -519,8 +579,11 @@ def test_nan_loss_skips_the_step(tmp_path, monkeypatch, caplog):
 
 
 def test_failing_user_reward_is_counted_in_the_log(tmp_path):
-    summary = GRPOTrainer(tiny_config(tmp_path, "mle.steps=0", "trainer.steps=2", f"reward.name={__name__}:_boom",
-                                      "reward.failure_reward=-1")).run()  # fmt: skip
+    summary = GRPOTrainer(
+        tiny_config(
+            tmp_path, "mle.steps=0", "trainer.steps=2", f"reward.name={__name__}:_boom", "reward.failure_reward=-1"
+        )
+    ).run()
     rl = [r for r in _records(tmp_path) if r["stage"] == "rl"]
     assert [r["reward"] for r in rl] == [-1.0, -1.0]
     assert rl[-1]["reward_errors"] == 2 * 16 and summary["counters"]["reward_errors"] == 32
@@ -530,8 +593,19 @@ def test_failing_user_reward_is_counted_in_the_log(tmp_path):
 def test_two_process_gloo_run_ranks_agree(tmp_path):
     """torchrun with 2 CPU processes (gloo): prompts split over ranks, DDP keeps the weights identical."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rlvr_fast.cli",
-           "train", *TINY, f"trainer.out_dir={tmp_path}", "trainer.parallel=ddp"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "rlvr_fast.cli",
+        "train",
+        *TINY,
+        f"trainer.out_dir={tmp_path}",
+        "trainer.parallel=ddp",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
         # Seen once in ~30 runs (a fresh-clone CI run, 2026-11-25): one rank aborted in C++ right after
@@ -572,7 +646,7 @@ def test_demo_shows_a_finished_run_of_the_same_configuration(tmp_path, capsys):
     assert cli.main(args) == 0
     again = capsys.readouterr().out
     assert "holds a finished run of this configuration" in again
-    table = lambda text: text[text.index("held-out metric"):text.index("best checkpoint")]  # noqa: E731
+    table = lambda text: text[text.index("held-out metric") : text.index("best checkpoint")]  # noqa: E731
     assert table(again) == table(first)
     assert (tmp_path / "metrics.jsonl").read_text() == metrics  # nothing ran
     assert cli.main([*args, "trainer.steps=2"]) == 0

@@ -78,13 +78,23 @@ def test_unpack_early_eos_and_truncation(vbackend):
 
 def test_unpack_multi_step_layout_by_hand(vbackend):
     """2 frames of 2x3 visual tokens, each followed by 2 action tokens (RLVR-World msp layout)."""
-    layout = rf.VideoTokenLayout(frames=2, frame_shape=(2, 3), visual_vocab=10, action_tokens_per_frame=2,
-                                 action_offset=10, action_bins=4, bos_id=14, eos_id=15, pad_id=15,
-                                 eos_after=False)
+    layout = rf.VideoTokenLayout(
+        frames=2,
+        frame_shape=(2, 3),
+        visual_vocab=10,
+        action_tokens_per_frame=2,
+        action_offset=10,
+        action_bins=4,
+        bos_id=14,
+        eos_id=15,
+        pad_id=15,
+        eos_after=False,
+    )
     assert layout.slot_positions() == [0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13]
     assert layout.response_length == 16 and layout.vocab_size == 16
-    resp = torch.tensor([[1, 2, 3, 4, 5, 6, 10, 13, 7, 8, 9, 0, 1, 2, 11, 12],
-                         [1, 2, 3, 4, 5, 6, 10, 13, 7, 8, 12, 0, 1, 2, 11, 12]])
+    resp = torch.tensor(
+        [[1, 2, 3, 4, 5, 6, 10, 13, 7, 8, 9, 0, 1, 2, 11, 12], [1, 2, 3, 4, 5, 6, 10, 13, 7, 8, 12, 0, 1, 2, 11, 12]]
+    )
     codes, valid, n_bad = rf.unpack_video_tokens(resp, torch.ones_like(resp), layout)
     assert codes[0].tolist() == [[[1, 2, 3], [4, 5, 6]], [[7, 8, 9], [0, 1, 2]]]
     assert valid.tolist() == [True, False] and n_bad.tolist() == [0, 1]  # an action id in a visual slot
@@ -92,8 +102,16 @@ def test_unpack_multi_step_layout_by_hand(vbackend):
 
 def test_layout_builds_ivideogpt_sequences_by_hand():
     """Prompt: per context frame its visual tokens then its action tokens, then BOS; response: frame, EOS."""
-    layout = rf.VideoTokenLayout(frame_shape=(2, 2), visual_vocab=10, action_offset=10, action_bins=4,
-                                 action_dims=2, bos_id=14, eos_id=15, pad_id=15)
+    layout = rf.VideoTokenLayout(
+        frame_shape=(2, 2),
+        visual_vocab=10,
+        action_offset=10,
+        action_bins=4,
+        action_dims=2,
+        bos_id=14,
+        eos_id=15,
+        pad_id=15,
+    )
     ctx = torch.tensor([[[[1, 2], [3, 4]], [[5, 6], [7, 8]]]])  # B=1, 2 context frames
     acts = torch.tensor([[[0, 3], [2, 1]]])
     assert layout.prompt_ids(ctx, acts).tolist() == [[1, 2, 3, 4, 10, 13, 5, 6, 7, 8, 12, 11, 14]]
@@ -102,9 +120,19 @@ def test_layout_builds_ivideogpt_sequences_by_hand():
     assert resp.tolist() == [[9, 0, 1, 2, 15]]
     codes, valid, _ = rf.unpack_video_tokens(resp, torch.ones_like(resp), layout)
     assert torch.equal(codes, nxt.int()) and valid.all()
-    msp = rf.VideoTokenLayout(frames=2, frame_shape=(1, 2), visual_vocab=10, action_tokens_per_frame=1,
-                              action_offset=10, action_bins=4, action_dims=1, bos_id=14, eos_id=15, pad_id=15,
-                              eos_after=False)
+    msp = rf.VideoTokenLayout(
+        frames=2,
+        frame_shape=(1, 2),
+        visual_vocab=10,
+        action_tokens_per_frame=1,
+        action_offset=10,
+        action_bins=4,
+        action_dims=1,
+        bos_id=14,
+        eos_id=15,
+        pad_id=15,
+        eos_after=False,
+    )
     got = msp.response_ids(torch.tensor([[[[1, 2]], [[3, 4]]]]), torch.tensor([[[3], [0]]]))
     assert got.tolist() == [[1, 2, 13, 3, 4, 10]]
     with pytest.raises(IndexError, match="codes"):
@@ -129,15 +157,17 @@ def test_unpack_op_marks_slots_outside_the_response(vbackend):
     """Direct calls of the registered op: a slot position past T (or negative) is invalid, never read."""
     resp = torch.arange(8).view(2, 4)
     slots = torch.tensor([0, 3, 5, 100000000, -3], dtype=torch.int32)
-    codes, valid, n_bad = torch.ops.rlvr_fast.unpack_video_tokens(resp, torch.ones(2, 4, dtype=torch.bool), slots,
-                                                                  0, 10)
+    codes, valid, n_bad = torch.ops.rlvr_fast.unpack_video_tokens(
+        resp, torch.ones(2, 4, dtype=torch.bool), slots, 0, 10
+    )
     assert codes.tolist() == [[0, 3, 0, 0, 0], [4, 7, 0, 0, 0]] and n_bad.tolist() == [3, 3]
     assert not valid.any()
 
 
 def test_unpack_empty_batch(vbackend):
-    codes, valid, n_bad = rf.unpack_video_tokens(torch.zeros(0, 321, dtype=torch.long),
-                                                 torch.zeros(0, 321, dtype=torch.bool), L1)
+    codes, valid, n_bad = rf.unpack_video_tokens(
+        torch.zeros(0, 321, dtype=torch.long), torch.zeros(0, 321, dtype=torch.bool), L1
+    )
     assert codes.shape == (0, 1, 16, 20) and valid.shape == (0,) and n_bad.shape == (0,)
 
 
@@ -244,8 +274,19 @@ def test_quantizer_clear_cache_after_data_updates(vbackend):
 
 
 def _f64(pred, target, group_size, frames=1, data_range=1.0):
-    return pixel_metrics_ref(pred.reshape(-1, *pred.shape[-3:]), target.reshape(-1, *target.shape[-3:]),
-                             frames, group_size, data_range, 0.01, 0.03, True, 11, 1.5, dtype=torch.float64)
+    return pixel_metrics_ref(
+        pred.reshape(-1, *pred.shape[-3:]),
+        target.reshape(-1, *target.shape[-3:]),
+        frames,
+        group_size,
+        data_range,
+        0.01,
+        0.03,
+        True,
+        11,
+        1.5,
+        dtype=torch.float64,
+    )
 
 
 SHAPES = [(11, 11), (17, 17), (11, 40), (64, 64), (256, 320)]
@@ -346,8 +387,11 @@ def test_per_frame_metrics_and_aggregation(vbackend, how):
             torch.testing.assert_close(per["ssim"][b, t], one["ssim"][0])
     agg = rf.pixel_metrics(pred, target, group_size=3, aggregate=how)["mae"]
     weight = torch.tensor([1.0, 0.9, 0.81])
-    want = {"mean": per["mae"].mean(1), "last": per["mae"][:, -1],
-            "discount": (per["mae"] * weight).sum(1) / weight.sum()}[how]
+    want = {
+        "mean": per["mae"].mean(1),
+        "last": per["mae"][:, -1],
+        "discount": (per["mae"] * weight).sum(1) / weight.sum(),
+    }[how]
     torch.testing.assert_close(agg, want)
 
 
@@ -385,8 +429,7 @@ def test_pixel_metrics_op_rejects_targets_not_whole_clips():
         pytest.skip("extension not built")
     x = torch.rand(4, 1, 11, 11)
     with pytest.raises(RuntimeError, match="frames dividing M"):
-        rf.ops.video.extension().pixel_metrics(x, x[:2], 4, 2, 1.0, 0.01, 0.03, True,
-                                               gaussian_window(11, 1.5))
+        rf.ops.video.extension().pixel_metrics(x, x[:2], 4, 2, 1.0, 0.01, 0.03, True, gaussian_window(11, 1.5))
 
 
 def test_gaussian_window_is_piqas():
@@ -428,15 +471,15 @@ def test_pixel_reward_lpips_term(vbackend):
 
     net = LPIPS()
     pred, target = torch.rand(6, 3, 32, 32), torch.rand(2, 3, 32, 32)
-    reward, m = pixel_reward(pred, target, {"mae": 1.0, "lpips": 1.0}, group_size=3, lpips=net,
-                             return_metrics=True)
+    reward, m = pixel_reward(pred, target, {"mae": 1.0, "lpips": 1.0}, group_size=3, lpips=net, return_metrics=True)
     want_lp = net(pred, target.repeat_interleave(3, 0))
     torch.testing.assert_close(m["lpips"], want_lp, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(reward, -(m["mae"] + want_lp))
     # per-frame: LPIPS of clip b, frame t against real clip b // 3, frame t
     pred5, target5 = torch.rand(6, 2, 3, 32, 32), torch.rand(2, 2, 3, 32, 32)
-    r5, m5 = pixel_reward(pred5, target5, {"lpips": 1.0}, group_size=3, lpips=net, aggregate="last",
-                          return_metrics=True)
+    r5, m5 = pixel_reward(
+        pred5, target5, {"lpips": 1.0}, group_size=3, lpips=net, aggregate="last", return_metrics=True
+    )
     torch.testing.assert_close(m5["lpips"], net(pred5[:, 1], target5[:, 1], group_size=3), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="LPIPS"):
         pixel_reward(pred, target, {"lpips": 1.0}, group_size=3)
@@ -586,8 +629,7 @@ def test_reward_path_compiles_without_graph_breaks():
     def path(resp, mask, target):
         codes, valid, _ = rf.unpack_video_tokens(resp, mask, L1)
         frames = decoder(rf.codes_to_latents(codes, table)).sigmoid()
-        reward = pixel_reward(frames, target, {"mae": 1.0, "ssim": 1.0}, group_size=2, valid=valid,
-                              invalid_reward=-2.0)
+        reward = pixel_reward(frames, target, {"mae": 1.0, "ssim": 1.0}, group_size=2, valid=valid, invalid_reward=-2.0)
         return rf.scatter_sequence_reward(reward, mask)
 
     resp, mask = _single_step(4)

@@ -20,12 +20,26 @@ TINY = TinyFSQConfig(channels=(8, 16, 16), res_blocks=0, latent_channels=8, fsq_
 
 # A sprite-world run shrunk to seconds on 2 cores.
 SHORT = [
-    "data.world=sprite_video", "data.n_train=64", "data.n_test=8", "video.tokenizer_steps=3",
-    "video.tokenizer_channels=[8, 16, 16]", "video.tokenizer_res_blocks=0",
-    "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64",
-    "mle.steps=3", "mle.batch_size=8", "trainer.steps=2", "rollout.n=4", "rollout.prompts_per_step=2",
-    "trainer.eval_size=8", "trainer.eval_every=1", "trainer.progress=false", "video.preview=2",
-]  # fmt: skip
+    "data.world=sprite_video",
+    "data.n_train=64",
+    "data.n_test=8",
+    "video.tokenizer_steps=3",
+    "video.tokenizer_channels=[8, 16, 16]",
+    "video.tokenizer_res_blocks=0",
+    "model.hidden_size=32",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.intermediate_size=64",
+    "mle.steps=3",
+    "mle.batch_size=8",
+    "trainer.steps=2",
+    "rollout.n=4",
+    "rollout.prompts_per_step=2",
+    "trainer.eval_size=8",
+    "trainer.eval_every=1",
+    "trainer.progress=false",
+    "video.preview=2",
+]
 
 
 class _Generated(NamedTuple):
@@ -43,9 +57,18 @@ def _tok(seed=0):
 
 def _layout(tok, frames=1, actions=0):
     K = tok.num_codes
-    return VideoTokenLayout(frames=frames, frame_shape=(8, 8), visual_vocab=K, action_offset=K, action_bins=16,
-                            action_dims=max(actions, 1), action_tokens_per_frame=actions, bos_id=K + 16,
-                            eos_id=K + 17, pad_id=K + 17)  # fmt: skip
+    return VideoTokenLayout(
+        frames=frames,
+        frame_shape=(8, 8),
+        visual_vocab=K,
+        action_offset=K,
+        action_bins=16,
+        action_dims=max(actions, 1),
+        action_tokens_per_frame=actions,
+        bos_id=K + 16,
+        eos_id=K + 17,
+        pad_id=K + 17,
+    )
 
 
 # ----------------------------------------------------------------------------- reward path
@@ -58,11 +81,14 @@ def _reference(tok, layout, responses, present, target, n, weights, penalty):
     hw = layout.tokens_per_frame
     for i in range(B):
         ids = responses[i]
-        valid = bool(present[i, : layout.response_length].all()) and bool(((ids[:hw] >= 0) & (ids[:hw] < tok.num_codes)).all())
+        valid = bool(present[i, : layout.response_length].all()) and bool(
+            ((ids[:hw] >= 0) & (ids[:hw] < tok.num_codes)).all()
+        )
         if valid:
             pred = tok.decode_codes(ids[:hw].view(1, 8, 8)).double()
-            vals = pixel_metrics_ref(pred, target[i // n : i // n + 1], 1, 1, 1.0, 0.01, 0.03, True, 11, 1.5,
-                                     dtype=torch.float64)  # fmt: skip
+            vals = pixel_metrics_ref(
+                pred, target[i // n : i // n + 1], 1, 1, 1.0, 0.01, 0.03, True, 11, 1.5, dtype=torch.float64
+            )
             m = dict(zip(("mse", "mae", "psnr", "ssim"), vals[:, 0].tolist()))
             r = -sum(w * (-1 if k in ("ssim", "psnr") else 1) * m[k] for k, w in weights.items())
         else:
@@ -129,10 +155,15 @@ def test_video_reward_multistep_aggregation_and_checks():
     target = torch.rand(2, 3, 3, 64, 64, generator=g)
     frames = torch.stack([tok.decode_codes(codes[:, f]) for f in range(3)], 1)
     for how in ("mean", "last", "discount"):
-        out = VideoReward.from_tokenizer(layout, tok, {"mae": 1.0}, aggregate=how, gamma=0.5)(responses, present, target)
+        out = VideoReward.from_tokenizer(layout, tok, {"mae": 1.0}, aggregate=how, gamma=0.5)(
+            responses, present, target
+        )
         mae = (frames.double() - target.double()).abs().mean((2, 3, 4))  # [B, F]
-        want = {"mean": mae.mean(1), "last": mae[:, -1],
-                "discount": (mae * torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64)).sum(1) / 1.75}[how]  # fmt: skip
+        want = {
+            "mean": mae.mean(1),
+            "last": mae[:, -1],
+            "discount": (mae * torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64)).sum(1) / 1.75,
+        }[how]
         torch.testing.assert_close(out.scores.double(), -want, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="target"):
         VideoReward.from_tokenizer(layout, tok)(responses, present, target[:, :2])
@@ -176,16 +207,19 @@ def test_forced_slots_in_generation_and_teacher_batch():
     assert len(hf_tok) == layout.vocab_size and hf_tok.eos_token_id == layout.eos_id == hf_tok.pad_token_id
     assert hf_tok.bos_token_id == layout.bos_id
     assert hf_tok.decode([0, layout.action_offset + 3, layout.eos_id]) == "v0 a3 <eos>"
-    cfg = C.load_config(None, ["model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
-                               "model.intermediate_size=64"])  # fmt: skip
+    cfg = C.load_config(
+        None, ["model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64"]
+    )
     torch.manual_seed(0)
     model = tiny_llama(cfg.model, hf_tok).eval()
     slots = [False] * layout.response_length
     for f in range(2):
         for a in range(2):
             slots[f * 66 + 64 + a] = True
-    answers = [layout.response_ids(torch.zeros(1, 2, 8, 8, dtype=torch.long), torch.tensor([[[1, 2], [3, 4]]]))[0].tolist(),
-               layout.response_ids(torch.ones(1, 2, 8, 8, dtype=torch.long), torch.tensor([[[5, 6], [7, 8]]]))[0].tolist()]  # fmt: skip
+    answers = [
+        layout.response_ids(torch.zeros(1, 2, 8, 8, dtype=torch.long), torch.tensor([[[1, 2], [3, 4]]]))[0].tolist(),
+        layout.response_ids(torch.ones(1, 2, 8, 8, dtype=torch.long), torch.tensor([[[5, 6], [7, 8]]]))[0].tolist(),
+    ]
     prompts = [[layout.bos_id], [3, layout.bos_id]]
     cfg.rollout.max_new_tokens = layout.response_length
     batch = sample(model, hf_tok, prompts, 3, cfg.rollout, forced_slots=slots, answers=answers)
@@ -269,11 +303,16 @@ def _check_summary(summary, out):
     assert (out / "checkpoint" / "frame_tokenizer" / "model.safetensors").is_file()
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rl = [r for r in recs if r["stage"] == "rl"]
-    assert rl and all(r["response_len"] > 0 and "train/mae" in r and "train/sprites" in r and "reward_s" in r for r in rl)
+    assert rl and all(
+        r["response_len"] > 0 and "train/mae" in r and "train/sprites" in r and "reward_s" in r for r in rl
+    )
 
 
-@pytest.mark.parametrize("extra", [[], ["video.context_frames=2", "video.predict_frames=2", "video.aggregate=discount"]],
-                         ids=["single_step", "multi_step"])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["video.context_frames=2", "video.predict_frames=2", "video.aggregate=discount"]],
+    ids=["single_step", "multi_step"],
+)
 def test_short_grpo_run_and_eval_from_the_checkpoint(tmp_path, capsys, extra):
     from rlvr_fast.cli import main
 
@@ -283,10 +322,23 @@ def test_short_grpo_run_and_eval_from_the_checkpoint(tmp_path, capsys, extra):
     summary = json.loads((tmp_path / "summary.json").read_text())
     _check_summary(summary, tmp_path)
     # the checkpoint carries its frame tokenizer: eval elsewhere reproduces the run's final numbers
-    assert main(["eval", "--config", "rlvr_fast/configs/demo_video.yaml", "--checkpoint", str(tmp_path / "checkpoint"),
-                 *SHORT, *extra, f"trainer.out_dir={tmp_path / 'elsewhere'}"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                "--config",
+                "rlvr_fast/configs/demo_video.yaml",
+                "--checkpoint",
+                str(tmp_path / "checkpoint"),
+                *SHORT,
+                *extra,
+                f"trainer.out_dir={tmp_path / 'elsewhere'}",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
-    got = json.loads(printed[printed.index("{"):])
+    got = json.loads(printed[printed.index("{") :])
     assert got == pytest.approx(summary["rlvr"], rel=1e-6, abs=1e-7)
     assert not (tmp_path / "elsewhere" / "tokenizer").exists()  # nothing was retrained
 
@@ -299,13 +351,26 @@ def test_rt1_npz_task_runs(tmp_path):
     root = tmp_path / "RT-1_processed"
     root.mkdir()
     for i in range(3):  # file 0 is held out (iVideoGPT's i % 100 == 0 rule)
-        frames = np.repeat(np.linspace(0, 255, 64, dtype=np.uint8)[None, None, :, None], 6, 0).repeat(64, 1).repeat(3, 3)
+        frames = (
+            np.repeat(np.linspace(0, 255, 64, dtype=np.uint8)[None, None, :, None], 6, 0).repeat(64, 1).repeat(3, 3)
+        )
         frames = (frames + rng.integers(0, 30, frames.shape)).astype(np.uint8)
         actions = rng.uniform(-0.5, 0.5, (6, 13))
         np.savez_compressed(root / f"train_eps_{i:08d}.npz", image=frames, action=actions)
     over = [o for o in SHORT if not o.startswith("data.world")]
-    cfg = C.load_config(None, [*over, "data.world=rt1_video", f"data.train_path={root}", "video.context_frames=2",
-                               "data.n_train=8", "data.n_test=2", "trainer.eval_size=2", f"trainer.out_dir={tmp_path / 'run'}"])  # fmt: skip
+    cfg = C.load_config(
+        None,
+        [
+            *over,
+            "data.world=rt1_video",
+            f"data.train_path={root}",
+            "video.context_frames=2",
+            "data.n_train=8",
+            "data.n_test=2",
+            "trainer.eval_size=2",
+            f"trainer.out_dir={tmp_path / 'run'}",
+        ],
+    )
     from rlvr_fast.trainer.tasks import build_task
 
     vtask = build_task(cfg, "cpu")
@@ -382,8 +447,9 @@ def test_lpips_weight_files_switch_the_default_reward_to_mae_plus_lpips(tmp_path
     vgg, lin = random_weights()
     torch.save(vgg, tmp_path / "vgg16.pth")
     torch.save(lin, tmp_path / "vgg.pth")
-    cfg = C.load_config(None, [*SHORT, f"video.lpips_vgg_path={tmp_path / 'vgg16.pth'}",
-                               f"video.lpips_lin_path={tmp_path / 'vgg.pth'}"])  # fmt: skip
+    cfg = C.load_config(
+        None, [*SHORT, f"video.lpips_vgg_path={tmp_path / 'vgg16.pth'}", f"video.lpips_lin_path={tmp_path / 'vgg.pth'}"]
+    )
     vtask = build_task(cfg, "cpu")
     assert vtask.reward.weights == {"mae": 1.0, "lpips": 1.0} and vtask.reward.lpips is not None
     items = vtask.items("test")[:2]

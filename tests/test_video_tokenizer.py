@@ -27,9 +27,7 @@ from rlvr_fast.trainer.train_tokenizer import train_tokenizer
 from rlvr_fast.ops import codes_to_latents, fsq_codebook
 
 # A narrow CNNFSQModel256 (same block structure, 4x downsampling) for the fast tests.
-SMALL = CNNFSQConfig(
-    block_out_channels=(32, 32, 64), layers_per_block=1, latent_channels=16, norm_num_groups=8
-)
+SMALL = CNNFSQConfig(block_out_channels=(32, 32, 64), layers_per_block=1, latent_channels=16, norm_num_groups=8)
 # A small TinyFSQTokenizer that trains in a few seconds on 2 cores.
 TINY_TEST = TinyFSQConfig(channels=(16, 32, 64), res_blocks=1, latent_channels=16)
 LEVEL_SETS = [(7, 5, 5, 5, 5), (8, 5, 5, 5), (8, 6, 5), (8, 8, 8, 5, 5, 5)]
@@ -121,9 +119,7 @@ def test_random_state_dict_roundtrips_strict():
 
     missing = dict(sd)
     del missing["decoder.up_blocks.2.upsamplers.0.conv.weight"]
-    with pytest.raises(
-        RuntimeError, match=r"Missing key\(s\).*decoder\.up_blocks\.2\.upsamplers\.0\.conv\.weight"
-    ):
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*decoder\.up_blocks\.2\.upsamplers\.0\.conv\.weight"):
         model.load_state_dict(missing, strict=True)
     wrong = dict(sd, **{"decoder.not_a_layer.weight": torch.zeros(1)})
     with pytest.raises(RuntimeError, match=r"Unexpected key\(s\).*decoder\.not_a_layer\.weight"):
@@ -163,9 +159,7 @@ def test_from_pretrained_renames_deprecated_attention_and_reports_bad_keys(tmp_p
     old = dict(sd)
     for new, name in [("to_q", "query"), ("to_k", "key"), ("to_v", "value"), ("to_out.0", "proj_attn")]:
         for t in ("weight", "bias"):
-            old[f"decoder.mid_block.attentions.0.{name}.{t}"] = old.pop(
-                f"decoder.mid_block.attentions.0.{new}.{t}"
-            )
+            old[f"decoder.mid_block.attentions.0.{name}.{t}"] = old.pop(f"decoder.mid_block.attentions.0.{new}.{t}")
     torch.save(old, tmp_path / "old.bin")
     model = CNNFSQTokenizer.from_pretrained(tmp_path / "old.bin", config=SMALL)
     assert torch.equal(
@@ -340,9 +334,7 @@ def test_decode_latents_of_table_equals_decode_codes(cls, config):
     # the table follows in-place parameter updates
     with torch.no_grad():
         model.post_quant_linear.bias.add_(1.0)
-    torch.testing.assert_close(
-        codes_to_latents(codes, q), model.code_latents(codes).detach(), rtol=0, atol=1e-5
-    )
+    torch.testing.assert_close(codes_to_latents(codes, q), model.code_latents(codes).detach(), rtol=0, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,9 +410,7 @@ def test_train_tokenizer_bf16_autocast_channels_last_smoke():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         codes = r.tokenizer.encode(frames.contiguous(memory_format=torch.channels_last))
         out = r.tokenizer.decode_latents(
-            codes_to_latents(
-                codes, r.tokenizer.quantizer(), dtype=torch.bfloat16, memory_format=torch.channels_last
-            )
+            codes_to_latents(codes, r.tokenizer.quantizer(), dtype=torch.bfloat16, memory_format=torch.channels_last)
         )
     assert codes.shape == (4, 8, 8) and out.shape == (4, 3, 64, 64)
 

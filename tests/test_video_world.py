@@ -46,11 +46,7 @@ def test_shapes_dtypes_range() -> None:
         assert ex.context_actions.shape == (1, 2) and ex.target_actions.shape == (1, 2)
     w = SpriteWorld(height=48, width=40, n_sprites=4, context_frames=2, predict_frames=3)
     ex = w.sample(0)
-    assert (
-        ex.context.shape == (2, 3, 48, 40)
-        and ex.target.shape == (3, 3, 48, 40)
-        and ex.actions.shape == (5, 2)
-    )
+    assert ex.context.shape == (2, 3, 48, 40) and ex.target.shape == (3, 3, 48, 40) and ex.actions.shape == (5, 2)
     batch = collate([w.sample(i) for i in range(4)])
     assert batch["context"].shape == (4, 2, 3, 48, 40)
     assert batch["actions"].shape == (4, 5, 2) and batch["target"].shape == (4, 3, 3, 48, 40)
@@ -65,9 +61,7 @@ def test_deterministic_per_seed() -> None:
         assert torch.equal(x.frames, y.frames) and torch.equal(x.actions, y.actions)
         assert x.extra["episode_seed"] == y.extra["episode_seed"]
     assert any(not torch.equal(x.frames, y.frames) for x, y in zip(a, c))
-    assert [e.source for e in SpriteWorld(seed=5).examples("test", 3)] == [
-        f"sprite_world:test:{i}" for i in range(3)
-    ]
+    assert [e.source for e in SpriteWorld(seed=5).examples("test", 3)] == [f"sprite_world:test:{i}" for i in range(3)]
 
 
 def test_heldout_split_disjoint() -> None:
@@ -120,9 +114,9 @@ def test_speeds_and_action_vectors() -> None:
     assert w.action_vector(4).tolist() == [2.0, 0.0]
     assert w.step((Sprite(0, 30, 24),), w.action_vector("down", 4))[0].y == 28
     acts = torch.cat([e.actions for e in w.examples("train", 60)])
-    assert set(map(tuple, acts.tolist())) <= {(0.0, 0.0)} | {
-        (d * s, 0.0) for d in (-1, 1) for s in (2, 4)
-    } | {(0.0, d * s) for d in (-1, 1) for s in (2, 4)}
+    assert set(map(tuple, acts.tolist())) <= {(0.0, 0.0)} | {(d * s, 0.0) for d in (-1, 1) for s in (2, 4)} | {
+        (0.0, d * s) for d in (-1, 1) for s in (2, 4)
+    }
     assert {abs(v) for v in acts.flatten().tolist()} == {0.0, 2.0, 4.0}
     with pytest.raises(ValueError, match="direction"):
         w.action_vector("jump")
@@ -199,8 +193,12 @@ def test_sprite_world_action_bins() -> None:
     assert w.action_ranges().tolist() == [[-4.0, 4.0], [-4.0, 4.0]]
     acts = torch.stack([w.action_vector(d) for d in ("none", "up", "down", "left", "right")])
     assert discretize_actions(acts, w.action_ranges()).tolist() == [
-        [128, 128], [128, 0], [128, 255], [0, 128], [255, 128]
-    ]  # fmt: skip
+        [128, 128],
+        [128, 0],
+        [128, 255],
+        [0, 128],
+        [255, 128],
+    ]
 
 
 def test_config_errors() -> None:
@@ -255,8 +253,12 @@ def test_discretize_hand_computed_bins_and_edges() -> None:
     assert bins.dtype == torch.int64
     assert bins.tolist() == [[0, 0, 0], [255, 255, 255], [128, 128, 1], [192, 64, 2], [0, 255, 255]]
     assert discretize_actions(acts, ranges, num_bins=4).tolist() == [
-        [0, 0, 0], [3, 3, 3], [2, 2, 0], [3, 1, 0], [0, 3, 3]
-    ]  # fmt: skip
+        [0, 0, 0],
+        [3, 3, 3],
+        [2, 2, 0],
+        [3, 1, 0],
+        [0, 3, 3],
+    ]
     with pytest.raises(ValueError, match="dim 0"):
         discretize_actions(acts, ranges, out_of_range="error")
     assert discretize_actions(acts[:4], ranges, out_of_range="error").tolist() == bins[:4].tolist()
@@ -368,9 +370,7 @@ def test_npz_format_and_example_counts(episodes) -> None:
     ex = ds.sample(1, "test")
     frames, actions = data[files[0]]["image"], data[files[0]]["action"]
     want = torch.from_numpy(frames[1:6]).permute(0, 3, 1, 2).float() / 255
-    assert (
-        ex.context.shape == (4, 3, 8, 10) and ex.target.shape == (1, 3, 8, 10) and ex.actions.shape == (5, 13)
-    )
+    assert ex.context.shape == (4, 3, 8, 10) and ex.target.shape == (1, 3, 8, 10) and ex.actions.shape == (5, 13)
     assert ex.context.dtype == ex.target.dtype == ex.actions.dtype == torch.float32
     assert torch.equal(ex.context, want[:4]) and torch.equal(ex.target, want[4:])
     assert torch.equal(ex.actions, torch.from_numpy(actions[1:6]).float())
@@ -387,8 +387,9 @@ def test_npz_format_and_example_counts(episodes) -> None:
 
 def test_npz_multistep_frame_step_stride(episodes) -> None:
     root, data = episodes
-    ds = OXEEpisodes(root, context_frames=1, predict_frames=2, frame_step=2, stride=2, split_rule="hash",
-                     test_fraction=0.5)  # fmt: skip
+    ds = OXEEpisodes(
+        root, context_frames=1, predict_frames=2, frame_step=2, stride=2, split_rule="hash", test_fraction=0.5
+    )
     assert sorted(ds.files("train") + ds.files("test")) == sorted(data)
     assert not set(ds.files("train")) & set(ds.files("test"))
     path = sorted(data)[2]  # T = 7, span (1 + 2 - 1) * 2 + 1 = 5 -> starts 0, 2

@@ -31,11 +31,15 @@ def output_projection(model) -> tuple[torch.Tensor, torch.Tensor | None]:
     for name in _LOGIT_TRANSFORMS:
         value = getattr(model.config, name, None)
         if value not in (None, 1, 1.0):
-            raise NotImplementedError(f"{type(model).__name__} applies config.{name}={value} to its logits; "
-                                      "the fused op computes plain softmax(h W^T + b)")  # fmt: skip
+            raise NotImplementedError(
+                f"{type(model).__name__} applies config.{name}={value} to its logits; "
+                "the fused op computes plain softmax(h W^T + b)"
+            )
     head = model.get_output_embeddings()
     if not isinstance(head, torch.nn.Linear):
-        raise NotImplementedError(f"{type(model).__name__}'s output embeddings are {type(head).__name__}, not nn.Linear")
+        raise NotImplementedError(
+            f"{type(model).__name__}'s output embeddings are {type(head).__name__}, not nn.Linear"
+        )
     return head.weight, head.bias
 
 
@@ -47,19 +51,30 @@ def _head_inputs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return hidden.to(dtype), weight.to(dtype), bias.to(dtype) if bias is not None else None
 
 
-def response_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int,
-                    position_ids: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def response_hidden(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_length: int,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Last hidden states [B, R, H] of the positions that predict the R response tokens (backbone only)."""
     if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
-        raise ValueError(f"input_ids and attention_mask: expected the same [B, L] shape, got "
-                         f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}")  # fmt: skip
+        raise ValueError(
+            f"input_ids and attention_mask: expected the same [B, L] shape, got "
+            f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}"
+        )
     R = int(response_length)
     if not 1 <= R < input_ids.shape[1]:
         raise ValueError(f"response_length: expected 1 <= R < L = {input_ids.shape[1]}, got {response_length}")
     if position_ids is None:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
-    out = model.base_model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
-                           position_ids=position_ids[:, :-1], use_cache=False)  # fmt: skip
+    out = model.base_model(
+        input_ids=input_ids[:, :-1],
+        attention_mask=attention_mask[:, :-1],
+        position_ids=position_ids[:, :-1],
+        use_cache=False,
+    )
     return out.last_hidden_state[:, -R:]
 
 
@@ -89,9 +104,16 @@ def response_logprobs(
     """
     hidden = response_hidden(model, input_ids, attention_mask, response_length, position_ids)
     hidden, weight, bias = _head_inputs(hidden, *output_projection(model))
-    return fused_linear_logprobs(hidden, weight, input_ids[:, -int(response_length):], bias=bias,
-                                 temperature=temperature, return_entropy=return_entropy, chunk_tokens=chunk_tokens,
-                                 chunk_vocab=chunk_vocab)  # fmt: skip
+    return fused_linear_logprobs(
+        hidden,
+        weight,
+        input_ids[:, -int(response_length) :],
+        bias=bias,
+        temperature=temperature,
+        return_entropy=return_entropy,
+        chunk_tokens=chunk_tokens,
+        chunk_vocab=chunk_vocab,
+    )
 
 
 def response_policy_loss(
@@ -110,5 +132,6 @@ def response_policy_loss(
     :func:`~rlvr_fast.ops.fused_linear_policy_loss` (``options``: its keyword arguments)."""
     hidden = response_hidden(model, input_ids, attention_mask, response_length, position_ids)
     hidden, weight, bias = _head_inputs(hidden, *output_projection(model))
-    return fused_linear_policy_loss(hidden, weight, input_ids[:, -int(response_length):], old_logp,
-                                    advantages, response_mask, bias=bias, **options)  # fmt: skip
+    return fused_linear_policy_loss(
+        hidden, weight, input_ids[:, -int(response_length) :], old_logp, advantages, response_mask, bias=bias, **options
+    )

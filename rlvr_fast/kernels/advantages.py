@@ -173,8 +173,16 @@ def broadcast_to_tokens(adv: torch.Tensor, response_mask: torch.Tensor) -> torch
     block_b, block_t = 16, 256
     grid = (triton.cdiv(batch, block_b), triton.cdiv(T, block_t))
     _broadcast_kernel[grid](
-        adv.float().contiguous(), mask, out, batch, T, mask.stride(0), mask.stride(1), out.stride(0),
-        BLOCK_B=block_b, BLOCK_T=block_t,
+        adv.float().contiguous(),
+        mask,
+        out,
+        batch,
+        T,
+        mask.stride(0),
+        mask.stride(1),
+        out.stride(0),
+        BLOCK_B=block_b,
+        BLOCK_T=block_t,
         **LAUNCH_OPTIONS,
     )
     return out

@@ -22,9 +22,19 @@ from ._softmax import online_softmax_step
 
 @triton.jit
 def _tile_stats_kernel(
-    z_ptr, stride_z, ids_ptr, r_ptr, s_ptr, t_ptr, picked_ptr, v, v0, inv_temp,
-    BLOCK_V: tl.constexpr, ENTROPY: tl.constexpr,
-):  # fmt: skip
+    z_ptr,
+    stride_z,
+    ids_ptr,
+    r_ptr,
+    s_ptr,
+    t_ptr,
+    picked_ptr,
+    v,
+    v0,
+    inv_temp,
+    BLOCK_V: tl.constexpr,
+    ENTROPY: tl.constexpr,
+):
     row = tl.program_id(0)
     base = z_ptr + row.to(tl.int64) * stride_z
     r = tl.load(r_ptr + row)
@@ -49,9 +59,21 @@ def _tile_stats_kernel(
 
 @triton.jit
 def _tile_grad_kernel(
-    z_ptr, stride_z, dz_ptr, stride_dz, ids_ptr, g_ptr, ge_ptr, lse_ptr, mean_ptr, v, v0, inv_temp,
-    BLOCK_V: tl.constexpr, ENTROPY: tl.constexpr,
-):  # fmt: skip
+    z_ptr,
+    stride_z,
+    dz_ptr,
+    stride_dz,
+    ids_ptr,
+    g_ptr,
+    ge_ptr,
+    lse_ptr,
+    mean_ptr,
+    v,
+    v0,
+    inv_temp,
+    BLOCK_V: tl.constexpr,
+    ENTROPY: tl.constexpr,
+):
     row = tl.program_id(0)
     base = z_ptr + row.to(tl.int64) * stride_z
     dbase = dz_ptr + row.to(tl.int64) * stride_dz
@@ -89,9 +111,21 @@ def tile_stats(z, ids, r, s, t, picked, v0, temperature, entropy):
     n, v = z.shape
     block = _block(v)
     _tile_stats_kernel[(n,)](
-        z, z.stride(0), ids, r, s, t if entropy else s, picked, v, v0, 1.0 / temperature,
-        BLOCK_V=block, ENTROPY=entropy, num_warps=_warps(block), **LAUNCH_OPTIONS,
-    )  # fmt: skip
+        z,
+        z.stride(0),
+        ids,
+        r,
+        s,
+        t if entropy else s,
+        picked,
+        v,
+        v0,
+        1.0 / temperature,
+        BLOCK_V=block,
+        ENTROPY=entropy,
+        num_warps=_warps(block),
+        **LAUNCH_OPTIONS,
+    )
 
 
 @on_tensor_device
@@ -102,9 +136,23 @@ def tile_grad(z, dz, ids, g, ge, lse, mean, v0, temperature):
     block = _block(v)
     ent = ge is not None
     _tile_grad_kernel[(n,)](
-        z, z.stride(0), dz, dz.stride(0), ids, g, ge if ent else g, lse, mean if ent else lse, v, v0,
-        1.0 / temperature, BLOCK_V=block, ENTROPY=ent, num_warps=_warps(block), **LAUNCH_OPTIONS,
-    )  # fmt: skip
+        z,
+        z.stride(0),
+        dz,
+        dz.stride(0),
+        ids,
+        g,
+        ge if ent else g,
+        lse,
+        mean if ent else lse,
+        v,
+        v0,
+        1.0 / temperature,
+        BLOCK_V=block,
+        ENTROPY=ent,
+        num_warps=_warps(block),
+        **LAUNCH_OPTIONS,
+    )
 
 
 __all__ = ["tile_grad", "tile_stats"]

@@ -145,9 +145,21 @@ def logprobs_forward(logits, layout, token_ids, temperature, return_entropy, ign
     ent = torch.empty(n if return_entropy else 0, dtype=torch.float32, device=logits.device)
     block_v = _block_v(V, logits.element_size())
     _logprobs_fwd_kernel[(n,)](
-        logits, ids, logp, ent if return_entropy else logp, lse,
-        max(layout.inner, 1), layout.stride_outer, layout.stride_inner, V, 1.0 / temperature, ignore_index,
-        BLOCK_V=block_v, ENTROPY=return_entropy, STAGES=_STAGES, num_warps=_num_warps(block_v),
+        logits,
+        ids,
+        logp,
+        ent if return_entropy else logp,
+        lse,
+        max(layout.inner, 1),
+        layout.stride_outer,
+        layout.stride_inner,
+        V,
+        1.0 / temperature,
+        ignore_index,
+        BLOCK_V=block_v,
+        ENTROPY=return_entropy,
+        STAGES=_STAGES,
+        num_warps=_num_warps(block_v),
         **LAUNCH_OPTIONS,
     )
     shape = token_ids.shape
@@ -168,10 +180,25 @@ def logprobs_backward(
     H = entropy.reshape(-1).contiguous() if has_ent else g
     block_v = _block_v(V, logits.element_size())
     _logprobs_bwd_kernel[(n,)](
-        logits, dlogits, ids, g, ge, lse.reshape(-1).contiguous(), H,
-        max(layout.inner, 1), layout.stride_outer, layout.stride_inner,
-        max(d_layout.inner, 1), d_layout.stride_outer, d_layout.stride_inner,
-        V, 1.0 / temperature, ignore_index,
-        BLOCK_V=block_v, ENTROPY=has_ent, STAGES=_STAGES, num_warps=_num_warps(block_v),
+        logits,
+        dlogits,
+        ids,
+        g,
+        ge,
+        lse.reshape(-1).contiguous(),
+        H,
+        max(layout.inner, 1),
+        layout.stride_outer,
+        layout.stride_inner,
+        max(d_layout.inner, 1),
+        d_layout.stride_outer,
+        d_layout.stride_inner,
+        V,
+        1.0 / temperature,
+        ignore_index,
+        BLOCK_V=block_v,
+        ENTROPY=has_ent,
+        STAGES=_STAGES,
+        num_warps=_num_warps(block_v),
         **LAUNCH_OPTIONS,
     )

@@ -47,13 +47,40 @@ def _load_row_tile(ptr, row, cols, stride_b, stride_t, inb, valid):
 
 @triton.jit
 def _policy_loss_fwd_kernel(
-    logp_ptr, old_ptr, adv_ptr, mask_ptr, ref_ptr, ent_ptr, out_ptr,
+    logp_ptr,
+    old_ptr,
+    adv_ptr,
+    mask_ptr,
+    ref_ptr,
+    ent_ptr,
+    out_ptr,
     T,
-    s_lp_b, s_lp_t, s_old_b, s_old_t, s_adv_b, s_adv_t, s_m_b, s_m_t, s_ref_b, s_ref_t, s_ent_b, s_ent_t,
-    clip_low, clip_high, dual_clip, kl_coef, kl_clamp, lrc, entropy_coef,
-    DUAL: tl.constexpr, KL: tl.constexpr, HAS_REF: tl.constexpr, HAS_ENT: tl.constexpr,
-    N_OUT: tl.constexpr, BLOCK_T: tl.constexpr,
-):  # fmt: skip
+    s_lp_b,
+    s_lp_t,
+    s_old_b,
+    s_old_t,
+    s_adv_b,
+    s_adv_t,
+    s_m_b,
+    s_m_t,
+    s_ref_b,
+    s_ref_t,
+    s_ent_b,
+    s_ent_t,
+    clip_low,
+    clip_high,
+    dual_clip,
+    kl_coef,
+    kl_clamp,
+    lrc,
+    entropy_coef,
+    DUAL: tl.constexpr,
+    KL: tl.constexpr,
+    HAS_REF: tl.constexpr,
+    HAS_ENT: tl.constexpr,
+    N_OUT: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     acc_loss = tl.zeros([BLOCK_T], tl.float32)
     acc_n = tl.zeros([BLOCK_T], tl.float32)
@@ -128,12 +155,40 @@ def _policy_loss_fwd_kernel(
 
 @triton.jit
 def _policy_loss_bwd_kernel(
-    grad_ptr, w_ptr, logp_ptr, old_ptr, adv_ptr, mask_ptr, ref_ptr, glp_ptr, gent_ptr,
-    B, T,
-    s_lp_b, s_lp_t, s_old_b, s_old_t, s_adv_b, s_adv_t, s_m_b, s_m_t, s_ref_b, s_ref_t,
-    clip_low, clip_high, dual_clip, kl_coef, kl_clamp, lrc, entropy_coef,
-    DUAL: tl.constexpr, KL: tl.constexpr, HAS_REF: tl.constexpr, ENT_GRAD: tl.constexpr, BLOCK_T: tl.constexpr,
-):  # fmt: skip
+    grad_ptr,
+    w_ptr,
+    logp_ptr,
+    old_ptr,
+    adv_ptr,
+    mask_ptr,
+    ref_ptr,
+    glp_ptr,
+    gent_ptr,
+    B,
+    T,
+    s_lp_b,
+    s_lp_t,
+    s_old_b,
+    s_old_t,
+    s_adv_b,
+    s_adv_t,
+    s_m_b,
+    s_m_t,
+    s_ref_b,
+    s_ref_t,
+    clip_low,
+    clip_high,
+    dual_clip,
+    kl_coef,
+    kl_clamp,
+    lrc,
+    entropy_coef,
+    DUAL: tl.constexpr,
+    KL: tl.constexpr,
+    HAS_REF: tl.constexpr,
+    ENT_GRAD: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     inb = cols < T
@@ -210,12 +265,27 @@ def policy_loss_forward(logp, old_logp, advantages, response_mask, ref_logp, ent
     has_ref = bool(opts.kl_type) and ref_logp is not None
     block_t = max(16, min(triton.next_power_of_2(max(T, 1)), 1024))
     _policy_loss_fwd_kernel[(B,)](
-        logp, old_logp, advantages, mask, ref_logp if has_ref else logp, entropy if entropy is not None else logp, out,
-        T, *_strides(logp), *_strides(old_logp), *_strides(advantages), *_strides(mask),
-        *_strides(ref_logp if has_ref else None), *_strides(entropy),
-        **_settings(opts), HAS_REF=has_ref, HAS_ENT=entropy is not None, N_OUT=len(Partial), BLOCK_T=block_t,
+        logp,
+        old_logp,
+        advantages,
+        mask,
+        ref_logp if has_ref else logp,
+        entropy if entropy is not None else logp,
+        out,
+        T,
+        *_strides(logp),
+        *_strides(old_logp),
+        *_strides(advantages),
+        *_strides(mask),
+        *_strides(ref_logp if has_ref else None),
+        *_strides(entropy),
+        **_settings(opts),
+        HAS_REF=has_ref,
+        HAS_ENT=entropy is not None,
+        N_OUT=len(Partial),
+        BLOCK_T=block_t,
         **LAUNCH_OPTIONS,
-    )  # fmt: skip
+    )
     return out
 
 
@@ -231,11 +301,26 @@ def policy_loss_backward(grad, row_w, logp, old_logp, advantages, response_mask,
     has_ref = bool(opts.kl_type) and ref_logp is not None and opts.kl_coef != 0
     block_t = max(16, min(triton.next_power_of_2(max(T, 1)), 1024))
     _policy_loss_bwd_kernel[(B, triton.cdiv(T, block_t))](
-        grad.reshape(1).float(), row_w.float().contiguous(), logp, old_logp, advantages, mask,
-        ref_logp if has_ref else logp, glp, gent if ent_grad else glp, B, T,
-        *_strides(logp), *_strides(old_logp), *_strides(advantages), *_strides(mask),
+        grad.reshape(1).float(),
+        row_w.float().contiguous(),
+        logp,
+        old_logp,
+        advantages,
+        mask,
+        ref_logp if has_ref else logp,
+        glp,
+        gent if ent_grad else glp,
+        B,
+        T,
+        *_strides(logp),
+        *_strides(old_logp),
+        *_strides(advantages),
+        *_strides(mask),
         *_strides(ref_logp if has_ref else None),
-        **_settings(opts), HAS_REF=has_ref, ENT_GRAD=ent_grad, BLOCK_T=block_t,
+        **_settings(opts),
+        HAS_REF=has_ref,
+        ENT_GRAD=ent_grad,
+        BLOCK_T=block_t,
         **LAUNCH_OPTIONS,
-    )  # fmt: skip
+    )
     return glp, gent

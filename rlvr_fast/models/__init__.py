@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 def pick_attn_implementation(requested: str, device: torch.device) -> str:
     """``auto``: flash_attention_2 when flash-attn is importable and the model runs on CUDA, else sdpa."""
     if requested != "auto":
-        if requested == "flash_attention_2" and (device.type != "cuda" or importlib.util.find_spec("flash_attn") is None):
+        if requested == "flash_attention_2" and (
+            device.type != "cuda" or importlib.util.find_spec("flash_attn") is None
+        ):
             raise ValueError("model.attn_implementation=flash_attention_2 needs CUDA and the flash-attn package")
         return requested
     if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
@@ -67,7 +69,9 @@ def load_model(cfg, tokenizer: Any, device: torch.device) -> tuple[torch.nn.Modu
     else:
         path = Path(cfg.path)
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model.path {str(path)!r} is not a local Hugging Face model directory (no config.json)")
+            raise FileNotFoundError(
+                f"model.path {str(path)!r} is not a local Hugging Face model directory (no config.json)"
+            )
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path)

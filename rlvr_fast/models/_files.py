@@ -35,9 +35,7 @@ def read_state_dict(path, help_text: str) -> dict[str, torch.Tensor]:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{str(p)!r}: cannot read the file ({reason}): expected {help_text}") from None
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(
-            f"{str(p)!r}: expected a flat state dict of tensors ({help_text}), got {type(sd).__name__}"
-        )
+        raise ValueError(f"{str(p)!r}: expected a flat state dict of tensors ({help_text}), got {type(sd).__name__}")
     return dict(sd)
 
 

@@ -81,9 +81,7 @@ class CNNFSQConfig:
             _int_tuple(f"CNNFSQConfig.{name}", (getattr(self, name),))
         _check_sizes(
             "CNNFSQConfig",
-            widths=(
-                "in_channels", "out_channels", "latent_channels", "norm_num_groups", "block_out_channels"
-            ),
+            widths=("in_channels", "out_channels", "latent_channels", "norm_num_groups", "block_out_channels"),
             stages="block_out_channels",
             blocks="layers_per_block",
             values=asdict(self),
@@ -331,9 +329,7 @@ class _DownEncoderBlock2D(nn.Module):
 
     def __init__(self, cin: int, cout: int, layers: int, groups: int, downsample: bool):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            _ResnetBlock2D(cin if j == 0 else cout, cout, groups) for j in range(layers)
-        )
+        self.resnets = nn.ModuleList(_ResnetBlock2D(cin if j == 0 else cout, cout, groups) for j in range(layers))
         self.downsamplers = nn.ModuleList([_Downsample2D(cout)]) if downsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -349,9 +345,7 @@ class _UpDecoderBlock2D(nn.Module):
 
     def __init__(self, cin: int, cout: int, layers: int, groups: int, upsample: bool):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            _ResnetBlock2D(cin if j == 0 else cout, cout, groups) for j in range(layers)
-        )
+        self.resnets = nn.ModuleList(_ResnetBlock2D(cin if j == 0 else cout, cout, groups) for j in range(layers))
         self.upsamplers = nn.ModuleList([_Upsample2D(cout)]) if upsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

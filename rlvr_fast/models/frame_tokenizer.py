@@ -132,9 +132,7 @@ class FSQTokenizer(nn.Module):
     def _check_frames(self, frames) -> None:
         check_tensor("frames", frames, dtypes=FLOAT_DTYPES, ndim=4)
         if frames.shape[1] != self.config.in_channels:
-            raise ValueError(
-                f"frames: expected [N, {self.config.in_channels}, H, W], got shape {tuple(frames.shape)}"
-            )
+            raise ValueError(f"frames: expected [N, {self.config.in_channels}, H, W], got shape {tuple(frames.shape)}")
         self.latent_shape(frames.shape[2], frames.shape[3])
 
     def _check_codes(self, codes) -> None:
@@ -188,9 +186,7 @@ class FSQTokenizer(nn.Module):
         out = torch.cat([self.decoder(x) for x in _chunks(latents, chunk_size)])
         return out.clamp(0.0, 1.0) if clamp else out
 
-    def decode_codes(
-        self, codes: torch.Tensor, *, clamp: bool = True, chunk_size: int | None = None
-    ) -> torch.Tensor:
+    def decode_codes(self, codes: torch.Tensor, *, clamp: bool = True, chunk_size: int | None = None) -> torch.Tensor:
         """codes int [N, h, w] in [0, K) -> frames [N, 3, h*f, w*f] (iVideoGPT ``CNNFSQModel256.decode``:
         FSQ ``indices_to_codes``, ``post_quant_linear``, decoder), clamped to [0, 1] unless ``clamp=False``.
 
@@ -317,7 +313,6 @@ def _atomic_path(final: Path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
 
 
 __all__ = ["WEIGHT_FILES", "FSQTokenizer"]

@@ -35,12 +35,20 @@ from rlvr_fast.models._files import check_against_schema, read_state_dict
 # MaxPool2d(2, 2) at 4, 9, 16, 23. LPIPS stops before the last pool (index 30).
 VGG16_CONV_LAYERS: tuple[tuple[int, int, int], ...] = (
     # (index, in_channels, out_channels)
-    (0, 3, 64), (2, 64, 64),
-    (5, 64, 128), (7, 128, 128),
-    (10, 128, 256), (12, 256, 256), (14, 256, 256),
-    (17, 256, 512), (19, 512, 512), (21, 512, 512),
-    (24, 512, 512), (26, 512, 512), (28, 512, 512),
-)  # fmt: skip
+    (0, 3, 64),
+    (2, 64, 64),
+    (5, 64, 128),
+    (7, 128, 128),
+    (10, 128, 256),
+    (12, 256, 256),
+    (14, 256, 256),
+    (17, 256, 512),
+    (19, 512, 512),
+    (21, 512, 512),
+    (24, 512, 512),
+    (26, 512, 512),
+    (28, 512, 512),
+)
 VGG16_POOL_LAYERS = (4, 9, 16, 23)
 # Taps are the outputs of features[0:4], [4:9], [9:16], [16:23], [23:30]: relu1_2 ... relu5_3.
 LPIPS_TAP_ENDS = (4, 9, 16, 23, 30)
@@ -84,8 +92,7 @@ def _check_images(name: str, x) -> None:
         raise ValueError(f"{name}: expected RGB images [N, 3, H, W], got shape {tuple(x.shape)}")
     if x.shape[2] < MIN_SIZE or x.shape[3] < MIN_SIZE:
         raise ValueError(
-            f"{name}: expected H, W >= {MIN_SIZE} (VGG16 pools four times before relu5_3), "
-            f"got shape {tuple(x.shape)}"
+            f"{name}: expected H, W >= {MIN_SIZE} (VGG16 pools four times before relu5_3), got shape {tuple(x.shape)}"
         )
 
 
@@ -183,9 +190,7 @@ class LPIPS(nn.Module):
         """
         vgg_schema, lin_schema = lpips_vgg16_schema()
         vgg_sd = read_state_dict(vgg16_path, _VGG_FILE_HELP)
-        check_against_schema(
-            vgg_sd, vgg_schema, vgg16_path, _VGG_FILE_HELP, ignore_prefixes=("classifier.",)
-        )
+        check_against_schema(vgg_sd, vgg_schema, vgg16_path, _VGG_FILE_HELP, ignore_prefixes=("classifier.",))
         lin_sd = read_state_dict(lin_path, _LIN_FILE_HELP)
         check_against_schema(lin_sd, lin_schema, lin_path, _LIN_FILE_HELP)
 
@@ -227,9 +232,7 @@ class LPIPS(nn.Module):
             start = end
         return taps
 
-    def _distance(
-        self, fp: list[torch.Tensor], ft: list[torch.Tensor], start: int, group_size: int
-    ) -> torch.Tensor:
+    def _distance(self, fp: list[torch.Tensor], ft: list[torch.Tensor], start: int, group_size: int) -> torch.Tensor:
         """LPIPS of predictions [start, start + n) (taps ``fp``) against their groups' taps in ``ft``."""
         n = fp[0].shape[0]
         out = []
@@ -282,9 +285,7 @@ class LPIPS(nn.Module):
             return torch.zeros(0, dtype=torch.float32, device=pred.device)
         ft = self.features(target)
         step = B if chunk_size is None else chunk_size
-        scores = [
-            self._distance(self.features(pred[s : s + step]), ft, s, group_size) for s in range(0, B, step)
-        ]
+        scores = [self._distance(self.features(pred[s : s + step]), ft, s, group_size) for s in range(0, B, step)]
         return torch.cat(scores).to(torch.float32)
 
     def extra_repr(self) -> str:

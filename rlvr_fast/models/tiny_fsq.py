@@ -44,9 +44,7 @@ class TinyFSQConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "channels", _int_tuple("TinyFSQConfig.channels", self.channels))
-        object.__setattr__(
-            self, "fsq_levels", _int_tuple("TinyFSQConfig.fsq_levels", self.fsq_levels, minimum=2)
-        )
+        object.__setattr__(self, "fsq_levels", _int_tuple("TinyFSQConfig.fsq_levels", self.fsq_levels, minimum=2))
         for name in ("in_channels", "out_channels", "latent_channels"):
             _int_tuple(f"TinyFSQConfig.{name}", (getattr(self, name),))
         _int_tuple("TinyFSQConfig.res_blocks", (self.res_blocks,), minimum=0)
@@ -109,9 +107,7 @@ class TinyEncoder(nn.Module):
         super().__init__()
         ch = cfg.channels
         self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
-        self.down = nn.ModuleList(
-            nn.Conv2d(ch[max(i - 1, 0)], c, 4, stride=2, padding=1) for i, c in enumerate(ch)
-        )
+        self.down = nn.ModuleList(nn.Conv2d(ch[max(i - 1, 0)], c, 4, stride=2, padding=1) for i, c in enumerate(ch))
         self.res = nn.ModuleList(_PlainResBlock(ch[-1]) for _ in range(cfg.res_blocks))
         self.conv_out = nn.Conv2d(ch[-1], cfg.latent_channels, 3, padding=1)
 
@@ -198,7 +194,6 @@ def tiny_key_schema(config: TinyFSQConfig | None = None) -> dict[str, tuple[int,
     with torch.device("meta"):
         model = TinyFSQTokenizer(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
 
 
 __all__ = ["TinyDecoder", "TinyEncoder", "TinyFSQConfig", "TinyFSQTokenizer", "tiny_key_schema"]

@@ -5,13 +5,8 @@ Importing this package registers the ops; it never initialises CUDA and never im
 """
 
 from .advantages import group_advantages, group_advantages_ref
-from .fused_linear import (
-    default_chunks,
-    fused_linear_logprobs,
-    fused_linear_logprobs_backward_ref,
-    fused_linear_logprobs_ref,
-    fused_linear_policy_loss,
-)
+from .fused_linear import fused_linear_logprobs, fused_linear_policy_loss
+from .fused_linear_ops import default_chunks, fused_linear_logprobs_backward_ref, fused_linear_logprobs_ref
 from .logprobs import token_logprobs, token_logprobs_backward_ref, token_logprobs_ref
 from .pixel_metrics import (
     aggregate_frames,

@@ -293,9 +293,7 @@ def group_advantages_ref(
     Vectorised and free of host syncs. Computes in ``promote(scores.dtype, float32)``, so float64
     inputs give the float64 oracle used by the tests.
     """
-    adv, valid = group_centered(
-        scores, group_ids, group_size, estimator, eps, unbiased_std, singleton, nan_as_missing
-    )
+    adv, valid = group_centered(scores, group_ids, group_size, estimator, eps, unbiased_std, singleton, nan_as_missing)
     if ESTIMATOR_SPECS[estimator].whiten:
         adv = whiten(adv, valid, response_mask, unbiased_std)
     if response_mask is None:
@@ -334,7 +332,13 @@ def _group_advantages_op(
     spec = ESTIMATOR_SPECS[estimator]
     if group_ids is None and group_size <= K.MAX_GROUP:
         adv, tok = K.contiguous_group_advantages(
-            scores, group_size, None if spec.whiten else response_mask, spec.baseline, eps, unbiased_std, singleton,
+            scores,
+            group_size,
+            None if spec.whiten else response_mask,
+            spec.baseline,
+            eps,
+            unbiased_std,
+            singleton,
             nan_as_missing,
         )
         if not spec.whiten:

@@ -138,8 +138,16 @@ def pixel_metrics(
     flat_pred = pred.detach().reshape(-1, *pred.shape[-3:]).contiguous()
     flat_target = target.detach().reshape(-1, *target.shape[-3:]).contiguous()
     table = torch.ops.rlvr_fast.pixel_metrics(
-        flat_pred, flat_target, frames, group_size, float(data_range), float(k1), float(k2), want_ssim,
-        window_size, float(sigma),
+        flat_pred,
+        flat_target,
+        frames,
+        group_size,
+        float(data_range),
+        float(k1),
+        float(k2),
+        want_ssim,
+        window_size,
+        float(sigma),
     )
     out = {}
     for m in metrics:

@@ -176,7 +176,15 @@ def policy_loss_from_logits(
     _check_has_tokens("logits", logits.shape)
     _check_temperature(temperature)
     _check_loss_inputs(
-        token_ids.shape, logits, old_logp, advantages, response_mask, ref_logp, None, opts, entropy_required=False,
+        token_ids.shape,
+        logits,
+        old_logp,
+        advantages,
+        response_mask,
+        ref_logp,
+        None,
+        opts,
+        entropy_required=False,
         like_name="logits",
     )
     with_entropy = bool(entropy_coef != 0 if compute_entropy is None else compute_entropy)
@@ -219,8 +227,12 @@ def _loss_options(
     them, and ``norm_const`` as a float (``agg`` passes as it is)."""
     C.check_choice("kl_type", kl_type, KL_TYPES)
     C.check_choice("agg", agg, AGG_MODES)
-    for name, v in (("clip_low", clip_low), ("clip_high", clip_high), ("kl_clamp", kl_clamp),
-                    ("log_ratio_clamp", log_ratio_clamp)):  # fmt: skip
+    for name, v in (
+        ("clip_low", clip_low),
+        ("clip_high", clip_high),
+        ("kl_clamp", kl_clamp),
+        ("log_ratio_clamp", log_ratio_clamp),
+    ):
         if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
     if clip_low >= 1:
@@ -277,6 +289,10 @@ def _check_loss_inputs(
     elif entropy_required and opts.entropy_coef != 0:
         raise ValueError(f"entropy: required when entropy_coef={opts.entropy_coef} != 0")
     C.check_same_device(
-        **{like_name: like}, old_logp=old_logp, advantages=advantages, response_mask=response_mask,
-        ref_logp=ref_logp, entropy=entropy,
-    )  # fmt: skip
+        **{like_name: like},
+        old_logp=old_logp,
+        advantages=advantages,
+        response_mask=response_mask,
+        ref_logp=ref_logp,
+        entropy=entropy,
+    )

@@ -169,9 +169,17 @@ def _policy_loss_from_logits_op(
     mask = (response_mask != 0) & (token_ids != ignore_index)
     opts = LossOptions(clip_low, clip_high, dual_clip, kl_type, kl_coef, kl_clamp, log_ratio_clamp, entropy_coef)
     loss, metrics, w = _policy_loss_impl(
-        logp, old_logp, advantages, mask, ref_logp, ent if compute_entropy else None, opts, agg, norm_const,
+        logp,
+        old_logp,
+        advantages,
+        mask,
+        ref_logp,
+        ent if compute_entropy else None,
+        opts,
+        agg,
+        norm_const,
         logp_name="logits",
-    )  # fmt: skip
+    )
     return loss, metrics, logp, ent, lse, w
 
 
@@ -206,9 +214,16 @@ def _plfl_backward(ctx, grad_loss, *_unused):
     )
     use_ent = ctx.opts.entropy_coef != 0
     dlogits = logits_grad(
-        logits, token_ids, lse, ent if use_ent else None, g_logp, g_ent if use_ent else None, ctx.temperature,
-        ctx.ignore_index, ctx.inplace,
-    )  # fmt: skip
+        logits,
+        token_ids,
+        lse,
+        ent if use_ent else None,
+        g_logp,
+        g_ent if use_ent else None,
+        ctx.temperature,
+        ctx.ignore_index,
+        ctx.inplace,
+    )
     return dlogits, None, None, None, None, None
 
 

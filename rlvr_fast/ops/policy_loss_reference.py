@@ -15,9 +15,17 @@ from .._kernel_spec import Partial
 
 # Metrics returned to the caller, in the order of the packed metrics vector.
 METRICS = (
-    "pg_loss", "clipfrac", "clipfrac_lower", "approx_kl", "kl", "ratio_mean", "ratio_min", "ratio_max",
-    "entropy", "n_tokens",
-)  # fmt: skip
+    "pg_loss",
+    "clipfrac",
+    "clipfrac_lower",
+    "approx_kl",
+    "kl",
+    "ratio_mean",
+    "ratio_min",
+    "ratio_max",
+    "entropy",
+    "n_tokens",
+)
 
 
 class LossOptions(NamedTuple):
@@ -158,9 +166,7 @@ def finish(partials: torch.Tensor, agg: str, norm_const: float | None, T: int):
     return loss, torch.stack([values[name] for name in METRICS]).detach(), w
 
 
-def policy_loss_ref(
-    logp, old_logp, advantages, response_mask, ref_logp, entropy, opts: LossOptions, agg, norm_const
-):
+def policy_loss_ref(logp, old_logp, advantages, response_mask, ref_logp, entropy, opts: LossOptions, agg, norm_const):
     """Reference of :func:`~rlvr_fast.ops.policy_loss`: the custom op's tensors, then its settings as
     ``opts`` (``kl_type`` "" for none), ``agg`` and ``norm_const``.
 

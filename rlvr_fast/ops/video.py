@@ -105,8 +105,13 @@ class VideoTokenLayout:
 
     @property
     def vocab_size(self) -> int:
-        return max(self.visual_offset + self.visual_vocab, self.action_offset + self.action_bins,
-                   self.bos_id + 1, self.eos_id + 1, self.pad_id + 1)
+        return max(
+            self.visual_offset + self.visual_vocab,
+            self.action_offset + self.action_bins,
+            self.bos_id + 1,
+            self.eos_id + 1,
+            self.pad_id + 1,
+        )
 
     def prompt_ids(self, context_codes: torch.Tensor, context_actions: torch.Tensor) -> torch.Tensor:
         """The prompt of a prediction: each context frame's visual tokens, then its action tokens, then BOS.
@@ -121,8 +126,12 @@ class VideoTokenLayout:
         """
         codes = self._check_codes("context_codes", context_codes)
         C.check_tensor("context_actions", context_actions, dtypes=C.INT_DTYPES, ndim=3)
-        C.check_shape("context_actions", context_actions, (*codes.shape[:2], self.action_dims),
-                      "[B, Fc, action_dims] like context_codes")
+        C.check_shape(
+            "context_actions",
+            context_actions,
+            (*codes.shape[:2], self.action_dims),
+            "[B, Fc, action_dims] like context_codes",
+        )
         actions = self._check_bins("context_actions", context_actions)
         b = codes.shape[0]
         hist = torch.cat([codes.flatten(2) + self.visual_offset, actions + self.action_offset], dim=2)
@@ -141,14 +150,18 @@ class VideoTokenLayout:
         """
         codes = self._check_codes("codes", codes)
         if codes.shape[1:] != (self.frames, *self.frame_shape):
-            raise ValueError(f"codes: expected [B, {self.frames}, {self.frame_shape[0]}, {self.frame_shape[1]}], "
-                             f"got {tuple(codes.shape)}")
+            raise ValueError(
+                f"codes: expected [B, {self.frames}, {self.frame_shape[0]}, {self.frame_shape[1]}], "
+                f"got {tuple(codes.shape)}"
+            )
         b = codes.shape[0]
         parts = [codes.flatten(2) + self.visual_offset]
         if self.action_tokens_per_frame:
             if actions is None:
-                raise ValueError(f"actions: this layout puts {self.action_tokens_per_frame} action tokens after "
-                                 "each frame; pass them")
+                raise ValueError(
+                    f"actions: this layout puts {self.action_tokens_per_frame} action tokens after "
+                    "each frame; pass them"
+                )
             C.check_tensor("actions", actions, dtypes=C.INT_DTYPES, ndim=3)
             C.check_shape("actions", actions, (b, self.frames, self.action_tokens_per_frame))
             parts.append(self._check_bins("actions", actions) + self.action_offset)
@@ -220,7 +233,10 @@ def unpack_video_tokens(
         ids = torch.nn.functional.pad(ids, (0, pad), value=layout.pad_id)
         mask = torch.nn.functional.pad(mask, (0, pad), value=False)
     codes, valid, n_invalid = torch.ops.rlvr_fast.unpack_video_tokens(
-        ids.contiguous(), mask.contiguous(), _slot_tensor(layout, ids.device), layout.visual_offset,
+        ids.contiguous(),
+        mask.contiguous(),
+        _slot_tensor(layout, ids.device),
+        layout.visual_offset,
         layout.visual_vocab,
     )
     return codes.view(ids.shape[0], layout.frames, *layout.frame_shape), valid, n_invalid
@@ -242,7 +258,10 @@ def unpack_video_tokens_ref(
 
 @torch.library.custom_op("rlvr_fast::unpack_video_tokens", mutates_args=())
 def _unpack_op(
-    responses: torch.Tensor, response_mask: torch.Tensor, slot_pos: torch.Tensor, visual_offset: int,
+    responses: torch.Tensor,
+    response_mask: torch.Tensor,
+    slot_pos: torch.Tensor,
+    visual_offset: int,
     visual_vocab: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if select_backend("unpack_video_tokens", responses.device, _BACKENDS) == "torch" or responses.numel() == 0:

@@ -135,8 +135,7 @@ class _Worker:
         conn, child = _CONTEXT.Pipe()
         fork = _CONTEXT.get_start_method() == "fork"
         inherited = [conn, *(w.conn for w in others)] if fork else []
-        self.proc = _CONTEXT.Process(target=_worker_main, args=(child, fn, inherited), daemon=True,
-                                     name="rlvr-reward")
+        self.proc = _CONTEXT.Process(target=_worker_main, args=(child, fn, inherited), daemon=True, name="rlvr-reward")
         self.proc.start()
         child.close()
         self.conn = conn
@@ -320,8 +319,9 @@ def score(
         if not finished:  # interrupted: results still in flight would confuse the next call
             close_pool()
     if stats.timeouts:
-        log.warning("%d reward call(s) ran past %.1f s: stopped, and given the failure reward",
-                    stats.timeouts, timeout_s)
+        log.warning(
+            "%d reward call(s) ran past %.1f s: stopped, and given the failure reward", stats.timeouts, timeout_s
+        )
     return out, stats
 
 

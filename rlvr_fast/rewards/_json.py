@@ -101,18 +101,22 @@ _FLOAT = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "'": "'"}
 _LITERALS = {
-    "true": True, "false": False, "null": None,
-    "True": True, "False": False, "None": None,  # Python spellings, as RLVR-World maps them
-    "NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf"),  # what json.loads takes
-}  # fmt: skip
+    "true": True,
+    "false": False,
+    "null": None,
+    "True": True,
+    "False": False,
+    "None": None,  # Python spellings, as RLVR-World maps them
+    "NaN": float("nan"),
+    "Infinity": float("inf"),
+    "-Infinity": float("-inf"),  # what json.loads takes
+}
 
 DEFAULT_MAX_CHARS = 1_000_000
 DEFAULT_MAX_DEPTH = 512
 
 
-def loads_tolerant(
-    text: str, max_chars: int = DEFAULT_MAX_CHARS, *, max_depth: int = DEFAULT_MAX_DEPTH
-) -> Any:
+def loads_tolerant(text: str, max_chars: int = DEFAULT_MAX_CHARS, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     """Parse JSON, repairing the common ways model output breaks it.
 
     Strict :func:`json.loads` is tried first. If it fails, one left-to-right pass repairs:

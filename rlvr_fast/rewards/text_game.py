@@ -114,9 +114,7 @@ def _check_state(state: Any, name: str) -> tuple[list, dict]:
             if field not in obj:
                 raise ValueError(f"{where}: missing field {field!r}")
             if kind is not None and not isinstance(obj[field], kind):
-                raise ValueError(
-                    f"{where}: {field!r} must be a {kind.__name__}, got {type(obj[field]).__name__}"
-                )
+                raise ValueError(f"{where}: {field!r} must be a {kind.__name__}, got {type(obj[field]).__name__}")
         try:
             hash(obj["uuid"])
             sorted(obj["contains"])  # RLVR-World sorts it; mixed types would fail every comparison
@@ -191,9 +189,7 @@ def apply_diff(state: Mapping[str, Any], diff: Mapping[str, Any], *, add_new: bo
     """
     objects, score = _check_state(state, "state")
     if not isinstance(diff, Mapping):
-        raise ValueError(
-            f"diff: expected a dict with 'modified' / 'removed' / 'score', got {type(diff).__name__}"
-        )
+        raise ValueError(f"diff: expected a dict with 'modified' / 'removed' / 'score', got {type(diff).__name__}")
     diff = dict(diff)
     elements = _recover(objects, score, diff)
     if add_new:

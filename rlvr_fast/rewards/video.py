@@ -61,8 +61,7 @@ def _check_frame_range(name: str, frames: torch.Tensor, data_range: float) -> No
     if not (0.0 <= lo and hi <= data_range):  # also False for NaN
         hint = " (uint8 frames are scaled by 1/255; divide float frames in [0, 255] by 255)" if hi > 1 else ""
         raise ValueError(
-            f"{name}: expected float frames in [0, {data_range}] (data_range), got values in "
-            f"[{lo}, {hi}]{hint}"
+            f"{name}: expected float frames in [0, {data_range}] (data_range), got values in [{lo}, {hi}]{hint}"
         )
 
 
@@ -81,9 +80,12 @@ def default_invalid_reward(weights: Mapping[str, float], data_range: float = 1.0
     """
     l2 = data_range**2
     ranges = {
-        "mse": (0.0, l2), "mae": (0.0, data_range), "ssim": (-1.0, 1.0), "lpips": (0.0, 1.0),
+        "mse": (0.0, l2),
+        "mae": (0.0, data_range),
+        "ssim": (-1.0, 1.0),
+        "lpips": (0.0, 1.0),
         "psnr": (10 * math.log10(l2 / (l2 + 1e-8)), 10 * math.log10(l2 / 1e-8)),
-    }  # fmt: skip
+    }
     worst_loss = 0.0
     for key, w in weights.items():
         c = w * _LOSS_SIGN[key]
@@ -133,7 +135,8 @@ def pixel_reward(
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
             raise ValueError(f"weights[{key!r}]: expected a finite number, got {w!r}")
     if invalid_reward is not None and (
-        isinstance(invalid_reward, bool) or not isinstance(invalid_reward, (int, float))
+        isinstance(invalid_reward, bool)
+        or not isinstance(invalid_reward, (int, float))
         or not math.isfinite(invalid_reward)
     ):
         raise ValueError(f"invalid_reward: expected a finite number, got {invalid_reward!r}")
@@ -146,8 +149,10 @@ def pixel_reward(
         C.check_same_device(pred=pred, valid=valid)
     active = {k: float(w) for k, w in weights.items() if w != 0}
     if "lpips" in active and lpips is None:
-        raise ValueError("lpips: weights['lpips'] is non-zero, so an LPIPS network is needed "
-                         "(rlvr_fast.models.lpips.LPIPS.from_files(vgg16_path, lin_path))")
+        raise ValueError(
+            "lpips: weights['lpips'] is non-zero, so an LPIPS network is needed "
+            "(rlvr_fast.models.lpips.LPIPS.from_files(vgg16_path, lin_path))"
+        )
     batch = pred.shape[0]
     per_frame: dict[str, torch.Tensor] = {}
     pixel = [m for m in METRIC_NAMES if m in active or (return_metrics and m in weights)]
@@ -177,8 +182,9 @@ def _lpips_per_frame(lpips, pred, target, group_size, frames, data_range) -> tor
     pred, target = pred.detach(), target.detach()
     with torch.no_grad():
         if pred.dim() == 4:
-            return lpips(pred.clamp(0, data_range) * scale, target.clamp(0, data_range) * scale,
-                         group_size=group_size).float()
+            return lpips(
+                pred.clamp(0, data_range) * scale, target.clamp(0, data_range) * scale, group_size=group_size
+            ).float()
         # [G*g, T] -> [G, T, g] so the n predictions of one real frame are contiguous
         g = target.shape[0]
         p = pred.view(g, group_size, frames, *pred.shape[2:]).transpose(1, 2).reshape(-1, *pred.shape[2:])
@@ -241,12 +247,16 @@ class VideoReward:
         if not isinstance(quantizer, Quantizer):
             raise TypeError(f"quantizer: expected a Quantizer (tokenizer.quantizer()), got {type(quantizer).__name__}")
         if quantizer.num_codes != layout.visual_vocab:
-            raise ValueError(f"quantizer has {quantizer.num_codes} codes but layout.visual_vocab is {layout.visual_vocab}")
+            raise ValueError(
+                f"quantizer has {quantizer.num_codes} codes but layout.visual_vocab is {layout.visual_vocab}"
+            )
         self.weights = dict(weights) if weights is not None else default_weights(lpips is not None)
         for key in self.weights:
             C.check_choice("weights", key, REWARD_TERMS)
         if self.weights.get("lpips", 0) and lpips is None:
-            raise ValueError("weights give LPIPS a non-zero weight: pass lpips= (rlvr_fast.models.lpips.LPIPS.from_files)")
+            raise ValueError(
+                "weights give LPIPS a non-zero weight: pass lpips= (rlvr_fast.models.lpips.LPIPS.from_files)"
+            )
         C.check_choice("aggregate", aggregate, AGGREGATES)
         if decode_chunk is not None:
             C.check_positive("decode_chunk", decode_chunk)
@@ -260,8 +270,7 @@ class VideoReward:
     def from_tokenizer(cls, layout: VideoTokenLayout, tokenizer, weights=None, **kwargs) -> VideoReward:
         """From a :class:`~rlvr_fast.models.tiny_fsq.TinyFSQTokenizer` or ``CNNFSQTokenizer``:
         its ``quantizer()`` and unclamped ``decode_latents``."""
-        return cls(layout, tokenizer.quantizer(), lambda z: tokenizer.decode_latents(z, clamp=False),
-                   weights, **kwargs)  # fmt: skip
+        return cls(layout, tokenizer.quantizer(), lambda z: tokenizer.decode_latents(z, clamp=False), weights, **kwargs)
 
     @torch.no_grad()
     def decode(self, responses: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,8 +281,9 @@ class VideoReward:
         cuda = responses.device.type == "cuda"
         # channels_last straight from the gather: the faster layout for the decoder's convolutions on
         # CPU as well as GPU (benchmarks/bench_video.py)
-        latents = codes_to_latents(codes, self.quantizer, dtype=torch.bfloat16 if cuda else torch.float32,
-                                   memory_format=torch.channels_last)  # fmt: skip
+        latents = codes_to_latents(
+            codes, self.quantizer, dtype=torch.bfloat16 if cuda else torch.float32, memory_format=torch.channels_last
+        )
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
         step = self.decode_chunk or latents.shape[0]
         with amp:
@@ -307,18 +317,27 @@ class VideoReward:
         C.check_tensor("target", target, dtypes=C.FLOAT_DTYPES, ndim=5)
         _check_frame_range("target", target, self.data_range)
         if target.shape[1] != F or target.shape[2:] != frames.shape[2:]:
-            raise ValueError(f"target: expected [G, {F}, {', '.join(map(str, frames.shape[2:]))}] real frames, "
-                             f"got {tuple(target.shape)}")  # fmt: skip
+            raise ValueError(
+                f"target: expected [G, {F}, {', '.join(map(str, frames.shape[2:]))}] real frames, "
+                f"got {tuple(target.shape)}"
+            )
         pred = frames if F > 1 else frames[:, 0]
         real = target.to(pred.device, pred.dtype)
         real = real if F > 1 else real[:, 0]
         # zero-weighted terms are still measured in the same pass (evaluation reports all four)
         weights = {**dict.fromkeys(METRIC_NAMES, 0.0), **self.weights}
         scores, metrics = pixel_reward(
-            pred, real, weights, group_size=group_size, valid=valid, invalid_reward=self.invalid_reward,
-            lpips=self.lpips, data_range=self.data_range, aggregate=self.aggregate, gamma=self.gamma,
+            pred,
+            real,
+            weights,
+            group_size=group_size,
+            valid=valid,
+            invalid_reward=self.invalid_reward,
+            lpips=self.lpips,
+            data_range=self.data_range,
+            aggregate=self.aggregate,
+            gamma=self.gamma,
             return_metrics=True,
-        )  # fmt: skip
+        )
         token_rewards = scatter_sequence_reward(scores, response_mask)
         return VideoRewardOutput(token_rewards, scores, valid, metrics, frames)
-

@@ -62,9 +62,7 @@ def _parse(text: str, max_chars: int, max_lines: int) -> tuple[dict[str, set[str
     return sections, found
 
 
-def parse_sections(
-    text: str, *, max_chars: int = MAX_CHARS, max_lines: int = MAX_LINES
-) -> dict[str, set[str]]:
+def parse_sections(text: str, *, max_chars: int = MAX_CHARS, max_lines: int = MAX_LINES) -> dict[str, set[str]]:
     """Split ``text`` into ``{"New items": {...}, "Deleted items": {...}, "Updated items": {...}}``.
 
     RLVR-World's ``parse_magento_log`` rules (docs/rewards.md); all three keys are always

@@ -102,10 +102,7 @@ def encode_state(obj: Any, tensors: dict[str, torch.Tensor], where: str = "state
         if all(isinstance(k, str) and not k.startswith("__") for k in obj):
             return {k: encode_state(v, tensors, f"{where}.{k}") for k, v in obj.items()}
         # non-string keys (the optimizer's parameter indices) as pairs, so their type survives
-        pairs = [
-            [encode_state(k, tensors, where), encode_state(v, tensors, f"{where}[{k!r}]")]
-            for k, v in obj.items()
-        ]
+        pairs = [[encode_state(k, tensors, where), encode_state(v, tensors, f"{where}[{k!r}]")] for k, v in obj.items()]
         return {"__items__": pairs}
     raise TypeError(f"{where}: cannot store a {type(obj).__name__} in a checkpoint")
 

@@ -39,16 +39,20 @@ def _f(default, help: str, choices: tuple | None = None):
 
 @dataclass
 class ModelConfig:
-    path: str | None = _f(None, "local Hugging Face causal-LM directory (config.json, weights, tokenizer files); "
-                          "empty: a tiny Llama built from scratch, for the built-in worlds only (they ship their "
-                          "tokenizer); text_game and web_page data need a real model here")
+    path: str | None = _f(
+        None,
+        "local Hugging Face causal-LM directory (config.json, weights, tokenizer files); "
+        "empty: a tiny Llama built from scratch, for the built-in worlds only (they ship their "
+        "tokenizer); text_game and web_page data need a real model here",
+    )
     hidden_size: int = _f(128, "tiny model: hidden size")
     num_layers: int = _f(3, "tiny model: transformer layers")
     num_heads: int = _f(4, "tiny model: attention heads")
     intermediate_size: int = _f(384, "tiny model: MLP width")
     max_position_embeddings: int = _f(512, "tiny model: longest sequence")
     attn_implementation: str = _f(
-        "auto", "attention kernel; auto = flash_attention_2 when importable on GPU, else sdpa",
+        "auto",
+        "attention kernel; auto = flash_attention_2 when importable on GPU, else sdpa",
         ("auto", "sdpa", "eager", "flash_attention_2"),
     )
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
@@ -57,13 +61,17 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     world: str = _f("synthetic_text_game", "which task", tuple(WORLDS))
-    train_path: str | None = _f(None, "text_game / web_page: local .parquet or .jsonl training file; "
-                                "rt1_video: the directory of RLVR-World .npz episodes (split inside it)")
+    train_path: str | None = _f(
+        None,
+        "text_game / web_page: local .parquet or .jsonl training file; "
+        "rt1_video: the directory of RLVR-World .npz episodes (split inside it)",
+    )
     test_path: str | None = _f(None, "text_game / web_page: local held-out file")
     n_train: int = _f(6000, "synthetic worlds: training transitions (sprite_video: clips)")
     n_test: int = _f(500, "synthetic worlds: held-out transitions (sprite_video: clips)")
-    synthetic_uuids: str = _f("random", "synthetic world: random uuids per state, or a fixed uuid per object name",
-                              ("random", "by_name"))
+    synthetic_uuids: str = _f(
+        "random", "synthetic world: random uuids per state, or a fixed uuid per object name", ("random", "by_name")
+    )
     limit: int | None = _f(None, "loaded data: read at most this many rows per file")
     max_prompt_tokens: int = _f(1024, "prompts longer than this are dropped (counted in the log)")
     chat_template: bool = _f(True, "loaded data: wrap prompts in the tokenizer's chat template if it has one")
@@ -76,18 +84,25 @@ class VideoConfig:
     n_sprites: int = _f(3, "sprite_video: sprites on the canvas (1-4; sprite 0 follows the actions)")
     frame_size: list = _f([64, 64], "sprite_video: [height, width] of the canvas")
     action_bins: int = _f(256, "bins per action dimension (iVideoGPT: 256)")
-    action_ranges_path: str | None = _f(None, "rt1_video: per-dimension [min, max] file (torch .pth or .npy); "
-                                        "empty: RLVR-World's RT-1 ranges")
+    action_ranges_path: str | None = _f(
+        None, "rt1_video: per-dimension [min, max] file (torch .pth or .npy); empty: RLVR-World's RT-1 ranges"
+    )
     tokenizer: str = _f("tiny", "frame tokenizer architecture", tuple(ARCHITECTURES))
-    tokenizer_path: str | None = _f(None, "local tokenizer checkpoint (save_pretrained directory or weight file); "
-                                    "empty: train a tiny one on the training frames")
+    tokenizer_path: str | None = _f(
+        None,
+        "local tokenizer checkpoint (save_pretrained directory or weight file); "
+        "empty: train a tiny one on the training frames",
+    )
     tokenizer_steps: int = _f(600, "training steps of the tiny tokenizer (when tokenizer_path is empty)")
     tokenizer_lr: float = _f(0.003, "its Adam learning rate")
     tokenizer_batch_size: int = _f(16, "its frames per step")
     tokenizer_channels: list = _f([16, 32, 64], "its widths per stride-2 stage (3 stages: 64x64 -> 8x8 codes)")
     tokenizer_res_blocks: int = _f(1, "its residual blocks at the code resolution (encoder and decoder each)")
-    reward_weights: dict | None = _f(None, "{term: weight} over mse, mae, psnr, ssim, lpips; empty: mae 1 + "
-                                     "lpips 1 with LPIPS weights, else mae 1 + ssim 1 (RLVR-World)")
+    reward_weights: dict | None = _f(
+        None,
+        "{term: weight} over mse, mae, psnr, ssim, lpips; empty: mae 1 + "
+        "lpips 1 with LPIPS weights, else mae 1 + ssim 1 (RLVR-World)",
+    )
     lpips_vgg_path: str | None = _f(None, "torchvision VGG16 state dict (.pth/.safetensors) for LPIPS")
     lpips_lin_path: str | None = _f(None, "the lpips package's vgg.pth linear-layer weights")
     invalid_reward: float | None = _f(None, "reward of a malformed rollout; empty: the worst a valid one can get")
@@ -110,8 +125,10 @@ class RolloutConfig:
 @dataclass
 class RewardConfig:
     name: str | None = _f(None, "registered reward or 'module:function'; empty: the task's default")
-    timeout_s: float = _f(10.0, "a reward call running longer is stopped (its worker process killed) and "
-                          "gets failure_reward; inf: no limit")
+    timeout_s: float = _f(
+        10.0,
+        "a reward call running longer is stopped (its worker process killed) and gets failure_reward; inf: no limit",
+    )
     failure_reward: float = _f(0.0, "reward for a call that raises, exits, times out or returns NaN")
     workers: int = _f(4, "worker processes scoring a batch (rlvr_fast.rewards.score)")
 
@@ -149,11 +166,15 @@ class TrainerConfig:
     grad_clip: float = _f(1.0, "max global gradient norm; 0: no clipping")
     seed: int = _f(0, "seed for data order, sampling and initialisation")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
-    cpu_threads: int = _f(0, "CPU runs: torch threads; 0: as many as other processes leave idle, re-checked "
-                          "every 5 s (rlvr_fast/_threads.py)")
+    cpu_threads: int = _f(
+        0,
+        "CPU runs: torch threads; 0: as many as other processes leave idle, re-checked "
+        "every 5 s (rlvr_fast/_threads.py)",
+    )
     bf16: str = _f("auto", "bf16 autocast: auto = on for CUDA", ("auto", "on", "off"))
-    parallel: str = _f("auto", "multi-process wrapper under torchrun; auto: DDP below 1B params, else FSDP2",
-                       ("auto", "ddp", "fsdp"))
+    parallel: str = _f(
+        "auto", "multi-process wrapper under torchrun; auto: DDP below 1B params, else FSDP2", ("auto", "ddp", "fsdp")
+    )
     eval_every: int = _f(25, "evaluate on the held-out split every this many GRPO steps; 0: only at the end")
     eval_size: int = _f(256, "held-out examples per evaluation (greedy decoding)")
     eval_batch_size: int = _f(64, "prompts per evaluation generate call")
@@ -226,7 +247,9 @@ def _apply(node, data: dict, prefix: str = "") -> None:
     for key, value in data.items():
         path = f"{prefix}{key}"
         if key not in fields:
-            raise ConfigError(f"unknown key {path!r}; valid keys{' under ' + prefix[:-1] if prefix else ''}: {sorted(fields)}")
+            raise ConfigError(
+                f"unknown key {path!r}; valid keys{' under ' + prefix[:-1] if prefix else ''}: {sorted(fields)}"
+            )
         current = getattr(node, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -337,8 +360,10 @@ def validate(cfg: Config, *, for_eval: bool = False) -> None:
         files = "data.test_path (eval reads only the held-out file)"
     checks = [
         (r.n >= 1, f"rollout.n must be >= 1, got {r.n}"),
-        (r.n >= 2 or a.estimator not in GROUP_ESTIMATORS,
-         f"rollout.n = {r.n}: estimator {a.estimator!r} compares samples within a group, use rollout.n >= 2"),
+        (
+            r.n >= 2 or a.estimator not in GROUP_ESTIMATORS,
+            f"rollout.n = {r.n}: estimator {a.estimator!r} compares samples within a group, use rollout.n >= 2",
+        ),
         (r.prompts_per_step >= 1, f"rollout.prompts_per_step must be >= 1, got {r.prompts_per_step}"),
         (r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}"),
         (0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}"),
@@ -353,32 +378,46 @@ def validate(cfg: Config, *, for_eval: bool = False) -> None:
         (rw.workers >= 1, f"reward.workers must be >= 1, got {rw.workers}"),
         (v.tokenizer_lr > 0, f"video.tokenizer_lr must be > 0, got {v.tokenizer_lr}"),
         (0 < v.gamma <= 1, f"video.gamma must be in (0, 1], got {v.gamma}"),
-        (v.reward_weights is None or all(_is_number(w) for w in v.reward_weights.values()),
-         f"video.reward_weights must map terms to numbers, got {v.reward_weights!r}"),
+        (
+            v.reward_weights is None or all(_is_number(w) for w in v.reward_weights.values()),
+            f"video.reward_weights must map terms to numbers, got {v.reward_weights!r}",
+        ),
         (t.weight_decay >= 0, f"trainer.weight_decay must be >= 0, got {t.weight_decay}"),
         (t.steps >= 0 and cfg.mle.steps >= 0, "trainer.steps and mle.steps must be >= 0"),
         (t.lr > 0 and cfg.mle.lr > 0, "trainer.lr and mle.lr must be > 0"),
         (t.grad_clip >= 0, f"trainer.grad_clip must be >= 0, got {t.grad_clip}"),
         (t.cpu_threads >= 0, f"trainer.cpu_threads must be >= 0 (0: adapt to idle cores), got {t.cpu_threads}"),
-        (len(t.betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in t.betas),
-         f"trainer.betas must be two numbers in [0, 1), got {t.betas}"),
+        (
+            len(t.betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in t.betas),
+            f"trainer.betas must be two numbers in [0, 1), got {t.betas}",
+        ),
         (t.eval_size >= 1 and t.eval_batch_size >= 1, "trainer.eval_size and trainer.eval_batch_size must be >= 1"),
-        (not world.files or bool(d.test_path and (for_eval or d.train_path)),
-         f"data.world = {d.world!r} reads local files: set {files}"),
-        (not world.needs_model or cfg.model.path,
-         f"data.world = {d.world!r} needs a pretrained model with its tokenizer: set model.path to a local "
-         "Hugging Face model directory (config.json, weights, tokenizer files), e.g. one saved with "
-         "save_pretrained"),
-        (not world.episodes or d.train_path,
-         f"data.world = {d.world!r} reads local episodes: set data.train_path to the .npz directory"),
+        (
+            not world.files or bool(d.test_path and (for_eval or d.train_path)),
+            f"data.world = {d.world!r} reads local files: set {files}",
+        ),
+        (
+            not world.needs_model or cfg.model.path,
+            f"data.world = {d.world!r} needs a pretrained model with its tokenizer: set model.path to a local "
+            "Hugging Face model directory (config.json, weights, tokenizer files), e.g. one saved with "
+            "save_pretrained",
+        ),
+        (
+            not world.episodes or d.train_path,
+            f"data.world = {d.world!r} reads local episodes: set data.train_path to the .npz directory",
+        ),
     ]
     batch = r.prompts_per_step * r.n
     mini = a.mini_batch_size or batch
     checks += [
-        (mini >= 1 and batch % mini == 0,
-         f"algo.mini_batch_size = {mini} must divide the rollout batch rollout.prompts_per_step x rollout.n = {batch}"),
-        (mini % r.n == 0 or a.estimator in WHITENED_ESTIMATORS,
-         f"algo.mini_batch_size = {mini} must be a multiple of rollout.n = {r.n} (whole groups per mini-batch)"),
+        (
+            mini >= 1 and batch % mini == 0,
+            f"algo.mini_batch_size = {mini} must divide the rollout batch rollout.prompts_per_step x rollout.n = {batch}",
+        ),
+        (
+            mini % r.n == 0 or a.estimator in WHITENED_ESTIMATORS,
+            f"algo.mini_batch_size = {mini} must be a multiple of rollout.n = {r.n} (whole groups per mini-batch)",
+        ),
     ]
     for ok, msg in checks:
         if not ok:

@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 ARCHITECTURES: dict[str, type] = {"tiny": TinyFSQTokenizer, "ivideogpt": CNNFSQTokenizer}
 # settings of the trained tokenizer, part of the cache fingerprint
 TRAINING_KEYS = (
-    "tokenizer_steps", "tokenizer_lr", "tokenizer_batch_size", "tokenizer_channels", "tokenizer_res_blocks",
+    "tokenizer_steps",
+    "tokenizer_lr",
+    "tokenizer_batch_size",
+    "tokenizer_channels",
+    "tokenizer_res_blocks",
 )
 
 
@@ -39,8 +43,16 @@ def load_saved(path: Path, device):
     return cls.from_pretrained(path, device=device)
 
 
-def frame_tokenizer_source(video_cfg, *, device, seed: int, cache_dir: str | Path | None = None, main: bool = True,
-                           sync: Callable[[], Any] = lambda: None, checkpoint: str | None = None):
+def frame_tokenizer_source(
+    video_cfg,
+    *,
+    device,
+    seed: int,
+    cache_dir: str | Path | None = None,
+    main: bool = True,
+    sync: Callable[[], Any] = lambda: None,
+    checkpoint: str | None = None,
+):
     """``(train_frames uint8 [N, 3, H, W], fingerprint: str) -> tokenizer`` for a video world (module docstring).
 
     video_cfg: the ``video`` config section. device: where the tokenizer runs. seed: the training seed.
@@ -61,14 +73,23 @@ def frame_tokenizer_source(video_cfg, *, device, seed: int, cache_dir: str | Pat
         if cls is not TinyFSQTokenizer:
             raise ValueError("video.tokenizer=ivideogpt needs video.tokenizer_path (a local CNNFSQModel256 checkpoint)")
         training = {k: getattr(video_cfg, k) for k in TRAINING_KEYS}
-        return _trained(video_cfg, frames, cache, json.dumps({**json.loads(fingerprint), **training}, sort_keys=True),
-                        device, main, sync, seed)
+        return _trained(
+            video_cfg,
+            frames,
+            cache,
+            json.dumps({**json.loads(fingerprint), **training}, sort_keys=True),
+            device,
+            main,
+            sync,
+            seed,
+        )
 
     return provide
 
 
-def _trained(video_cfg, frames: torch.Tensor, cache: Path | None, fingerprint: str, device, main: bool, sync,
-             seed: int):
+def _trained(
+    video_cfg, frames: torch.Tensor, cache: Path | None, fingerprint: str, device, main: bool, sync, seed: int
+):
     """The cached tiny tokenizer whose fingerprint matches, else one trained (rank 0) and cached."""
     from ..models.tiny_fsq import TinyFSQConfig
     from .train_tokenizer import train_tokenizer  # looked up per call: tests replace it
@@ -79,9 +100,17 @@ def _trained(video_cfg, frames: torch.Tensor, cache: Path | None, fingerprint: s
         cuda = torch.device(device).type == "cuda"
         log.info("training the frame tokenizer: %d steps on %d frames", video_cfg.tokenizer_steps, frames.shape[0])
         try:
-            res = train_tokenizer(frames, video_cfg.tokenizer_steps, lr=video_cfg.tokenizer_lr, seed=seed, config=cfg,
-                                  batch_size=video_cfg.tokenizer_batch_size, device=device,
-                                  autocast_dtype=torch.bfloat16 if cuda else None, channels_last=cuda)
+            res = train_tokenizer(
+                frames,
+                video_cfg.tokenizer_steps,
+                lr=video_cfg.tokenizer_lr,
+                seed=seed,
+                config=cfg,
+                batch_size=video_cfg.tokenizer_batch_size,
+                device=device,
+                autocast_dtype=torch.bfloat16 if cuda else None,
+                channels_last=cuda,
+            )
         except KeyboardInterrupt:  # the tokenizer is cached only once trained: say so, then end the run
             message = (
                 f"interrupted while training the frame tokenizer ({video_cfg.tokenizer_steps} steps): "

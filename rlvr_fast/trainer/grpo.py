@@ -51,7 +51,7 @@ from ..ops.advantages import WHITENED_ESTIMATORS
 from ..task import Task
 from . import distributed as D
 from . import interrupt, report, run_state
-from .config import Config, ConfigError
+from .config import Config
 from .logger import RunLogger
 from .rollout import Rollout, response_logits, sample, teacher_batch
 from .tasks import build_task
@@ -75,13 +75,22 @@ class GRPOTrainer:
         self.dist, self.device = D.init(cfg.trainer.device)
         torch.manual_seed(cfg.trainer.seed)  # the same initial weights on every rank
         self.out = Path(cfg.trainer.out_dir)
-        self.task = task if task is not None else build_task(
-            cfg, self.device, cache_dir=self.out / "tokenizer", main=self.dist.main,
-            sync=lambda: D.gather_objects(None, self.dist),
+        self.task = (
+            task
+            if task is not None
+            else build_task(
+                cfg,
+                self.device,
+                cache_dir=self.out / "tokenizer",
+                main=self.dist.main,
+                sync=lambda: D.gather_objects(None, self.dist),
+            )
         )
         if self.task.response_length is not None and cfg.rollout.max_new_tokens != self.task.response_length:
-            log.info("rollout.max_new_tokens = %d: the task's responses have exactly that many tokens",
-                     self.task.response_length)  # fmt: skip
+            log.info(
+                "rollout.max_new_tokens = %d: the task's responses have exactly that many tokens",
+                self.task.response_length,
+            )
             cfg.rollout.max_new_tokens = self.task.response_length
         module, self.tok = load_model(cfg.model, self.task.tokenizer, self.device)
         self.module = module
@@ -90,8 +99,9 @@ class GRPOTrainer:
         self.threads = CpuThreads(cfg.trainer.cpu_threads or "auto") if self.device.type == "cpu" else None
         self.ref: torch.nn.Module | None = None
         self.bf16 = cfg.trainer.bf16 == "on" or (cfg.trainer.bf16 == "auto" and self.device.type == "cuda")
-        self.logger = RunLogger(self.out, enabled=self.dist.main, tensorboard=cfg.trainer.tensorboard,
-                                progress=cfg.trainer.progress)  # fmt: skip
+        self.logger = RunLogger(
+            self.out, enabled=self.dist.main, tensorboard=cfg.trainer.tensorboard, progress=cfg.trainer.progress
+        )
         self.train_set = [] if eval_only else self._encode(self.task.train, "train")
         self.test_set = self._encode(self.task.test[: cfg.trainer.eval_size], "test")
         # the run's progress: what a checkpoint holds besides weights, optimizer and reference (run_state.py)
@@ -120,8 +130,12 @@ class GRPOTrainer:
                 continue
             out.append((ex, p, a))
         if dropped:
-            log.warning("%s split: dropped %d prompt(s) longer than data.max_prompt_tokens=%d", split, dropped,
-                        self.cfg.data.max_prompt_tokens)  # fmt: skip
+            log.warning(
+                "%s split: dropped %d prompt(s) longer than data.max_prompt_tokens=%d",
+                split,
+                dropped,
+                self.cfg.data.max_prompt_tokens,
+            )
         if not out:
             raise ValueError(f"{split} split is empty after dropping prompts longer than data.max_prompt_tokens")
         return out
@@ -155,8 +169,9 @@ class GRPOTrainer:
     def mle_update(self) -> dict[str, float]:
         """One teacher-forced cross-entropy step on gold answers (the MLE baseline of RLVR-World)."""
         rows = [self.train_set[i] for i in self._rank_slice(self.stream.take(self.cfg.mle.batch_size))]
-        batch = teacher_batch([p for _, p, _ in rows], [a for _, _, a in rows], self.tok.pad_token_id, self.device,
-                              self.task.forced_slots)  # fmt: skip
+        batch = teacher_batch(
+            [p for _, p, _ in rows], [a for _, _, a in rows], self.tok.pad_token_id, self.device, self.task.forced_slots
+        )
         with self._autocast():
             logits = response_logits(self.model, batch)
         logp = rf.token_logprobs(logits, batch.responses)
@@ -183,8 +198,9 @@ class GRPOTrainer:
         reward_metrics = {f"train/{k}": v for k, v in zip(names, means)}
         t_reward = time.perf_counter() - t0 - t_gen
         whitened = cfg.algo.estimator in WHITENED_ESTIMATORS  # its batch statistics count response tokens
-        adv = rf.group_advantages(scores, group_size=n, estimator=cfg.algo.estimator,
-                                  response_mask=batch.response_mask if whitened else None)  # fmt: skip
+        adv = rf.group_advantages(
+            scores, group_size=n, estimator=cfg.algo.estimator, response_mask=batch.response_mask if whitened else None
+        )
 
         B = len(examples)
         mini = (cfg.algo.mini_batch_size or B * self.dist.world) // self.dist.world
@@ -249,15 +265,28 @@ class GRPOTrainer:
             with D.grad_sync(self.model, last):  # DDP: forward and backward inside, all-reduce on the last
                 with self._autocast():
                     logits = response_logits(self.model, part)
-                old = (rf.token_logprobs(logits.detach(), part.responses, temperature=self.cfg.rollout.temperature)
-                       if old_logp is None else old_logp[sub])  # fmt: skip
+                old = (
+                    rf.token_logprobs(logits.detach(), part.responses, temperature=self.cfg.rollout.temperature)
+                    if old_logp is None
+                    else old_logp[sub]
+                )
                 loss, m = rf.policy_loss_from_logits(
-                    logits, part.responses, old, adv[sub], part.response_mask,
+                    logits,
+                    part.responses,
+                    old,
+                    adv[sub],
+                    part.response_mask,
                     ref_logp=ref_logp[sub] if ref_logp is not None else None,
-                    kl_type=a.kl_type if ref_logp is not None else None, kl_coef=a.kl_coef,
-                    clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, entropy_coef=a.entropy_coef,
-                    agg=a.agg, norm_const=norm, temperature=self.cfg.rollout.temperature,
-                )  # fmt: skip
+                    kl_type=a.kl_type if ref_logp is not None else None,
+                    kl_coef=a.kl_coef,
+                    clip_low=a.clip_low,
+                    clip_high=a.clip_high,
+                    dual_clip=a.dual_clip,
+                    entropy_coef=a.entropy_coef,
+                    agg=a.agg,
+                    norm_const=norm,
+                    temperature=self.cfg.rollout.temperature,
+                )
                 if a.agg == "seq-mean-token-sum-norm":
                     loss = loss * (part.response_mask.sum(1) > 0).sum() / n_seq
                 # no per-micro-batch finiteness sync: a NaN loss makes the gradient norm NaN, which
@@ -272,7 +301,11 @@ class GRPOTrainer:
         after DDP's all-reduce): that update is skipped, warned about and counted."""
         params = [p for p in self.model.parameters() if p.grad is not None]
         clip = self.cfg.trainer.grad_clip
-        gn = float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))) if params else float("nan")
+        gn = (
+            float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf")))
+            if params
+            else float("nan")
+        )
         if math.isfinite(gn):
             self.opt.step()
             self.sched.step()
@@ -284,8 +317,16 @@ class GRPOTrainer:
 
     def _sample(self, rows, n: int, greedy: bool = False) -> Rollout:
         """Responses to ``rows`` (example, prompt ids, answer ids): n per prompt, or one greedy each."""
-        return sample(D.unwrap(self.model), self.tok, [p for _, p, _ in rows], n, self.cfg.rollout, greedy=greedy,
-                      forced_slots=self.task.forced_slots, answers=[a for _, _, a in rows])  # fmt: skip
+        return sample(
+            D.unwrap(self.model),
+            self.tok,
+            [p for _, p, _ in rows],
+            n,
+            self.cfg.rollout,
+            greedy=greedy,
+            forced_slots=self.task.forced_slots,
+            answers=[a for _, _, a in rows],
+        )
 
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -316,8 +357,14 @@ class GRPOTrainer:
         metrics = self.evaluate()
         if self.last_preview is not None:
             self.previews["mle" if self.stage == "mle" else "rlvr"] = self.last_preview
-        self.logger.write({"stage": "eval", "step": self.rl_step, "rl_step": self.rl_step,
-                           **{f"eval/{k}": v for k, v in metrics.items()}})  # fmt: skip
+        self.logger.write(
+            {
+                "stage": "eval",
+                "step": self.rl_step,
+                "rl_step": self.rl_step,
+                **{f"eval/{k}": v for k, v in metrics.items()},
+            }
+        )
         key = self.task.select_metric
         # the MLE model (GRPO step 0) is a candidate too: GRPO must beat it to replace it
         if metrics.get(key, -math.inf) > self.best.get(key, -math.inf):

@@ -41,9 +41,7 @@ class Interrupt:
         if self.stopped:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.stopped = True
-        log.warning(
-            "interrupted: finishing the current step, then writing a checkpoint (Ctrl-C again to abort)"
-        )
+        log.warning("interrupted: finishing the current step, then writing a checkpoint (Ctrl-C again to abort)")
 
     def should_stop(self) -> bool:
         """Whether any rank was interrupted (collective: every rank calls it at each step boundary)."""

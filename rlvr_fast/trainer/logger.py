@@ -113,9 +113,14 @@ class RunLogger:
             twin = axes[2].twinx() if big and len(big) < len(keys) else None
             for k in keys:
                 ax = twin if twin is not None and k in big else axes[2]
-                ax.plot(xs, [r.get(k, float("nan")) for r in ev], marker="o", ls="--" if ax is twin else "-",
-                        label=k[5:] + (" (right axis)" if ax is twin else ""),
-                        lw=2.5 if k == f"eval/{select_metric}" else 1)  # fmt: skip
+                ax.plot(
+                    xs,
+                    [r.get(k, float("nan")) for r in ev],
+                    marker="o",
+                    ls="--" if ax is twin else "-",
+                    label=k[5:] + (" (right axis)" if ax is twin else ""),
+                    lw=2.5 if k == f"eval/{select_metric}" else 1,
+                )
             if keys:
                 handles = [h for a in (axes[2], twin) if a is not None for h in a.get_legend_handles_labels()[0]]
                 axes[2].legend(handles=handles, fontsize=8)

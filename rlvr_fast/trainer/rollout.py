@@ -29,8 +29,8 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     mask = torch.zeros((len(seqs), L), dtype=torch.long)
     for i, s in enumerate(seqs):
         if s:
-            ids[i, L - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[i, L - len(s):] = 1
+            ids[i, L - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, L - len(s) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -50,17 +50,22 @@ class Rollout:
 
     @property
     def responses(self) -> torch.Tensor:
-        return self.input_ids[:, self.prompt_len:]
+        return self.input_ids[:, self.prompt_len :]
 
     @property
     def present(self) -> torch.Tensor:
         """Bool [B, R]: the response tokens that exist (generated or forced, up to and incl. EOS)."""
-        return self.attention_mask[:, self.prompt_len:].bool()
+        return self.attention_mask[:, self.prompt_len :].bool()
 
     def select(self, idx: torch.Tensor | slice) -> "Rollout":
         rows = range(len(self.completions))[idx] if isinstance(idx, slice) else idx.tolist()
-        return Rollout(self.input_ids[idx], self.attention_mask[idx], self.response_mask[idx], self.prompt_len,
-                       [self.completions[i] for i in rows])  # fmt: skip
+        return Rollout(
+            self.input_ids[idx],
+            self.attention_mask[idx],
+            self.response_mask[idx],
+            self.prompt_len,
+            [self.completions[i] for i in rows],
+        )
 
 
 def response_mask_from(responses: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -96,8 +101,17 @@ class _ForceTokens:
 
 
 @torch.no_grad()
-def sample(model, tokenizer, prompts: list[list[int]], n: int, cfg, *, greedy: bool = False,
-           forced_slots: list[bool] | None = None, answers: list[list[int]] | None = None) -> Rollout:  # fmt: skip
+def sample(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    n: int,
+    cfg,
+    *,
+    greedy: bool = False,
+    forced_slots: list[bool] | None = None,
+    answers: list[list[int]] | None = None,
+) -> Rollout:
     """Sample ``n`` responses per prompt (greedy: one each) with KV-cached ``generate``.
 
     cfg: :class:`~rlvr_fast.trainer.config.RolloutConfig` (temperature, top_p, top_k, max_new_tokens).
@@ -112,13 +126,24 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, cfg, *, greedy: b
 
     # a fresh GenerationConfig: settings saved with a checkpoint (repetition_penalty, min_p, ...) would
     # otherwise leak into sampling and make it differ from the policy whose ratio the loss computes
-    common = dict(max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                  pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, use_cache=True)  # fmt: skip
+    common = dict(
+        max_new_tokens=cfg.max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        use_cache=True,
+    )
     if greedy:
         gen = GenerationConfig(do_sample=False, num_return_sequences=1, **common)
     else:  # top_k=0 and top_p=1 switch those filters off
-        gen = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                               num_return_sequences=n, **common)  # fmt: skip
+        gen = GenerationConfig(
+            do_sample=True,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            num_return_sequences=n,
+            **common,
+        )
     extra = {}
     if forced is not None:
         from transformers import LogitsProcessorList
@@ -158,14 +183,18 @@ def response_logits(model, batch: Rollout) -> torch.Tensor:
     R = batch.response_mask.shape[1]
     pos = position_ids(batch.attention_mask)
     out = model(
-        input_ids=batch.input_ids[:, :-1], attention_mask=batch.attention_mask[:, :-1], position_ids=pos[:, :-1],
-        logits_to_keep=R, use_cache=False,
-    )  # fmt: skip
+        input_ids=batch.input_ids[:, :-1],
+        attention_mask=batch.attention_mask[:, :-1],
+        position_ids=pos[:, :-1],
+        logits_to_keep=R,
+        use_cache=False,
+    )
     return out.logits
 
 
-def teacher_batch(prompts: list[list[int]], answers: list[list[int]], pad_id: int, device,
-                  forced_slots: list[bool] | None = None) -> Rollout:  # fmt: skip
+def teacher_batch(
+    prompts: list[list[int]], answers: list[list[int]], pad_id: int, device, forced_slots: list[bool] | None = None
+) -> Rollout:
     """Prompt + gold answer sequences in the rollout layout (for MLE and for scoring gold answers);
     forced positions are in the attention mask but not in ``response_mask``."""
     ids, mask = left_pad(prompts, pad_id, device)
@@ -176,5 +205,10 @@ def teacher_batch(prompts: list[list[int]], answers: list[list[int]], pad_id: in
         resp[i, : len(a)] = torch.tensor(a, dtype=torch.long)
         rmask[i, : len(a)] = True
     resp, rmask = resp.to(device), rmask.to(device)
-    return Rollout(torch.cat([ids, resp], 1), torch.cat([mask, rmask.long()], 1), _unforced(rmask, forced_slots),
-                   ids.shape[1], [""] * len(answers))  # fmt: skip
+    return Rollout(
+        torch.cat([ids, resp], 1),
+        torch.cat([mask, rmask.long()], 1),
+        _unforced(rmask, forced_slots),
+        ids.shape[1],
+        [""] * len(answers),
+    )

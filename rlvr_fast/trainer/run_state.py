@@ -156,9 +156,7 @@ def resume(trainer, path: Path) -> None:
     one): weights, progress, optimizer and scheduler, reference, this rank's generators; the log is cut
     back to the checkpoint and accepted setting changes are recorded in ``config.json``."""
     t, cfg = trainer, trainer.cfg
-    state = load_checkpoint(
-        path, D.unwrap(t.model), required=STATE_KEYS, check=lambda s: check_resume(cfg, s)
-    )
+    state = load_checkpoint(path, D.unwrap(t.model), required=STATE_KEYS, check=lambda s: check_resume(cfg, s))
     path = Path(state.pop("loaded_from"))
     t.stage, t.mle_step, t.rl_step = state["stage"], state["mle_step"], state["rl_step"]
     t.stream.load_state_dict(state["stream"])

@@ -20,18 +20,34 @@ def task_options(cfg: Config) -> dict[str, Any]:
     del options["world"]  # the name load_task looks up, not an option
     options["uuids"] = options.pop("synthetic_uuids")
     r = cfg.reward
-    options.update(seed=cfg.trainer.seed, reward=r.name,
-                   limits=RewardLimits(timeout_s=r.timeout_s, failure_reward=r.failure_reward, workers=r.workers))
+    options.update(
+        seed=cfg.trainer.seed,
+        reward=r.name,
+        limits=RewardLimits(timeout_s=r.timeout_s, failure_reward=r.failure_reward, workers=r.workers),
+    )
     return options
 
 
-def build_task(cfg: Config, device, *, cache_dir: str | Path | None = None, main: bool = True,
-               sync: Callable[[], Any] = lambda: None) -> Task:
+def build_task(
+    cfg: Config,
+    device,
+    *,
+    cache_dir: str | Path | None = None,
+    main: bool = True,
+    sync: Callable[[], Any] = lambda: None,
+) -> Task:
     """``load_task(cfg.data.world, ...)`` with :func:`task_options` and, for video worlds, the run's frame
     tokenizer (:func:`~rlvr_fast.trainer.frame_tokenizer.frame_tokenizer_source`: ``cache_dir`` caches a
     trained one, rank ``main`` trains it, ``sync()`` is a barrier, ``model.path`` may hold one)."""
-    tokenizer = frame_tokenizer_source(cfg.video, device=device, seed=cfg.trainer.seed, cache_dir=cache_dir,
-                                       main=main, sync=sync, checkpoint=cfg.model.path)
+    tokenizer = frame_tokenizer_source(
+        cfg.video,
+        device=device,
+        seed=cfg.trainer.seed,
+        cache_dir=cache_dir,
+        main=main,
+        sync=sync,
+        checkpoint=cfg.model.path,
+    )
     return load_task(cfg.data.world, strict=False, **task_options(cfg), device=device, frame_tokenizer=tokenizer)
 
 

@@ -94,13 +94,9 @@ def train_tokenizer(
             elif isinstance(config, CNNFSQConfig):
                 tokenizer = CNNFSQTokenizer(config)
             else:
-                raise TypeError(
-                    f"config: expected a TinyFSQConfig or CNNFSQConfig, got {type(config).__name__}"
-                )
+                raise TypeError(f"config: expected a TinyFSQConfig or CNNFSQConfig, got {type(config).__name__}")
     elif not isinstance(tokenizer, FSQTokenizer):
-        raise TypeError(
-            f"tokenizer: expected a TinyFSQTokenizer or CNNFSQTokenizer, got {type(tokenizer).__name__}"
-        )
+        raise TypeError(f"tokenizer: expected a TinyFSQTokenizer or CNNFSQTokenizer, got {type(tokenizer).__name__}")
     if device is None:
         device = next(tokenizer.parameters()).device
     device = torch.device(device)
@@ -122,9 +118,7 @@ def train_tokenizer(
             return _as_unit_frames("frames", frames[torch.randint(0, n, (batch_size,), generator=gen)])
     else:
         if not isinstance(frames, Iterable):
-            raise TypeError(
-                f"frames: expected a tensor or an iterable of tensors, got {type(frames).__name__}"
-            )
+            raise TypeError(f"frames: expected a tensor or an iterable of tensors, got {type(frames).__name__}")
         state = {"it": iter(frames)}
 
         def next_batch(step: int) -> torch.Tensor:

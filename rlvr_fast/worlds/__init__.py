@@ -72,8 +72,11 @@ def load_task(world: str, *, strict: bool = True, **options: Any) -> Task:
     option raises ValueError naming it either way.
     """
     fn = loader(world)
-    params = {name: p for name, p in inspect.signature(fn).parameters.items()
-              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    params = {
+        name: p
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
     unknown = sorted(set(options) - set(params))
     if strict and unknown:
         raise ValueError(f"load_task({world!r}): unknown option(s) {unknown}; {world} takes {sorted(params)}")

@@ -124,9 +124,7 @@ def _rows_parquet(path: str) -> Iterator[tuple[str, Any]]:
     try:
         import pyarrow.parquet as pq  # lazy: only parquet files need it
     except ImportError as e:
-        raise ImportError(
-            f"reading {path} needs pyarrow: pip install pyarrow (or pip install rlvr_fast[data])"
-        ) from e
+        raise ImportError(f"reading {path} needs pyarrow: pip install pyarrow (or pip install rlvr_fast[data])") from e
     # Batches keep a `limit` from reading a multi-GB file in full; to_pylist gives plain Python objects.
     import pyarrow as pa
 
@@ -174,9 +172,7 @@ def _rows_json(path: str) -> Iterator[tuple[str, Any]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataFileError(
-                    f"{where}: not UTF-8 ({e.reason} at byte {e.start} of the line)"
-                ) from None
+                raise DataFileError(f"{where}: not UTF-8 ({e.reason} at byte {e.start} of the line)") from None
             if not line.strip():
                 continue
             try:

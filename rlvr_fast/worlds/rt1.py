@@ -43,11 +43,20 @@ __all__ = [
 # ----------------------------------------------------------------------------- action ranges
 
 RT1_ACTION_NAMES: tuple[str, ...] = (
-    "base_displacement_vector[0]", "base_displacement_vector[1]", "base_displacement_vertical_rotation",
-    "gripper_closedness_action", "rotation_delta[0]", "rotation_delta[1]", "rotation_delta[2]",
-    "terminate_episode[0]", "terminate_episode[1]", "terminate_episode[2]",
-    "world_vector[0]", "world_vector[1]", "world_vector[2]",
-)  # fmt: skip
+    "base_displacement_vector[0]",
+    "base_displacement_vector[1]",
+    "base_displacement_vertical_rotation",
+    "gripper_closedness_action",
+    "rotation_delta[0]",
+    "rotation_delta[1]",
+    "rotation_delta[2]",
+    "terminate_episode[0]",
+    "terminate_episode[1]",
+    "terminate_episode[2]",
+    "world_vector[0]",
+    "world_vector[1]",
+    "world_vector[2]",
+)
 """The 13 RT-1 action dims in the converter's order (the RLDS action dict's sorted keys; the ranges
 below confirm it: terminate_episode is the one-hot triple in [0, 1])."""
 
@@ -113,9 +122,7 @@ def _npz_files(root: str) -> list[str]:
         if os.path.isdir(sub):
             files = sorted(glob.glob(os.path.join(sub, "*.npz")))
     if not files:
-        raise FileNotFoundError(
-            f"no .npz episode files in {root!r} (nor in its fractal20220817_data/); {_FORMAT_HINT}"
-        )
+        raise FileNotFoundError(f"no .npz episode files in {root!r} (nor in its fractal20220817_data/); {_FORMAT_HINT}")
     return files
 
 
@@ -130,9 +137,7 @@ def _read_npz(path: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
             if not missing:
                 return {k: z[k] for k in keys}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise ValueError(
-            f"{path}: not a readable .npz archive ({type(e).__name__}: {e}); {_FORMAT_HINT}"
-        ) from None
+        raise ValueError(f"{path}: not a readable .npz archive ({type(e).__name__}: {e}); {_FORMAT_HINT}") from None
     finally:
         if isinstance(z, np.lib.npyio.NpzFile):
             z.close()
@@ -157,9 +162,7 @@ def _npy_header(zf: zipfile.ZipFile, path: str, key: str) -> tuple[tuple[int, ..
             else:
                 shape, _, dtype = np.lib.format.read_array_header_2_0(f)
     except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as e:
-        raise ValueError(
-            f"{path}: key {key!r} is not a readable .npy array ({type(e).__name__}: {e})"
-        ) from None
+        raise ValueError(f"{path}: key {key!r} is not a readable .npy array ({type(e).__name__}: {e})") from None
     return tuple(shape), dtype
 
 
@@ -172,9 +175,7 @@ def _check_episode_arrays(
     adtype: np.dtype,
 ) -> None:
     if fdtype != np.uint8 or len(fshape) != 4 or fshape[-1] != 3:
-        raise ValueError(
-            f"{path}: key {image_key!r} must be uint8 [T, H, W, 3] frames, got {fdtype} {list(fshape)}"
-        )
+        raise ValueError(f"{path}: key {image_key!r} must be uint8 [T, H, W, 3] frames, got {fdtype} {list(fshape)}")
     if len(ashape) != 2 or not (np.issubdtype(adtype, np.floating) or np.issubdtype(adtype, np.integer)):
         raise ValueError(f"{path}: key 'action' must be a numeric [T, D] array, got {adtype} {list(ashape)}")
     if fshape[0] < 1 or ashape[0] != fshape[0]:
@@ -227,8 +228,12 @@ class OXEEpisodes:
         max_episodes: int | None = None,
         action_ranges: torch.Tensor | np.ndarray | str | os.PathLike | None = None,
     ) -> None:
-        for name, value in (("context_frames", context_frames), ("predict_frames", predict_frames),
-                            ("frame_step", frame_step), ("stride", stride)):  # fmt: skip
+        for name, value in (
+            ("context_frames", context_frames),
+            ("predict_frames", predict_frames),
+            ("frame_step", frame_step),
+            ("stride", stride),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
         if split_rule not in ("ivideogpt", "hash"):
@@ -236,9 +241,7 @@ class OXEEpisodes:
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction: expected a value in (0, 1), got {test_fraction}")
         if resize is not None:
-            if len(resize) != 2 or any(
-                isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in resize
-            ):
+            if len(resize) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in resize):
                 raise ValueError(f"resize: expected (H, W) positive ints or None, got {resize!r}")
             resize = (int(resize[0]), int(resize[1]))
         if max_episodes is not None and max_episodes < 0:
@@ -288,9 +291,7 @@ class OXEEpisodes:
                 fshape, fdtype = _npy_header(zf, path, self.image_key)
                 ashape, adtype = _npy_header(zf, path, "action")
         except (zipfile.BadZipFile, OSError) as e:
-            raise ValueError(
-                f"{path}: not an .npz archive ({type(e).__name__}: {e}); {_FORMAT_HINT}"
-            ) from None
+            raise ValueError(f"{path}: not an .npz archive ({type(e).__name__}: {e}); {_FORMAT_HINT}") from None
         _check_episode_arrays(path, self.image_key, fshape, fdtype, ashape, adtype)
         return fshape[0], ashape[1]
 
@@ -335,9 +336,7 @@ class OXEEpisodes:
         if self._ranges is None:
             arg = self._ranges_arg
             if arg is None:
-                ranges = (
-                    rt1_action_ranges() if self.action_dim == 13 else compute_action_ranges(self.all_files)
-                )
+                ranges = rt1_action_ranges() if self.action_dim == 13 else compute_action_ranges(self.all_files)
             elif isinstance(arg, (str, os.PathLike)):
                 ranges = load_action_ranges(arg)
             else:
@@ -374,8 +373,9 @@ class OXEEpisodes:
     def _frames(self, frames: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).to(torch.float32) / 255.0
         if self.resize is not None and tuple(x.shape[-2:]) != self.resize:
-            x = torch.nn.functional.interpolate(x, size=self.resize, mode="bilinear", align_corners=False,
-                                                antialias=True).clamp_(0.0, 1.0)  # fmt: skip
+            x = torch.nn.functional.interpolate(
+                x, size=self.resize, mode="bilinear", align_corners=False, antialias=True
+            ).clamp_(0.0, 1.0)
         return x.contiguous()
 
     def sample(self, index: int, split: str = "train") -> VideoExample:
@@ -427,9 +427,7 @@ def compute_action_ranges(files: str | os.PathLike | Sequence[str | os.PathLike]
             raise ValueError(f"{path}: key 'action' must be numeric, got {a.dtype}")
         a = a.astype(np.float32)
         if a.ndim != 2 or a.shape[0] == 0:
-            raise ValueError(
-                f"{path}: key 'action' must be a non-empty [T, D] array, got shape {list(a.shape)}"
-            )
+            raise ValueError(f"{path}: key 'action' must be a non-empty [T, D] array, got shape {list(a.shape)}")
         if lo is not None and a.shape[1] != lo.shape[0]:
             raise ValueError(f"{path}: 'action' has {a.shape[1]} dims, earlier episodes have {lo.shape[0]}")
         lo = a.min(0) if lo is None else np.minimum(lo, a.min(0))

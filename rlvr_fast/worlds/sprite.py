@@ -94,13 +94,9 @@ class SpriteWorldConfig:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise TypeError(f"SpriteWorldConfig.{name}: expected an int, got {value!r}")
         if self.height < 32 or self.width < 32:
-            raise ValueError(
-                f"SpriteWorldConfig: height and width must be >= 32, got {self.height} x {self.width}"
-            )
+            raise ValueError(f"SpriteWorldConfig: height and width must be >= 32, got {self.height} x {self.width}")
         if not 1 <= self.n_sprites <= len(_SPRITES):
-            raise ValueError(
-                f"SpriteWorldConfig.n_sprites: expected 1..{len(_SPRITES)}, got {self.n_sprites}"
-            )
+            raise ValueError(f"SpriteWorldConfig.n_sprites: expected 1..{len(_SPRITES)}, got {self.n_sprites}")
         if self.context_frames < 1 or self.predict_frames < 1:
             raise ValueError(
                 "SpriteWorldConfig: context_frames and predict_frames must be >= 1, "
@@ -111,15 +107,11 @@ class SpriteWorldConfig:
                 f"SpriteWorldConfig.wall: expected 1..{min(self.height, self.width) // 8}, got {self.wall}"
             )
         speeds = tuple(self.speeds)
-        if not speeds or any(
-            isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in speeds
-        ):
+        if not speeds or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in speeds):
             raise ValueError(f"SpriteWorldConfig.speeds: expected positive ints, got {self.speeds!r}")
         object.__setattr__(self, "speeds", tuple(int(s) for s in speeds))
         if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(
-                f"SpriteWorldConfig.test_fraction: expected a value in (0, 1), got {self.test_fraction}"
-            )
+            raise ValueError(f"SpriteWorldConfig.test_fraction: expected a value in (0, 1), got {self.test_fraction}")
 
 
 class SpriteWorld:
@@ -264,9 +256,7 @@ class SpriteWorld:
         n = self.config.context_frames + self.config.predict_frames
         dirs = rng.integers(0, len(ACTION_NAMES), size=n)
         speeds = rng.choice(np.asarray(self.config.speeds), size=n)
-        acts = np.asarray([_DIRECTIONS[d] for d in dirs], dtype=np.float32) * speeds[:, None].astype(
-            np.float32
-        )
+        acts = np.asarray([_DIRECTIONS[d] for d in dirs], dtype=np.float32) * speeds[:, None].astype(np.float32)
         return state, torch.from_numpy(acts)
 
     def key(self, state: State, actions: torch.Tensor) -> bytes:

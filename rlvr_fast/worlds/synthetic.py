@@ -31,9 +31,17 @@ LAMPS = ("red_lamp", "blue_lamp", "desk_lamp", "floor_lamp")
 HEATERS = ("stove", "oven", "grill", "toaster")
 CONTAINERS = ("box", "basket", "fridge", "cupboard", "drawer", "crate")
 FOODS = (
-    "red_apple", "green_apple", "bread", "egg", "potato",
-    "carrot", "fish", "onion", "corn", "pie",
-)  # fmt: skip
+    "red_apple",
+    "green_apple",
+    "bread",
+    "egg",
+    "potato",
+    "carrot",
+    "fish",
+    "onion",
+    "corn",
+    "pie",
+)
 KIND_OF: dict[str, str] = {
     **{n: "lamp" for n in LAMPS},
     **{n: "heater" for n in HEATERS},
@@ -47,10 +55,38 @@ COOKED_AT = 3
 _KIND_WEIGHTS = {"food": 0.4, "container": 0.25, "heater": 0.2, "lamp": 0.15}
 _NAMES_BY_KIND = {"lamp": LAMPS, "heater": HEATERS, "container": CONTAINERS, "food": FOODS}
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
-_PROMPT_WORDS = ("state", "action", "diff", "look", "turn", "on", "off", "open", "close", "take",
-                 "put", "in", "heat", "eat")  # fmt: skip
-_KEYS = ("game_state", "uuid", "name", "properties", "contains", "score", "gameOver", "gameWon",
-         "modified", "removed", "is_on", "is_open", "temperature", "is_cooked")  # fmt: skip
+_PROMPT_WORDS = (
+    "state",
+    "action",
+    "diff",
+    "look",
+    "turn",
+    "on",
+    "off",
+    "open",
+    "close",
+    "take",
+    "put",
+    "in",
+    "heat",
+    "eat",
+)
+_KEYS = (
+    "game_state",
+    "uuid",
+    "name",
+    "properties",
+    "contains",
+    "score",
+    "gameOver",
+    "gameWon",
+    "modified",
+    "removed",
+    "is_on",
+    "is_open",
+    "temperature",
+    "is_cooked",
+)
 
 
 # ----------------------------------------------------------------------------- serialisation
@@ -348,9 +384,7 @@ class SyntheticTextGame:
             source=source,
         )
 
-    def splits(
-        self, n_train: int, n_test: int, max_draws: int | None = None
-    ) -> tuple[list[Example], list[Example]]:
+    def splits(self, n_train: int, n_test: int, max_draws: int | None = None) -> tuple[list[Example], list[Example]]:
         """``n_train`` / ``n_test`` distinct examples; no (state, action) pair is in both splits."""
         if n_train < 0 or n_test < 0:
             raise ValueError(f"n_train and n_test must be >= 0, got {n_train}, {n_test}")
@@ -434,8 +468,14 @@ def _text_game_metrics(completion: str, example: Example) -> dict[str, float]:
 
 
 def synthetic_text_game_task(
-    seed: int = 0, n_train: int = 4000, n_test: int = 500, *, uuids: str = "random", reward: str | None = None,
-    limits: RewardLimits = RewardLimits(), **world_kwargs: Any,
+    seed: int = 0,
+    n_train: int = 4000,
+    n_test: int = 500,
+    *,
+    uuids: str = "random",
+    reward: str | None = None,
+    limits: RewardLimits = RewardLimits(),
+    **world_kwargs: Any,
 ) -> TextTask:
     """The ``synthetic_text_game`` task: world splits, text-game metrics and the world's tokenizer.
 
@@ -446,6 +486,13 @@ def synthetic_text_game_task(
     world = SyntheticTextGame(seed=seed, uuids=uuids, **world_kwargs)
     train, test = world.splits(n_train, n_test)
     return TextTask(
-        "synthetic_text_game", train, test, metrics=_text_game_metrics, default_reward="text_game/task",
-        select_metric="exact", tokenizer=build_tokenizer([" ".join(world.vocabulary())]), reward=reward, limits=limits,
+        "synthetic_text_game",
+        train,
+        test,
+        metrics=_text_game_metrics,
+        default_reward="text_game/task",
+        select_metric="exact",
+        tokenizer=build_tokenizer([" ".join(world.vocabulary())]),
+        reward=reward,
+        limits=limits,
     )

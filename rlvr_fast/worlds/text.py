@@ -20,8 +20,9 @@ def encode_prompt(tokenizer, text: str, chat_template: bool) -> list[int]:
     """Token ids of a prompt: through the chat template when asked and available, else plain
     ``tokenizer(text)``; a BOS distinct from EOS is prepended when the tokenizer did not add it."""
     if chat_template and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                            tokenize=True)
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+        )
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers 5 may return a BatchEncoding
             ids = ids["input_ids"]
         ids = list(ids)
@@ -49,9 +50,19 @@ class TextTask(Task):
     tokenizer:      a ``transformers`` tokenizer the world ships (built-in worlds), else None (the model's).
     """
 
-    def __init__(self, name: str, train: list[Example], test: list[Example], *, metrics: MetricFn,
-                 default_reward: str, select_metric: str, tokenizer: Any = None, reward: str | None = None,
-                 limits: RewardLimits = RewardLimits()):
+    def __init__(
+        self,
+        name: str,
+        train: list[Example],
+        test: list[Example],
+        *,
+        metrics: MetricFn,
+        default_reward: str,
+        select_metric: str,
+        tokenizer: Any = None,
+        reward: str | None = None,
+        limits: RewardLimits = RewardLimits(),
+    ):
         self.name, self.train, self.test = name, train, test
         self.metrics, self.default_reward, self.select_metric = metrics, default_reward, select_metric
         self.tokenizer = tokenizer
@@ -66,8 +77,14 @@ class TextTask(Task):
         """The reward of every completion (a failed call gets ``limits.failure_reward`` and is counted in
         ``stats``) and its metrics; ``group_size`` does not matter to a per-completion reward."""
         lim = self.limits
-        raw, stats = rewards.score(self._reward_fn, rollout.completions, examples,
-                                   timeout_s=lim.timeout_s, failure_reward=lim.failure_reward, workers=lim.workers)
+        raw, stats = rewards.score(
+            self._reward_fn,
+            rollout.completions,
+            examples,
+            timeout_s=lim.timeout_s,
+            failure_reward=lim.failure_reward,
+            workers=lim.workers,
+        )
         scores = torch.tensor(raw, dtype=torch.float32, device=rollout.responses.device)
         return Scored(scores, None, self._metrics(rollout.completions, examples), stats)
 

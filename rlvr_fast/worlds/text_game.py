@@ -23,9 +23,7 @@ from .text import TextTask
 DATA_SOURCE = "llm_simulator"
 
 
-def load_text_game(
-    path: str | os.PathLike, *, split: str | None = None, limit: int | None = None
-) -> list[Example]:
+def load_text_game(path: str | os.PathLike, *, split: str | None = None, limit: int | None = None) -> list[Example]:
     """Read RLVR-World text-game rows (fields: docs/worlds.md) from a local file.
 
     Args:
@@ -98,9 +96,7 @@ def _prompt(value: Any, where: str) -> str:
     for i, message in enumerate(value):
         content = message.get("content") if isinstance(message, Mapping) else None
         if not isinstance(content, str):
-            raise ValueError(
-                f"{where}: field 'prompt[{i}].content' must be a str, got {describe(content)}"
-            )
+            raise ValueError(f"{where}: field 'prompt[{i}].content' must be a str, got {describe(content)}")
         parts.append(content)
     return "\n".join(parts)
 
@@ -115,9 +111,7 @@ def _state_text(value: Any, name: str, where: str) -> str:
 
 def _example(row: Any, where: str, split: str | None) -> Example | None:
     if not isinstance(row, Mapping):
-        raise ValueError(
-            f"{where}: expected an object with prompt, reward_model, extra_info; got {describe(row)}"
-        )
+        raise ValueError(f"{where}: expected an object with prompt, reward_model, extra_info; got {describe(row)}")
     source = row.get("data_source")
     if source is not None and source != DATA_SOURCE:
         raise ValueError(f"{where}: field 'data_source' is {source!r}, expected {DATA_SOURCE!r} (text game)")
@@ -133,9 +127,7 @@ def _example(row: Any, where: str, split: str | None) -> Example | None:
     try:
         curr, nxt = json.loads(state), json.loads(gold)
     except (ValueError, RecursionError) as e:  # RecursionError: nested too deep to parse
-        raise ValueError(
-            f"{where}: extra_info.data_state or reward_model.ground_truth is not JSON ({e})"
-        ) from None
+        raise ValueError(f"{where}: extra_info.data_state or reward_model.ground_truth is not JSON ({e})") from None
     try:
         diff = _reward.state_diff(curr, nxt)
     except ValueError as e:

@@ -76,9 +76,7 @@ def collate(examples: Sequence[VideoExample]) -> dict[str, torch.Tensor]:
                     f"collate: {name} of {ex.source or 'an example'} has shape {tuple(b.shape)}, "
                     f"the first example's has {tuple(a.shape)}"
                 )
-    return {
-        name: torch.stack([getattr(e, name) for e in examples]) for name in ("context", "actions", "target")
-    }
+    return {name: torch.stack([getattr(e, name) for e in examples]) for name in ("context", "actions", "target")}
 
 
 def _check_split(split: str) -> None:
@@ -103,16 +101,10 @@ def _check_ranges(ranges: Any, name: str = "ranges") -> torch.Tensor:
     if isinstance(ranges, np.ndarray):
         ranges = torch.from_numpy(ranges)
     if not isinstance(ranges, torch.Tensor):
-        raise TypeError(
-            f"{name}: expected a tensor [D, 2] of (min, max) per action dim, got {type(ranges).__name__}"
-        )
+        raise TypeError(f"{name}: expected a tensor [D, 2] of (min, max) per action dim, got {type(ranges).__name__}")
     if ranges.dim() != 2 or ranges.shape[1] != 2 or ranges.shape[0] < 1:
-        raise ValueError(
-            f"{name}: expected shape [D, 2] (column 0 min, column 1 max), got {tuple(ranges.shape)}"
-        )
-    if not (
-        ranges.is_floating_point() or ranges.dtype in (torch.int64, torch.int32, torch.int16, torch.int8)
-    ):
+        raise ValueError(f"{name}: expected shape [D, 2] (column 0 min, column 1 max), got {tuple(ranges.shape)}")
+    if not (ranges.is_floating_point() or ranges.dtype in (torch.int64, torch.int32, torch.int16, torch.int8)):
         raise TypeError(f"{name}: expected a float or int tensor, got {ranges.dtype}")
     ranges = ranges.to(torch.float32)
     if not bool(torch.isfinite(ranges).all()):
@@ -123,9 +115,7 @@ def _check_ranges(ranges: Any, name: str = "ranges") -> torch.Tensor:
     flat = (ranges[:, 0] == ranges[:, 1]).nonzero().flatten().tolist()
     if flat:
         # no width to divide into bins: the value itself would map to bin 0 and anything above to the last
-        raise ValueError(
-            f"{name}: expected min < max in every action dim, got min == max in action dims {flat}"
-        )
+        raise ValueError(f"{name}: expected min < max in every action dim, got min == max in action dims {flat}")
     return ranges
 
 
@@ -145,9 +135,7 @@ def load_action_ranges(path: str | os.PathLike) -> torch.Tensor:
         else:
             value = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ValueError(
-            f"{path}: not a torch-saved action ranges tensor ({type(e).__name__}: {e})"
-        ) from None
+        raise ValueError(f"{path}: not a torch-saved action ranges tensor ({type(e).__name__}: {e})") from None
     try:
         return _check_ranges(value, name=path)
     except (TypeError, ValueError) as e:
@@ -203,8 +191,6 @@ def discretize_actions(
         outside = ((a < lo) | (a > hi)).reshape(-1, d).any(dim=0).nonzero().flatten().tolist()
         if outside:
             j = outside[0]
-            raise ValueError(
-                f"actions: dim {j} has values outside its range [{lo[j].item()}, {hi[j].item()}]"
-            )
+            raise ValueError(f"actions: dim {j} has values outside its range [{lo[j].item()}, {hi[j].item()}]")
     x = torch.clip((a - lo) / (hi - lo + 1e-8), 0, 1)
     return torch.floor(x * num_bins).to(torch.int32).clip(0, num_bins - 1).to(torch.int64)

@@ -88,8 +88,14 @@ def layout_tokenizer(layout):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     pad = "<pad>" if "<pad>" in vocab else ("<eos>" if layout.pad_id == layout.eos_id else "<bos>")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token=pad,
-                                   unk_token="<eos>", clean_up_tokenization_spaces=False)  # fmt: skip
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token=pad,
+        unk_token="<eos>",
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def _collect(world, split: str, n: int, what: str):
@@ -142,11 +148,27 @@ class VideoTask(Task):
 
     select_metric = "reward"
 
-    def __init__(self, name: str, world, description: str, *, seed: int, n_train: int, n_test: int,
-                 context_frames: int, predict_frames: int, action_bins: int, frame_tokenizer: FrameTokenizerSource,
-                 reward_weights: dict | None = None, lpips_vgg_path: str | None = None,
-                 lpips_lin_path: str | None = None, reward_options: dict | None = None, n_sprites: int = 0,
-                 preview: int = 0, device="cpu"):
+    def __init__(
+        self,
+        name: str,
+        world,
+        description: str,
+        *,
+        seed: int,
+        n_train: int,
+        n_test: int,
+        context_frames: int,
+        predict_frames: int,
+        action_bins: int,
+        frame_tokenizer: FrameTokenizerSource,
+        reward_weights: dict | None = None,
+        lpips_vgg_path: str | None = None,
+        lpips_lin_path: str | None = None,
+        reward_options: dict | None = None,
+        n_sprites: int = 0,
+        preview: int = 0,
+        device="cpu",
+    ):
         from ..ops import VideoTokenLayout
         from .video import discretize_actions
 
@@ -165,9 +187,18 @@ class VideoTask(Task):
         h, w = tok.latent_shape(*raw["train"][1].shape[-2:])
         D, P, bins = raw["train"][2].shape[-1], predict_frames, action_bins
         self.layout = VideoTokenLayout(
-            frames=P, frame_shape=(h, w), visual_offset=0, visual_vocab=K, action_tokens_per_frame=D if P > 1 else 0,
-            action_offset=K, action_bins=bins, action_dims=D, bos_id=K + bins, eos_id=K + bins + 1,
-            pad_id=K + bins + 1, eos_after=True,
+            frames=P,
+            frame_shape=(h, w),
+            visual_offset=0,
+            visual_vocab=K,
+            action_tokens_per_frame=D if P > 1 else 0,
+            action_offset=K,
+            action_bins=bins,
+            action_dims=D,
+            bos_id=K + bins,
+            eos_id=K + bins + 1,
+            pad_id=K + bins + 1,
+            eos_after=True,
         )
         ranges = world.action_ranges()
         self.splits: dict[str, _Split] = {}
@@ -210,8 +241,9 @@ class VideoTask(Task):
     def items(self, split: str) -> list[VideoItem]:
         return [VideoItem(split, i, s) for i, s in enumerate(self.splits[split].sources)]
 
-    def encode(self, example: VideoItem, tokenizer: Any = None, *, chat_template: bool = False
-               ) -> tuple[list[int], list[int]]:
+    def encode(
+        self, example: VideoItem, tokenizer: Any = None, *, chat_template: bool = False
+    ) -> tuple[list[int], list[int]]:
         """(prompt ids, answer ids) of an item; the ids are the layout's, so ``tokenizer`` and
         ``chat_template`` do not matter."""
         s = self.splits[example.split]
@@ -286,12 +318,28 @@ class VideoTask(Task):
         self.frame_tokenizer.save_pretrained(Path(directory) / ASSET_DIR)
 
 
-def sprite_video(*, seed: int, n_train: int, n_test: int, context_frames: int, predict_frames: int, n_sprites: int,
-                 frame_size: Sequence[int], action_bins: int, frame_tokenizer: FrameTokenizerSource,
-                 reward_weights: dict | None = None, lpips_vgg_path: str | None = None,
-                 lpips_lin_path: str | None = None, invalid_reward: float | None = None, aggregate: str,
-                 gamma: float, decode_chunk: int | None = None, preview: int, device="cpu",
-                 reward: str | None = None) -> VideoTask:
+def sprite_video(
+    *,
+    seed: int,
+    n_train: int,
+    n_test: int,
+    context_frames: int,
+    predict_frames: int,
+    n_sprites: int,
+    frame_size: Sequence[int],
+    action_bins: int,
+    frame_tokenizer: FrameTokenizerSource,
+    reward_weights: dict | None = None,
+    lpips_vgg_path: str | None = None,
+    lpips_lin_path: str | None = None,
+    invalid_reward: float | None = None,
+    aggregate: str,
+    gamma: float,
+    decode_chunk: int | None = None,
+    preview: int,
+    device="cpu",
+    reward: str | None = None,
+) -> VideoTask:
     """The ``sprite_video`` task: :class:`~rlvr_fast.worlds.sprite.SpriteWorld` clips of ``frame_size``
     [height, width] with ``n_sprites`` sprites, generated from ``seed`` (:class:`VideoTask` for the rest).
     ``reward`` must be empty: the pixel reward is configured by ``reward_weights`` and the LPIPS files."""
@@ -299,24 +347,52 @@ def sprite_video(*, seed: int, n_train: int, n_test: int, context_frames: int, p
 
     check_reward_name("sprite_video", reward)
     h, w = (int(v) for v in frame_size)
-    cfg = SpriteWorldConfig(height=h, width=w, n_sprites=n_sprites, seed=seed, context_frames=context_frames,
-                            predict_frames=predict_frames)
+    cfg = SpriteWorldConfig(
+        height=h, width=w, n_sprites=n_sprites, seed=seed, context_frames=context_frames, predict_frames=predict_frames
+    )
     return VideoTask(
-        "sprite_video", SpriteWorld(cfg), f"sprite_world({json.dumps(asdict(cfg), sort_keys=True)})", seed=seed,
-        n_train=n_train, n_test=n_test, context_frames=context_frames, predict_frames=predict_frames,
-        action_bins=action_bins, frame_tokenizer=frame_tokenizer, reward_weights=reward_weights,
-        lpips_vgg_path=lpips_vgg_path, lpips_lin_path=lpips_lin_path, n_sprites=n_sprites, preview=preview,
+        "sprite_video",
+        SpriteWorld(cfg),
+        f"sprite_world({json.dumps(asdict(cfg), sort_keys=True)})",
+        seed=seed,
+        n_train=n_train,
+        n_test=n_test,
+        context_frames=context_frames,
+        predict_frames=predict_frames,
+        action_bins=action_bins,
+        frame_tokenizer=frame_tokenizer,
+        reward_weights=reward_weights,
+        lpips_vgg_path=lpips_vgg_path,
+        lpips_lin_path=lpips_lin_path,
+        n_sprites=n_sprites,
+        preview=preview,
         reward_options=dict(invalid_reward=invalid_reward, aggregate=aggregate, gamma=gamma, decode_chunk=decode_chunk),
         device=device,
     )
 
 
-def rt1_video(*, seed: int, n_train: int, n_test: int, train_path: str, context_frames: int, predict_frames: int,
-              action_bins: int, frame_tokenizer: FrameTokenizerSource, action_ranges_path: str | None = None,
-              reward_weights: dict | None = None, lpips_vgg_path: str | None = None,
-              lpips_lin_path: str | None = None, invalid_reward: float | None = None, aggregate: str,
-              gamma: float, decode_chunk: int | None = None, preview: int, device="cpu",
-              reward: str | None = None) -> VideoTask:
+def rt1_video(
+    *,
+    seed: int,
+    n_train: int,
+    n_test: int,
+    train_path: str,
+    context_frames: int,
+    predict_frames: int,
+    action_bins: int,
+    frame_tokenizer: FrameTokenizerSource,
+    action_ranges_path: str | None = None,
+    reward_weights: dict | None = None,
+    lpips_vgg_path: str | None = None,
+    lpips_lin_path: str | None = None,
+    invalid_reward: float | None = None,
+    aggregate: str,
+    gamma: float,
+    decode_chunk: int | None = None,
+    preview: int,
+    device="cpu",
+    reward: str | None = None,
+) -> VideoTask:
     """The ``rt1_video`` task: RLVR-World's RT-1 ``.npz`` episodes in the directory ``train_path`` (the
     held-out split inside it), actions scaled by ``action_ranges_path`` (empty: RLVR-World's RT-1 ranges).
     ``reward`` must be empty, as for :func:`sprite_video`."""
@@ -324,16 +400,36 @@ def rt1_video(*, seed: int, n_train: int, n_test: int, train_path: str, context_
 
     check_reward_name("rt1_video", reward)
     world = OXEEpisodes(train_path, context_frames, predict_frames, action_ranges=action_ranges_path)
-    description = (f"rt1({os.path.abspath(train_path)}, {len(world.files('train'))} train files, "
-                   f"C={context_frames}, P={predict_frames})")
+    description = (
+        f"rt1({os.path.abspath(train_path)}, {len(world.files('train'))} train files, "
+        f"C={context_frames}, P={predict_frames})"
+    )
     return VideoTask(
-        "rt1_video", world, description, seed=seed, n_train=n_train, n_test=n_test, context_frames=context_frames,
-        predict_frames=predict_frames, action_bins=action_bins, frame_tokenizer=frame_tokenizer,
-        reward_weights=reward_weights, lpips_vgg_path=lpips_vgg_path, lpips_lin_path=lpips_lin_path,
-        preview=preview, device=device,
+        "rt1_video",
+        world,
+        description,
+        seed=seed,
+        n_train=n_train,
+        n_test=n_test,
+        context_frames=context_frames,
+        predict_frames=predict_frames,
+        action_bins=action_bins,
+        frame_tokenizer=frame_tokenizer,
+        reward_weights=reward_weights,
+        lpips_vgg_path=lpips_vgg_path,
+        lpips_lin_path=lpips_lin_path,
+        preview=preview,
+        device=device,
         reward_options=dict(invalid_reward=invalid_reward, aggregate=aggregate, gamma=gamma, decode_chunk=decode_chunk),
     )
 
 
-__all__ = ["ASSET_DIR", "FrameTokenizerSource", "VideoItem", "VideoTask", "layout_tokenizer", "rt1_video",
-           "sprite_video"]
+__all__ = [
+    "ASSET_DIR",
+    "FrameTokenizerSource",
+    "VideoItem",
+    "VideoTask",
+    "layout_tokenizer",
+    "rt1_video",
+    "sprite_video",
+]

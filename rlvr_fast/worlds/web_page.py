@@ -83,7 +83,10 @@ def load_web_page(path: str | os.PathLike, *, limit: int | None = None) -> list[
     if headerless:
         log.warning(
             "%d row(s) of %s have a ground truth with none of the headers %s (first: %s); they score 0",
-            len(headerless), path, ", ".join(_HEADERS), headerless[0],
+            len(headerless),
+            path,
+            ", ".join(_HEADERS),
+            headerless[0],
         )
     return out
 
