@@ -47,3 +47,13 @@ def test_no_formatter_escape_hatches():
         if any(m in line for m in markers)
     ]
     assert not marked, f"formatter markers: {marked}"
+
+
+def test_no_module_in_the_package_over_500_lines():
+    """One idea per file (docs/DESIGN.md section 12): a module that grows past this splits by idea."""
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in sorted((ROOT / "rlvr_fast").rglob("*.py"))
+        if (n := len(p.read_text().splitlines())) > 500
+    }
+    assert not long, f"modules over 500 lines: {long}"
