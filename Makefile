@@ -28,11 +28,12 @@ $(BASE_STAMP): setup.py pyproject.toml $(LOCK) | $(PY)
 	$(PIP_LOCKED) --no-build-isolation -e .
 	@touch $@ $(EXT_STAMP)
 
-# The test extra (read from the installed package's metadata, so the package is not rebuilt), then
+# The test extra (read from the installed package's metadata, so the package is not rebuilt; -I keeps
+# a stale rlvr_fast.egg-info in the checkout from shadowing it), then
 # verl's core and piqa without their requirement lists: the test extra carries the few modules verl's
 # core files import, and piqa's torchvision requirement has no CPU build and would replace torch.
 $(TEST_STAMP): $(BASE_STAMP)
-	$(PY) -c 'from importlib.metadata import requires; \
+	$(PY) -I -c 'from importlib.metadata import requires; \
 	print("\n".join(r.split(";")[0] for r in requires("rlvr_fast") if r.split(";")[-1].strip() == "extra == \"test\""))' \
 	  > $(VENV)/test-requirements.txt
 	$(PIP_LOCKED) -r $(VENV)/test-requirements.txt
