@@ -95,6 +95,10 @@ INSTALL_REQUIRES = [
     "pyyaml>=6",
     "tqdm>=4.66",
     "scipy>=1.11",
+    # the text-game reward parses answers as RLVR-World does (rlvr_fast/rewards/_answer.py); RLVR-World
+    # pins neither, the lock holds the releases current when its code was published
+    "json-repair>=0.44.1,<0.45",
+    "dirtyjson>=1.0.8,<2",
     "matplotlib>=3.8",
     # Triton is optional at import time; installed where wheels exist so the kernels (and their
     # CPU interpreter) are available.

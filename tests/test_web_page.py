@@ -86,17 +86,20 @@ def test_parse_adversarial_strings():
     assert s["New items"] == expected
 
 
-def test_parse_huge_output_is_capped_and_fast():
-    huge = "New items:\n" + "\n".join(f"[{i}] x" for i in range(wp.MAX_LINES * 4))
+def test_parse_huge_output_is_read_in_full_and_fast():
+    # RLVR-World's values: parse_magento_log reads the whole text. The reward capped it at 50_000 lines
+    # and 1_000_000 characters before issue 16 (then: 49_999 items, and the line cut to its first
+    # 999_989 characters); the caps are now opt-in only
+    huge = "New items:\n" + "\n".join(f"[{i}] x" for i in range(200_000))
     t = time.perf_counter()
     s = wp.parse_sections(huge)
     assert time.perf_counter() - t < 2.0
-    assert len(s["New items"]) == wp.MAX_LINES - 1  # the header is one of the lines read
-    one_line = "New items:\n" + "y" * (wp.MAX_CHARS * 5)
+    assert len(s["New items"]) == 200_000
+    one_line = "New items:\n" + "y" * 5_000_000
     t = time.perf_counter()
     s = wp.parse_sections(one_line)
     assert time.perf_counter() - t < 2.0
-    assert s["New items"] == {"y" * (wp.MAX_CHARS - len("New items:\n"))}
+    assert s["New items"] == {"y" * 5_000_000}
     assert wp.parse_sections("New items:\na\nb\nc", max_lines=3)["New items"] == {"a", "b"}
     assert wp.parse_sections("New items:\nabcdef", max_chars=14)["New items"] == {"abc"}
     t = time.perf_counter()
@@ -252,6 +255,70 @@ def test_reward_bad_input():
         wp.f1_reward(None, ex(GOLD))
     with pytest.raises(TypeError, match="ground_truth.*t:1"):
         wp.metrics("x", Example(prompt="p", answer="", ground_truth=None, source="t:1"))
+
+
+# ---------------------------------------------------------------- RLVR-World's values on broken answers
+#
+# Expectations derived by hand from RLVR-World's web_agent.compute_score (parse_magento_log, then item F1
+# with exact matching; the web reward parses no JSON and rewrites no literals). GOLD has 4 items.
+
+EOS = "<\uff5cend\u2581of\u2581sentence\uff5c>"  # DeepSeek-R1's EOS text, as verl decodes it
+
+
+def rlvr_f1(matched, n_pred, n_gold):
+    """RLVR-World's F1, in its operation order."""
+    precision = matched / n_pred if n_pred > 0 else 0
+    recall = matched / n_gold if n_gold > 0 else 0
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0
+
+
+def test_eos_text_appended():
+    # GOLD ends with a newline: the EOS is a line of its own, an extra item of "Updated items"
+    assert wp.f1_reward(GOLD + EOS, ex(GOLD)) == rlvr_f1(4, 5, 4) == 2 * 0.8 * 1.0 / 1.8
+    # glued to the last item, it makes that item miss (and counts as a predicted item)
+    assert wp.f1_reward(GOLD.rstrip("\n") + EOS, ex(GOLD)) == rlvr_f1(3, 4, 4) == 0.75
+
+
+def test_code_fences():
+    # the opening fence comes before any header (ignored); the closing one is an item of the last section
+    assert wp.f1_reward("```\n" + GOLD + "```", ex(GOLD)) == rlvr_f1(4, 5, 4)
+    assert wp.f1_reward("```text\n" + GOLD + "```\n" + EOS, ex(GOLD)) == rlvr_f1(4, 6, 4)
+
+
+def test_literal_words_are_not_rewritten():
+    # "True" and "None" are compared as written: the gold copied exactly is perfect, "true" misses
+    assert wp.f1_reward(GOLD, ex(GOLD)) == 1.0
+    assert wp.f1_reward(GOLD.replace("focused: True", "focused: true"), ex(GOLD)) == rlvr_f1(3, 4, 4)
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("[1272] button 'Search'", "[1272] button Search'"),  # a missing opening quote
+        ("[1273] StaticText", "[1273 StaticText"),  # a missing bracket
+        ("[1272] button 'Search'", "[1272] button 'Search'\n[1272] button 'Search'"),  # a repeated item
+    ],
+)
+def test_broken_items(old, new):
+    broken = GOLD.replace(old, new)
+    matched = 4 if new.count("[1272]") == 2 else 3  # a repeated item is one item of the set
+    n_pred = 4
+    assert wp.f1_reward(broken, ex(GOLD)) == rlvr_f1(matched, n_pred, 4)
+
+
+def test_missing_colon_in_a_header():
+    # "Deleted items" without its colon is no header: it and "None" become items of "New items"
+    # (4 predicted there, 2 right), "Deleted items" stays empty (its gold None missed); Updated 1 of 1
+    broken = GOLD.replace("Deleted items:", "Deleted items")
+    assert wp.f1_reward(broken, ex(GOLD)) == rlvr_f1(3, 5, 4)
+    assert rlvr_f1(3, 5, 4) == 2 * 0.6 * 0.75 / 1.35
+
+
+def test_second_answer_after_the_first():
+    # a repeated answer adds nothing (sets); a second, different one adds its items to the same sections
+    assert wp.f1_reward(GOLD + "\n" + GOLD, ex(GOLD)) == 1.0
+    second = GOLD + "\nNew items:\n[9] link 'x'\n"
+    assert wp.f1_reward(second, ex(GOLD)) == rlvr_f1(4, 5, 4)
 
 
 # ---------------------------------------------------------------- loader

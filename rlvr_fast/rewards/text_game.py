@@ -3,7 +3,8 @@
 Source: RLVR-World ``lang_wm/verl/verl/utils/reward_score/text_game.py`` (``compute_score_``,
 ``recover_game_state_from_partial``, ``evaluate``, ``get_state_diff_detail_v2``, ``compare_dict``;
 github.com/thuml/RLVR-World commit e1b8b6f), used for ``data_source == "llm_simulator"``. Values match
-it on every completion (given the same parsed answer), quirks included.
+its ``compute_score`` on every completion, quirks included: the answer is extracted, rewritten and
+parsed as there, with the same libraries (json-repair, dirtyjson; ``rewards/_answer.py``).
 
 A state is ``{"game_state": [object, ..., score]}``; the model answers with a diff
 ``{"modified": [objects], "removed": [uuids], "score": {...}}`` that :func:`apply_diff` applies to the
@@ -20,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._json import extract_answer, loads_tolerant
+from ._answer import parse_answer
 
 if TYPE_CHECKING:
     from ..task import Example
@@ -356,13 +357,10 @@ def metrics(completion: str, example: Example) -> dict[str, float]:
     gold = _gold_for(example)
     out = dict.fromkeys(METRIC_NAMES, 0.0)
     try:
-        pred = loads_tolerant(extract_answer(completion))
-    except ValueError:
-        return out
-    try:
+        pred = parse_answer(completion)
         if not ("modified" in pred and "removed" in pred):
             return out
-    except TypeError:  # a number, true or null: `in` raises and RLVR-World scores 0
+    except Exception:  # noqa: BLE001 - RLVR-World's bare except: a parser error, or `in` on a number, is 0
         return out
     out["parsed"] = float(isinstance(pred, dict))
     try:

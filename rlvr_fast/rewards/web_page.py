@@ -22,10 +22,6 @@ if TYPE_CHECKING:
 SECTIONS: tuple[str, ...] = ("New items", "Deleted items", "Updated items")
 _HEADERS = tuple((name + ":", name) for name in SECTIONS)
 
-# Guard against runaway generations; real responses are <= 7288 tokens (~30k characters).
-MAX_CHARS = 1_000_000
-MAX_LINES = 50_000
-
 # RLVR-World's cost for two different items (identical items cost 0).
 MISMATCH_COST = 10000.0
 # hungarian_count refuses cost matrices larger than this many cells (a 2000 x 2000 solve).
@@ -39,14 +35,18 @@ def exact_cost(gold_item: str, pred_item: str) -> float:
     return 0.0 if gold_item == pred_item else MISMATCH_COST
 
 
-def _parse(text: str, max_chars: int, max_lines: int) -> tuple[dict[str, set[str]], bool]:
+def _parse(text: str, max_chars: int | None = None, max_lines: int | None = None) -> tuple[dict[str, set[str]], bool]:
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     sections: dict[str, set[str]] = {name: set() for name in SECTIONS}
     current: set[str] | None = None
     found = False
-    # maxsplit keeps a huge text from being split in full; the unsplit remainder is dropped.
-    lines = text[:max_chars].split("\n", max_lines)[:max_lines]
+    if max_chars is not None:
+        text = text[:max_chars]
+    if max_lines is None:
+        lines = text.split("\n")
+    else:  # maxsplit keeps a huge text from being split in full; the unsplit remainder is dropped
+        lines = text.split("\n", max_lines)[:max_lines]
     for raw in lines:
         line = raw.strip()
         if not line:
@@ -62,16 +62,17 @@ def _parse(text: str, max_chars: int, max_lines: int) -> tuple[dict[str, set[str
     return sections, found
 
 
-def parse_sections(text: str, *, max_chars: int = MAX_CHARS, max_lines: int = MAX_LINES) -> dict[str, set[str]]:
+def parse_sections(text: str, *, max_chars: int | None = None, max_lines: int | None = None) -> dict[str, set[str]]:
     """Split ``text`` into ``{"New items": {...}, "Deleted items": {...}, "Updated items": {...}}``.
 
     RLVR-World's ``parse_magento_log`` rules (docs/rewards.md); all three keys are always
-    present. Only the first ``max_chars`` characters and, of those, the first ``max_lines`` lines are
-    read.
+    present. The whole text is read, as there (linear time); ``max_chars`` / ``max_lines`` (positive
+    ints, default None: no cap) read only the first ``max_chars`` characters and, of those, the first
+    ``max_lines`` lines. The rewards never cap.
     """
     for name, value in (("max_chars", max_chars), ("max_lines", max_lines)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive int or None, got {value!r}")
     return _parse(text, max_chars, max_lines)[0]
 
 
@@ -194,7 +195,7 @@ def metrics(completion: str, example: Example) -> dict[str, float]:
     ``parsed`` (1.0 if the completion contains at least one section header, else 0.0)."""
     if not isinstance(completion, str):
         raise TypeError(f"completion must be a str, got {type(completion).__name__}")
-    pred, parsed = _parse(completion, MAX_CHARS, MAX_LINES)
+    pred, parsed = _parse(completion)
     scores = _f1(pred, parse_sections(_gold(example)), 0.0, None)
     return {
         "f1": scores["f1"],
@@ -214,8 +215,6 @@ def f1_reward(completion: str, example: Example) -> float:
 
 __all__ = [
     "MAX_CELLS",
-    "MAX_CHARS",
-    "MAX_LINES",
     "MISMATCH_COST",
     "SECTIONS",
     "exact_cost",
