@@ -9,8 +9,8 @@ frame), and decodes in micro-batches. Here:
   320 visual tokens then EOS; multi-step: frames interleaved with action tokens);
 - :func:`unpack_video_tokens` picks those slots for the whole batch in one kernel, subtracts the
   visual offset, and marks a sample invalid when any slot is outside the visual range or masked out
-  (early EOS). Invalid samples are never clamped: their slots hold code 0 so the batch still
-  decodes, and the reward replaces them with the configured penalty;
+  (early EOS). By default invalid samples are not clamped: their slots hold code 0 so the batch still
+  decodes, and the reward replaces them with the configured penalty (``clamp=True``: RLVR-World's clamp);
 - :func:`codes_to_latents` turns codes into the decoder's input latents with one gather from a
   per-code table [K, C]: FSQ's mixed-radix digits -> centred levels, or a VQ codebook, optionally
   folded with the tokenizer's post-quantisation linear / 1x1-conv projections (exact: they act on
@@ -201,7 +201,11 @@ def _slot_tensor(layout: VideoTokenLayout, device: torch.device) -> torch.Tensor
 
 
 def unpack_video_tokens(
-    responses: torch.Tensor, response_mask: torch.Tensor, layout: VideoTokenLayout = VideoTokenLayout()
+    responses: torch.Tensor,
+    response_mask: torch.Tensor,
+    layout: VideoTokenLayout = VideoTokenLayout(),
+    *,
+    clamp: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Frame codes of every generated response, and which responses are well-formed.
 
@@ -210,15 +214,19 @@ def unpack_video_tokens(
             ``layout.response_length``: the missing slots count as invalid).
         response_mask: bool or 0/1 integers [B, T]; 0 marks padding after an early EOS.
         layout: the token layout.
+        clamp: RLVR-World's mapping for every slot: ``clamp(id - visual_offset, 0, visual_vocab - 1)`` of
+            the id standing there, masked or not; a slot past T reads ``layout.pad_id`` (verl pads its
+            responses with it). False: invalid slots hold code 0.
 
     Returns:
-        codes: int32 [B, F, h, w], ``id - visual_offset`` for each visual slot, 0 where the slot is invalid.
-        valid: bool [B], True when all F*h*w slots hold an unmasked visual id.
+        codes: int32 [B, F, h, w], ``id - visual_offset`` for each visual slot, 0 (or the clamped id) where
+            the slot is invalid.
+        valid: bool [B], True when all F*h*w slots hold an unmasked visual id (whatever ``clamp`` is).
         n_invalid: int32 [B], the number of invalid slots (out-of-range or negative ids, masked slots).
 
-    Formula: RLVR-World's ``responses[:, -tokens_per_frame - 1:-1]`` (single step) and the
-    per-frame slice of ``msp_reward_fn`` (multi-step), without their ``clamp(0, visual_vocab - 1)``.
-    No host synchronisation.
+    Formula: RLVR-World's ``responses[:, -tokens_per_frame - 1:-1]`` (single step) and the per-frame
+    slice of ``msp_reward_fn`` (multi-step), with their ``clamp(0, visual_vocab - 1)`` only when ``clamp``
+    (``vid_wm/verl/verl/trainer/ppo/ray_trainer.py``, e1b8b6f). No host synchronisation.
     """
     C.check_tensor("responses", responses, dtypes=C.INT_DTYPES, ndim=2)
     C.check_tensor("response_mask", response_mask, dtypes=(torch.bool, *C.INT_DTYPES))
@@ -232,13 +240,12 @@ def unpack_video_tokens(
         pad = need - ids.shape[1]
         ids = torch.nn.functional.pad(ids, (0, pad), value=layout.pad_id)
         mask = torch.nn.functional.pad(mask, (0, pad), value=False)
-    codes, valid, n_invalid = torch.ops.rlvr_fast.unpack_video_tokens(
-        ids.contiguous(),
-        mask.contiguous(),
-        _slot_tensor(layout, ids.device),
-        layout.visual_offset,
-        layout.visual_vocab,
-    )
+    slots = _slot_tensor(layout, ids.device)
+    lo, k = layout.visual_offset, layout.visual_vocab
+    codes, valid, n_invalid = torch.ops.rlvr_fast.unpack_video_tokens(ids.contiguous(), mask.contiguous(), slots, lo, k)
+    if clamp:  # the same kernel on clamped ids, every slot unmasked: codes are the clamped ids
+        clamped = ids.clamp(lo, lo + k - 1).contiguous()
+        codes = torch.ops.rlvr_fast.unpack_video_tokens(clamped, torch.ones_like(mask), slots, lo, k)[0]
     return codes.view(ids.shape[0], layout.frames, *layout.frame_shape), valid, n_invalid
 
 

@@ -12,8 +12,11 @@ token-level rewards:
 Steps, all batched over the rollouts (no per-sample loop, no host sync unless value checks are on):
 
 1. :func:`~rlvr_fast.ops.unpack_video_tokens`: the visual slots of every response -> codes, and a
-   ``valid`` flag (out-of-vocabulary id, early EOS or truncation makes a rollout invalid; RLVR-World
-   clamps ids instead and scores a malformed generation as some other frame);
+   ``valid`` flag (out-of-vocabulary id, early EOS or truncation makes a rollout invalid). What an
+   invalid rollout scores is ``invalid_tokens`` (:data:`INVALID_TOKENS`): ``penalty`` (default) gives
+   it the penalty reward; ``clamp`` is RLVR-World's: every id is clamped into the visual range and the
+   rollout is scored on the frame that gives (``reward_fn`` / ``msp_reward_fn`` in
+   ``vid_wm/verl/verl/trainer/ppo/ray_trainer.py``), ``valid`` still reports well-formedness;
 2. :func:`~rlvr_fast.ops.codes_to_latents`: one gather from the tokenizer's code -> latent table;
 3. the tokenizer's decoder (channels_last; bf16 autocast on CUDA), over the whole batch or in
    ``decode_chunk`` pieces to cap memory, clamped to [0, 1] as RLVR-World does;
@@ -47,6 +50,8 @@ from ..ops.pixel_metrics import AGGREGATES, METRIC_NAMES, check_finite_positive,
 from ..ops.video import Quantizer
 
 REWARD_TERMS = ("mse", "mae", "psnr", "ssim", "lpips")
+# What a rollout whose visual slots are not all generated visual ids scores (module docstring, step 1).
+INVALID_TOKENS = ("penalty", "clamp")
 # The sign each metric's weight enters the loss with (reward = -loss): higher PSNR/SSIM is better.
 _LOSS_SIGN = {"mse": 1.0, "mae": 1.0, "lpips": 1.0, "psnr": -1.0, "ssim": -1.0}
 
@@ -198,10 +203,11 @@ class VideoRewardOutput(NamedTuple):
 
     token_rewards: float32 [B, R], the sequence reward on the last valid response token, 0 elsewhere.
     scores:        float32 [B], the sequence rewards (``token_rewards.sum(-1)`` for non-empty rows).
-    valid:         bool [B], well-formed rollouts (the others got the penalty).
+    valid:         bool [B], well-formed rollouts (the others got the penalty, or, with
+                   ``invalid_tokens="clamp"``, were scored on their clamped frames).
     metrics:       {term: float32 [B]} unweighted, frame-aggregated MSE / MAE / PSNR / SSIM (and LPIPS
                    when a network is set); an invalid rollout's values describe its code-0 placeholder
-                   frames, so average them over ``valid`` rollouts only.
+                   frames (``clamp``: its clamped frames), so average them over ``valid`` rollouts only.
     frames:        float32 [B, F, 3, H, W] in [0, data_range], the decoded predictions.
     """
 
@@ -222,6 +228,9 @@ class VideoReward:
         weights: {term: weight} over ``mse, mae, psnr, ssim, lpips``; default :func:`default_weights`.
         lpips: an :class:`~rlvr_fast.models.lpips.LPIPS` network, needed when LPIPS is weighted.
         invalid_reward: the penalty of malformed rollouts; default the worst reward a valid one can get.
+        invalid_tokens: ``"penalty"`` (malformed rollouts get ``invalid_reward``) or ``"clamp"``
+            (RLVR-World: ids clamped into the visual range, every rollout scored on its frame; then
+            ``invalid_reward`` must be None). :data:`INVALID_TOKENS`.
         aggregate, gamma: per-frame loss -> rollout loss for multi-step layouts (``mean``, ``last``,
             ``discount``: RLVR-World's ``msp`` weighting ``gamma ** t``).
         decode_chunk: at most this many frames through the decoder at once (None: all in one call).
@@ -237,6 +246,7 @@ class VideoReward:
         *,
         lpips: torch.nn.Module | None = None,
         invalid_reward: float | None = None,
+        invalid_tokens: str = "penalty",
         aggregate: str = "mean",
         gamma: float = 0.9,
         decode_chunk: int | None = None,
@@ -262,6 +272,13 @@ class VideoReward:
             C.check_positive("decode_chunk", decode_chunk)
         if invalid_reward is not None and not math.isfinite(invalid_reward):
             raise ValueError(f"invalid_reward: expected a finite number, got {invalid_reward!r}")
+        C.check_choice("invalid_tokens", invalid_tokens, INVALID_TOKENS)
+        if invalid_tokens == "clamp" and invalid_reward is not None:
+            raise ValueError(
+                f"invalid_reward={invalid_reward!r} applies to invalid_tokens='penalty' only: with 'clamp' "
+                "every rollout is scored on its clamped frame"
+            )
+        self.invalid_tokens = invalid_tokens
         self.layout, self.quantizer, self.decoder, self.lpips = layout, quantizer, decoder, lpips
         self.invalid_reward, self.aggregate, self.gamma = invalid_reward, aggregate, gamma
         self.decode_chunk, self.data_range = decode_chunk, data_range
@@ -275,8 +292,10 @@ class VideoReward:
     @torch.no_grad()
     def decode(self, responses: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames of the rollouts: responses int [B, R], response_mask bool/int [B, R] (the tokens present)
-        -> (frames float32 [B, F, 3, H, W] in [0, 1], valid bool [B]). Invalid rollouts decode code 0."""
-        codes, valid, _ = unpack_video_tokens(responses, response_mask, self.layout)
+        -> (frames float32 [B, F, 3, H, W] in [0, 1], valid bool [B]). Invalid rollouts decode code 0
+        (``invalid_tokens="clamp"``: their clamped ids)."""
+        clamp = self.invalid_tokens == "clamp"
+        codes, valid, _ = unpack_video_tokens(responses, response_mask, self.layout, clamp=clamp)
         B, F = codes.shape[:2]
         cuda = responses.device.type == "cuda"
         # channels_last straight from the gather: the faster layout for the decoder's convolutions on
@@ -331,7 +350,7 @@ class VideoReward:
             real,
             weights,
             group_size=group_size,
-            valid=valid,
+            valid=valid if self.invalid_tokens == "penalty" else None,
             invalid_reward=self.invalid_reward,
             lpips=self.lpips,
             data_range=self.data_range,

@@ -20,8 +20,10 @@ from typing import Any
 from ..ops.advantages import ESTIMATORS, GROUP_ESTIMATORS, WHITENED_ESTIMATORS
 from ..ops.pixel_metrics import AGGREGATES
 from ..ops.policy_loss import AGG_MODES, KL_TYPES
+from ..rewards.video import INVALID_TOKENS
 from ..worlds import WORLDS, check_reward_name
 from .frame_tokenizer import ARCHITECTURES
+from .rollout import DECODE_MODES
 
 
 class ConfigError(ValueError):
@@ -106,6 +108,13 @@ class VideoConfig:
     lpips_vgg_path: str | None = _f(None, "torchvision VGG16 state dict (.pth/.safetensors) for LPIPS")
     lpips_lin_path: str | None = _f(None, "the lpips package's vgg.pth linear-layer weights")
     invalid_reward: float | None = _f(None, "reward of a malformed rollout; empty: the worst a valid one can get")
+    invalid_tokens: str = _f(
+        "penalty",
+        "a rollout with a non-visual id, an early EOS or missing tokens in its frame slots: penalty = it gets "
+        "invalid_reward; clamp = RLVR-World's: every id clamped into the visual range, scored on that frame "
+        "(invalid_reward must be empty)",
+        INVALID_TOKENS,
+    )
     aggregate: str = _f("mean", "multi-step: per-frame losses -> one reward", AGGREGATES)
     gamma: float = _f(0.9, "multi-step discount (aggregate=discount)")
     decode_chunk: int | None = _f(None, "frames per decoder call (caps memory); empty: the whole batch")
@@ -131,6 +140,12 @@ class RewardConfig:
     )
     failure_reward: float = _f(0.0, "reward for a call that raises, exits, times out or returns NaN")
     workers: int = _f(4, "worker processes scoring a batch (rlvr_fast.rewards.score)")
+    decode: str = _f(
+        "clean",
+        "the text a text reward and its metrics see (training and held-out evaluation): clean = the response "
+        "without EOS and special tokens; verl = RLVR-World's verl: special tokens kept, the EOS text included",
+        DECODE_MODES,
+    )
 
 
 @dataclass

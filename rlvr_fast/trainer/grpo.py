@@ -326,6 +326,7 @@ class GRPOTrainer:
             greedy=greedy,
             forced_slots=self.task.forced_slots,
             answers=[a for _, _, a in rows],
+            decode=self.cfg.reward.decode,  # training and held-out evaluation alike, as RLVR-World's verl
         )
 
     # ---------------------------------------------------------------- evaluation

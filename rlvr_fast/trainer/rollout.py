@@ -12,6 +12,9 @@ attention mask (``present``) and are left out of ``response_mask``, so no loss i
 
 Position ids are ``cumsum(attention_mask) - 1`` both in ``generate`` and in the training forward, so
 left padding does not shift positions.
+
+``completions`` are the responses as text, the string a text reward and its metrics see, decoded one of
+:data:`DECODE_MODES` ways (:func:`decode_responses`; the trainer's ``reward.decode``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,12 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from .._checks import check_choice
+
+# How a response becomes the text its reward sees (decode_responses): "clean" drops EOS and special
+# tokens; "verl" is what RLVR-World's verl hands compute_score (special tokens kept, EOS included).
+DECODE_MODES = ("clean", "verl")
 
 
 def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,6 +84,35 @@ def response_mask_from(responses: torch.Tensor, eos_id: int) -> torch.Tensor:
     return ~after_eos
 
 
+def decode_responses(tokenizer, responses: torch.Tensor, present: torch.Tensor, mode: str = "clean") -> list[str]:
+    """The text of each response, as its reward sees it.
+
+    Args:
+        tokenizer: a ``transformers`` tokenizer (``decode``, ``eos_token_id``).
+        responses: int [B, R] response ids; present: bool [B, R], the tokens up to and including EOS (a
+            prefix of each row; a cut response has all R).
+        mode: one of :data:`DECODE_MODES`. ``"clean"``: the present tokens but EOS, decoded with
+            ``skip_special_tokens=True``. ``"verl"``: the first ``present.sum()`` tokens, EOS included,
+            decoded with the tokenizer's defaults (special tokens kept), so the EOS text ends the string
+            of a finished response: RLVR-World's ``NaiveRewardManager.__call__``
+            (``lang_wm/verl/verl/workers/reward_manager/naive.py``, e1b8b6f) decodes
+            ``response_ids[:valid_response_length]`` with ``valid_response_length`` the response part of
+            the attention mask, and its validation uses the same reward manager.
+
+    Returns:
+        B strings.
+    """
+    check_choice("mode", mode, DECODE_MODES)
+    texts = []
+    for row, keep in zip(responses.tolist(), present.tolist()):
+        if mode == "verl":
+            texts.append(tokenizer.decode(row[: sum(keep)]))
+        else:
+            toks = [t for t, k in zip(row, keep) if k and t != tokenizer.eos_token_id]
+            texts.append(tokenizer.decode(toks, skip_special_tokens=True))
+    return texts
+
+
 def _forced_tensor(forced_slots: list[bool] | None, answers: list[list[int]] | None, rows: int, device):
     """Long [rows, R]: the answer's token at forced positions, -1 elsewhere (None without forcing)."""
     if forced_slots is None or not any(forced_slots):
@@ -111,13 +149,16 @@ def sample(
     greedy: bool = False,
     forced_slots: list[bool] | None = None,
     answers: list[list[int]] | None = None,
+    decode: str = "clean",
 ) -> Rollout:
     """Sample ``n`` responses per prompt (greedy: one each) with KV-cached ``generate``.
 
     cfg: :class:`~rlvr_fast.trainer.config.RolloutConfig` (temperature, top_p, top_k, max_new_tokens).
     Sampling draws from the global torch RNG, which the trainer seeds and checkpoints.
     forced_slots / answers: response positions forced to the answer's token (module docstring).
+    decode: how ``completions`` are decoded, one of :data:`DECODE_MODES` (:func:`decode_responses`).
     """
+    check_choice("decode", decode, DECODE_MODES)
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, tokenizer.pad_token_id, device)
     reps = 1 if greedy else n
@@ -161,10 +202,7 @@ def sample(
     rmask = response_mask_from(resp, tokenizer.eos_token_id)
     resp = resp.masked_fill(~rmask, tokenizer.pad_token_id)
     attn = torch.cat([mask.repeat_interleave(reps, 0), rmask.long()], 1)
-    texts = []
-    for row, m in zip(resp.tolist(), rmask.tolist()):
-        toks = [t for t, keep in zip(row, m) if keep and t != tokenizer.eos_token_id]
-        texts.append(tokenizer.decode(toks, skip_special_tokens=True))
+    texts = decode_responses(tokenizer, resp, rmask, decode)
     return Rollout(torch.cat([ids.repeat_interleave(reps, 0), resp], 1), attn, _unforced(rmask, forced_slots), P, texts)
 
 

@@ -23,7 +23,7 @@ rewards [B, R] against each group's *real* frames (not the tokenizer's reconstru
 RLVR-World), summed into the outcome scores. Held-out metrics: greedy predictions decoded and compared
 with the real frames, MSE / MAE /
 PSNR / SSIM (LPIPS with its weights) averaged over every clip, a malformed prediction counted with its
-code-0 placeholder frames, plus ``valid`` (share of well-formed predictions) and ``reward``; the sprite
+code-0 placeholder frames (``invalid_tokens="clamp"``: its clamped frames), plus ``valid`` (share of well-formed predictions) and ``reward``; the sprite
 world adds ``sprites``, the share of sprites drawn in the right place (:func:`~rlvr_fast.worlds.sprite.
 sprite_accuracy`), which catches a policy that erases sprites to lower its MAE."""
 
@@ -142,7 +142,8 @@ class VideoTask(Task):
     world / description: the clip source (``examples(split, n)``, ``action_ranges()``) and a text naming
     everything that shaped its clips (part of the tokenizer fingerprint). n_sprites: the sprite world's,
     for the ``sprites`` metric (0: none). reward_options: :meth:`VideoReward.from_tokenizer`'s keyword
-    arguments besides ``lpips`` (``invalid_reward``, ``aggregate``, ``gamma``, ``decode_chunk``).
+    arguments besides ``lpips`` (``invalid_reward``, ``invalid_tokens``, ``aggregate``, ``gamma``,
+    ``decode_chunk``).
     preview: held-out clips drawn by :meth:`preview`.
     """
 
@@ -333,6 +334,7 @@ def sprite_video(
     lpips_vgg_path: str | None = None,
     lpips_lin_path: str | None = None,
     invalid_reward: float | None = None,
+    invalid_tokens: str = "penalty",
     aggregate: str,
     gamma: float,
     decode_chunk: int | None = None,
@@ -342,7 +344,9 @@ def sprite_video(
 ) -> VideoTask:
     """The ``sprite_video`` task: :class:`~rlvr_fast.worlds.sprite.SpriteWorld` clips of ``frame_size``
     [height, width] with ``n_sprites`` sprites, generated from ``seed`` (:class:`VideoTask` for the rest).
-    ``reward`` must be empty: the pixel reward is configured by ``reward_weights`` and the LPIPS files."""
+    ``reward`` must be empty: the pixel reward is configured by ``reward_weights`` and the LPIPS files;
+    ``invalid_tokens`` (``penalty`` | ``clamp``, :data:`~rlvr_fast.rewards.video.INVALID_TOKENS`) says what a
+    malformed rollout scores (:class:`~rlvr_fast.rewards.video.VideoReward`)."""
     from .sprite import SpriteWorld, SpriteWorldConfig
 
     check_reward_name("sprite_video", reward)
@@ -366,7 +370,13 @@ def sprite_video(
         lpips_lin_path=lpips_lin_path,
         n_sprites=n_sprites,
         preview=preview,
-        reward_options=dict(invalid_reward=invalid_reward, aggregate=aggregate, gamma=gamma, decode_chunk=decode_chunk),
+        reward_options=dict(
+            invalid_reward=invalid_reward,
+            invalid_tokens=invalid_tokens,
+            aggregate=aggregate,
+            gamma=gamma,
+            decode_chunk=decode_chunk,
+        ),
         device=device,
     )
 
@@ -386,6 +396,7 @@ def rt1_video(
     lpips_vgg_path: str | None = None,
     lpips_lin_path: str | None = None,
     invalid_reward: float | None = None,
+    invalid_tokens: str = "penalty",
     aggregate: str,
     gamma: float,
     decode_chunk: int | None = None,
@@ -395,7 +406,7 @@ def rt1_video(
 ) -> VideoTask:
     """The ``rt1_video`` task: RLVR-World's RT-1 ``.npz`` episodes in the directory ``train_path`` (the
     held-out split inside it), actions scaled by ``action_ranges_path`` (empty: RLVR-World's RT-1 ranges).
-    ``reward`` must be empty, as for :func:`sprite_video`."""
+    ``reward`` must be empty and ``invalid_tokens`` is the reward's, as for :func:`sprite_video`."""
     from .rt1 import OXEEpisodes
 
     check_reward_name("rt1_video", reward)
@@ -420,7 +431,13 @@ def rt1_video(
         lpips_lin_path=lpips_lin_path,
         preview=preview,
         device=device,
-        reward_options=dict(invalid_reward=invalid_reward, aggregate=aggregate, gamma=gamma, decode_chunk=decode_chunk),
+        reward_options=dict(
+            invalid_reward=invalid_reward,
+            invalid_tokens=invalid_tokens,
+            aggregate=aggregate,
+            gamma=gamma,
+            decode_chunk=decode_chunk,
+        ),
     )
 
 
