@@ -67,13 +67,25 @@ class DataConfig:
         "rt1_video: the directory of RLVR-World .npz episodes (split inside it)",
     )
     test_path: str | None = _f(None, "text_game / web_page: local held-out file")
+    nongold_path: str | None = _f(
+        None,
+        "text_game: a second training file in the same format (RLVR-World's non-gold transitions) from "
+        "which data.nongold_rows rows are drawn per epoch",
+    )
+    nongold_rows: int = _f(
+        0,
+        "text_game: rows drawn from data.nongold_path at random with replacement every epoch of the training "
+        "file (from trainer.seed and the epoch); 0: off",
+    )
     n_train: int = _f(6000, "synthetic worlds: training transitions (sprite_video: clips)")
     n_test: int = _f(500, "synthetic worlds: held-out transitions (sprite_video: clips)")
     synthetic_uuids: str = _f(
         "random", "synthetic world: random uuids per state, or a fixed uuid per object name", ("random", "by_name")
     )
     limit: int | None = _f(None, "loaded data: read at most this many rows per file")
-    max_prompt_tokens: int = _f(1024, "prompts longer than this are dropped (counted in the log)")
+    max_prompt_tokens: int = _f(
+        1024, "prompts longer than this (token ids after the chat template) are dropped (counted in the log)"
+    )
     chat_template: bool = _f(True, "loaded data: wrap prompts in the tokenizer's chat template if it has one")
 
 
@@ -100,8 +112,8 @@ class VideoConfig:
     tokenizer_res_blocks: int = _f(1, "its residual blocks at the code resolution (encoder and decoder each)")
     reward_weights: dict | None = _f(
         None,
-        "{term: weight} over mse, mae, psnr, ssim, lpips; empty: mae 1 + "
-        "lpips 1 with LPIPS weights, else mae 1 + ssim 1 (RLVR-World)",
+        "{term: weight} over mse, mae, psnr, ssim, lpips; empty: mae 1 + lpips 1 (RLVR-World's) when "
+        "the LPIPS weight files are set, else mae 1 + ssim 1 (rlvr_fast's fallback: RLVR-World has no SSIM term)",
     )
     lpips_vgg_path: str | None = _f(None, "torchvision VGG16 state dict (.pth/.safetensors) for LPIPS")
     lpips_lin_path: str | None = _f(None, "the lpips package's vgg.pth linear-layer weights")
@@ -289,28 +301,43 @@ def load_config(
     base: Config | None = None,
     *,
     for_eval: bool = False,
+    preset: str | None = None,
 ) -> Config:
-    """Build a :class:`Config`: defaults (or ``base``), then the YAML file, then each override; then
-    :func:`validate` it (``for_eval``: for ``rlvr-fast eval``, which needs no training file)."""
+    """Build a :class:`Config`: defaults (or ``base``), then the shipped ``preset`` (a name of
+    :func:`rlvr_fast.configs.preset_names`), then the YAML file, then each override; then :func:`validate`
+    it (``for_eval``: for ``rlvr-fast eval``, which needs no training file)."""
     import copy
 
-    import yaml
-
     cfg = copy.deepcopy(base) if base is not None else Config()
-    if path is not None:
+    if preset is not None:
+        from ..configs import preset_path
+
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {str(path)!r} does not exist") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
-        _apply(cfg, data)
+            _apply_file(cfg, preset_path(preset))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if path is not None:
+        _apply_file(cfg, path)
     for text in overrides:
         _apply(cfg, parse_override(text))
     validate(cfg, for_eval=for_eval)
     return cfg
+
+
+def _apply_file(cfg: Config, path: str | Path) -> None:
+    """Apply the sections of the YAML file ``path`` to ``cfg`` (ConfigError naming the file if it is missing,
+    not YAML or not a mapping)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+    _apply(cfg, data)
 
 
 # Float keys for which inf means something (said in their help text). Every other number in the
@@ -401,6 +428,12 @@ def validate(cfg: Config, *, for_eval: bool = False) -> None:
             f"data.world = {d.world!r} needs a pretrained model with its tokenizer: set model.path to a local "
             "Hugging Face model directory (config.json, weights, tokenizer files), e.g. one saved with "
             "save_pretrained",
+        ),
+        (d.nongold_rows >= 0, f"data.nongold_rows must be >= 0, got {d.nongold_rows}"),
+        (
+            d.nongold_rows == 0 or bool(d.nongold_path) or for_eval,
+            f"data.nongold_rows = {d.nongold_rows} draws rows from a second training file: set data.nongold_path "
+            "(or data.nongold_rows=0)",
         ),
         (
             not world.episodes or d.train_path,
