@@ -153,9 +153,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from .trainer.config import describe
+    from .trainer.config import describe, load_config
 
-    print(describe(_config(args.config, args.overrides, preset=args.preset)))
+    # the local files and model a run reads may still be unset: the tree is printed to be filled in
+    print(describe(load_config(args.config, args.overrides, preset=args.preset, inputs=False)))
     return 0
 
 

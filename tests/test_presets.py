@@ -102,6 +102,7 @@ TEXT_GAME = {
     "algo.micro_batch_size": 2,
     "algo.entropy_coef": 0.001,
     "trainer.lr": 1e-6,
+    "trainer.eval_size": 1000000,
     "model.gradient_checkpointing": True,
     "reward.decode": "verl",
 }
@@ -119,6 +120,8 @@ EXPECTED = {
         "algo.micro_batch_size": 5,
         "algo.entropy_coef": 0.001,
         "trainer.lr": 1e-6,
+        "trainer.eval_size": 1000000,
+        "model.gradient_checkpointing": True,
         "reward.name": "web_page/f1",
         "reward.decode": "verl",
         "data.nongold_rows": 0,
@@ -173,6 +176,12 @@ def test_layering_preset_then_config_file_then_overrides(tmp_path, capsys):
     assert "n = 4  #" in out and "max_new_tokens = 100  #" in out  # override over file over preset
     assert "prompts_per_step = 64  #" in out and "max_prompt_tokens = 5000  #" in out  # the preset's
     assert "world = 'web_page'  #" in out
+    # without the files and model a run needs: printed to be filled in; train refuses it
+    for name in NAMES:
+        assert main(["config", "--preset", name]) == 0
+        assert f"max_prompt_tokens = {EXPECTED[name]['data.max_prompt_tokens']}  #" in capsys.readouterr().out
+        assert main(["train", "--preset", name]) == 2
+        assert "set " in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -302,10 +302,12 @@ def load_config(
     *,
     for_eval: bool = False,
     preset: str | None = None,
+    inputs: bool = True,
 ) -> Config:
     """Build a :class:`Config`: defaults (or ``base``), then the shipped ``preset`` (a name of
     :func:`rlvr_fast.configs.preset_names`), then the YAML file, then each override; then :func:`validate`
-    it (``for_eval``: for ``rlvr-fast eval``, which needs no training file)."""
+    it (``for_eval``: for ``rlvr-fast eval``, which needs no training file; ``inputs`` False: the local files
+    and model a run reads may be unset, for ``rlvr-fast config``)."""
     import copy
 
     cfg = copy.deepcopy(base) if base is not None else Config()
@@ -320,7 +322,7 @@ def load_config(
         _apply_file(cfg, path)
     for text in overrides:
         _apply(cfg, parse_override(text))
-    validate(cfg, for_eval=for_eval)
+    validate(cfg, for_eval=for_eval, inputs=inputs)
     return cfg
 
 
@@ -372,12 +374,13 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def validate(cfg: Config, *, for_eval: bool = False) -> None:
+def validate(cfg: Config, *, for_eval: bool = False, inputs: bool = True) -> None:
     """Finiteness of every float (:data:`INF_ALLOWED` lists the exceptions), ranges and cross-field
     checks: raise :class:`ConfigError` naming the keys and what would be valid.
 
     ``for_eval``: the config of an evaluation (``rlvr-fast eval``), which reads only the held-out file
-    of a text_game / web_page world, so ``data.train_path`` may be unset.
+    of a text_game / web_page world, so ``data.train_path`` may be unset. ``inputs`` False: the data files,
+    episodes and model a run reads (``data.*_path``, ``model.path``) may be unset (``rlvr-fast config``).
     """
     _check_finite(cfg)
     r, a, t, v, rw, d = cfg.rollout, cfg.algo, cfg.trainer, cfg.video, cfg.reward, cfg.data
@@ -420,23 +423,23 @@ def validate(cfg: Config, *, for_eval: bool = False) -> None:
         ),
         (t.eval_size >= 1 and t.eval_batch_size >= 1, "trainer.eval_size and trainer.eval_batch_size must be >= 1"),
         (
-            not world.files or bool(d.test_path and (for_eval or d.train_path)),
+            not (inputs and world.files) or bool(d.test_path and (for_eval or d.train_path)),
             f"data.world = {d.world!r} reads local files: set {files}",
         ),
         (
-            not world.needs_model or cfg.model.path,
+            not (inputs and world.needs_model) or cfg.model.path,
             f"data.world = {d.world!r} needs a pretrained model with its tokenizer: set model.path to a local "
             "Hugging Face model directory (config.json, weights, tokenizer files), e.g. one saved with "
             "save_pretrained",
         ),
         (d.nongold_rows >= 0, f"data.nongold_rows must be >= 0, got {d.nongold_rows}"),
         (
-            d.nongold_rows == 0 or bool(d.nongold_path) or for_eval,
+            not inputs or d.nongold_rows == 0 or bool(d.nongold_path) or for_eval,
             f"data.nongold_rows = {d.nongold_rows} draws rows from a second training file: set data.nongold_path "
             "(or data.nongold_rows=0)",
         ),
         (
-            not world.episodes or d.train_path,
+            not (inputs and world.episodes) or d.train_path,
             f"data.world = {d.world!r} reads local episodes: set data.train_path to the .npz directory",
         ),
     ]
