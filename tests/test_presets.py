@@ -203,6 +203,8 @@ def test_text_game_preset_without_the_second_file_names_the_key(name, capsys):
     assert main(["train", "--preset", name, *args]) == 2
     assert "set data.nongold_path (or data.nongold_rows=0)" in capsys.readouterr().err
     C.load_config(None, [*args, "data.nongold_rows=0"], preset=name)  # the mix off: no second file needed
+    with pytest.raises(C.ConfigError, match=r"data.world = 'web_page' reads no second training file"):
+        C.load_config(None, [*args, "data.nongold_rows=3", "data.nongold_path=c"], preset="rlvr_world_web_page")
     with pytest.raises(C.ConfigError, match="data.nongold_rows must be >= 0"):
         C.load_config(None, [*args, "data.nongold_rows=-1", "data.nongold_path=c"])
 

@@ -10,6 +10,7 @@ raise :class:`ConfigError` with a message that lists what is valid. ``describe()
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import types
 import typing
@@ -20,7 +21,7 @@ from typing import Any
 from ..ops.advantages import ESTIMATORS, GROUP_ESTIMATORS, WHITENED_ESTIMATORS
 from ..ops.pixel_metrics import AGGREGATES
 from ..ops.policy_loss import AGG_MODES, KL_TYPES
-from ..worlds import WORLDS, check_reward_name
+from ..worlds import WORLDS, check_reward_name, loader
 from .frame_tokenizer import ARCHITECTURES
 
 
@@ -433,6 +434,11 @@ def validate(cfg: Config, *, for_eval: bool = False, inputs: bool = True) -> Non
             "save_pretrained",
         ),
         (d.nongold_rows >= 0, f"data.nongold_rows must be >= 0, got {d.nongold_rows}"),
+        (
+            d.nongold_rows <= 0 or "nongold_path" in inspect.signature(loader(d.world)).parameters,
+            f"data.nongold_rows = {d.nongold_rows}: data.world = {d.world!r} reads no second training file "
+            "(data.nongold_path); set data.nongold_rows=0",
+        ),
         (
             not inputs or d.nongold_rows == 0 or bool(d.nongold_path) or for_eval,
             f"data.nongold_rows = {d.nongold_rows} draws rows from a second training file: set data.nongold_path "
