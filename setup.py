@@ -138,7 +138,7 @@ setup(
     packages=find_packages(include=["rlvr_fast", "rlvr_fast.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
-    package_data={"rlvr_fast.configs": ["*.yaml"]},
+    package_data={"rlvr_fast.configs": ["*.yaml", "presets/*.yaml"]},
     ext_modules=EXT_MODULES,
     cmdclass=CMDCLASS,
     entry_points={"console_scripts": ["rlvr-fast = rlvr_fast.cli:main"]},

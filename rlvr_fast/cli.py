@@ -1,12 +1,14 @@
 """``rlvr-fast``: the command line.
 
     rlvr-fast demo [--world text|video] [key=value ...] the built-in main job (MLE then GRPO, before/after table)
-    rlvr-fast train [--config x.yaml] [--resume] [key=value ...]
-    rlvr-fast eval --checkpoint DIR [--config x.yaml] [key=value ...]
-    rlvr-fast config [--config x.yaml] [key=value ...]  print the resolved configuration (with help text)
+    rlvr-fast train [--preset NAME] [--config x.yaml] [--resume] [key=value ...]
+    rlvr-fast eval --checkpoint DIR [--preset NAME] [--config x.yaml] [key=value ...]
+    rlvr-fast config [--preset NAME] [--config x.yaml] [key=value ...]  print the resolved configuration
     rlvr-fast bench [run_all.py options]                 the benchmark suite of a source checkout
 
 Overrides are ``section.key=value`` (values read as YAML), e.g. ``trainer.lr=1e-5 rollout.n=8``.
+Layering: the defaults, then the preset (a file of rlvr_fast/configs/presets, e.g. rlvr_world_web_page),
+then the --config file, then the overrides.
 Multi-GPU: ``torchrun --nproc_per_node=N -m rlvr_fast.cli train ...``.
 """
 
@@ -45,13 +47,13 @@ TABLE_METRICS = (
 USER_ERRORS = (ValueError, TypeError, KeyError, OSError)
 
 
-def _config(path: str | None, overrides: list[str], default: str | None = None, *, for_eval: bool = False):
+def _config(path: str | None, overrides: list[str], default: str | None = None, *, for_eval: bool = False, preset=None):
     from .trainer.config import load_config
 
     if path is None and default is not None:
         with resources.as_file(resources.files("rlvr_fast.configs") / default) as p:
             return load_config(p, overrides, for_eval=for_eval)
-    return load_config(path, overrides, for_eval=for_eval)
+    return load_config(path, overrides, for_eval=for_eval, preset=preset)
 
 
 def format_table(summary: dict) -> str:
@@ -108,7 +110,7 @@ def _finished_demo(cfg) -> dict | None:
 def cmd_train(args, default_config: str | None = None) -> int:
     from .trainer import train
 
-    cfg = _config(args.config, args.overrides, default_config)
+    cfg = _config(args.config, args.overrides, default_config, preset=getattr(args, "preset", None))
     demo = args.cmd == "demo"
     request = _demo_request(cfg) if demo else None
     if demo and not args.resume and not args.force and (done := _finished_demo(cfg)) is not None:
@@ -144,16 +146,17 @@ def cmd_eval(args) -> int:
             "use a run's out_dir/best or out_dir/checkpoint)"
         )
     # eval reads only the held-out data: a text world's config needs no data.train_path
-    cfg = _config(args.config, [*args.overrides, f"model.path={args.checkpoint}"], for_eval=True)
+    cfg = _config(args.config, [*args.overrides, f"model.path={args.checkpoint}"], for_eval=True, preset=args.preset)
     metrics = GRPOTrainer(cfg, eval_only=True).evaluate()
     print(json.dumps(metrics, indent=2))
     return 0
 
 
 def cmd_config(args) -> int:
-    from .trainer.config import describe
+    from .trainer.config import describe, load_config
 
-    print(describe(_config(args.config, args.overrides)))
+    # the local files and model a run reads may still be unset: the tree is printed to be filled in
+    print(describe(load_config(args.config, args.overrides, preset=args.preset, inputs=False)))
     return 0
 
 
@@ -187,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         s = sub.add_parser(name, help=helptext)
         s.add_argument("--config", help="YAML file (sections as in `rlvr-fast config`)")
         s.add_argument("overrides", nargs="*", help="section.key=value")
+        if name != "demo":
+            s.add_argument(
+                "--preset",
+                help="a shipped run preset, layered under --config and the overrides (e.g. rlvr_world_web_page; "
+                "an unknown name lists them)",
+            )
         if name in ("train", "demo"):
             s.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint")
         if name == "demo":

@@ -101,11 +101,13 @@ class Task:
 
     name: the world's registry name. train / test: the examples of each split (any objects the task's
     methods understand). select_metric: the held-out metric (higher is better) that picks the best
-    checkpoint.
+    checkpoint. train_pool: more training examples of which the trainer draws ``data.nongold_rows`` at
+    random with replacement every epoch (RLVR-World's non-gold text-game rows); empty for most tasks.
     """
 
     name: str
     train: list[Any]
+    train_pool: Sequence[Any] = ()
     test: list[Any]
     select_metric: str
     tokenizer: Any = None  # a transformers tokenizer the task ships (built-in worlds), else the model's

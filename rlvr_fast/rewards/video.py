@@ -71,7 +71,8 @@ def _check_frame_range(name: str, frames: torch.Tensor, data_range: float) -> No
 
 
 def default_weights(lpips: bool) -> dict[str, float]:
-    """RLVR-World's video reward weights: ``{"mae": 1, "lpips": 1}`` with LPIPS, else ``{"mae": 1, "ssim": 1}``."""
+    """``{"mae": 1, "lpips": 1}`` with LPIPS (RLVR-World's ``trainer.loss_weight``), else ``{"mae": 1, "ssim": 1}``
+    (rlvr_fast's fallback without LPIPS weights; RLVR-World's reward has no SSIM term)."""
     return {"mae": 1.0, "lpips": 1.0} if lpips else {"mae": 1.0, "ssim": 1.0}
 
 

@@ -10,24 +10,22 @@ raise :class:`ConfigError` with a message that lists what is valid. ``describe()
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..ops.advantages import ESTIMATORS, GROUP_ESTIMATORS, WHITENED_ESTIMATORS
+from ..ops.advantages import ESTIMATORS
 from ..ops.pixel_metrics import AGGREGATES
 from ..ops.policy_loss import AGG_MODES, KL_TYPES
 from ..rewards.video import INVALID_TOKENS
-from ..worlds import WORLDS, check_reward_name
+from ..worlds import WORLDS
+from .config_checks import INF_ALLOWED, ConfigError, validate
 from .frame_tokenizer import ARCHITECTURES
 from .rollout import DECODE_MODES
 
-
-class ConfigError(ValueError):
-    """A configuration key or value is invalid; the message says what is valid."""
+__all__ = ["INF_ALLOWED", "Config", "ConfigError", "describe", "load_config", "validate"]
 
 
 def _f(default, help: str, choices: tuple | None = None):
@@ -69,13 +67,25 @@ class DataConfig:
         "rt1_video: the directory of RLVR-World .npz episodes (split inside it)",
     )
     test_path: str | None = _f(None, "text_game / web_page: local held-out file")
+    nongold_path: str | None = _f(
+        None,
+        "text_game: a second training file in the same format (RLVR-World's non-gold transitions) from "
+        "which data.nongold_rows rows are drawn per epoch",
+    )
+    nongold_rows: int = _f(
+        0,
+        "text_game: rows drawn from data.nongold_path at random with replacement every epoch of the training "
+        "file (from trainer.seed and the epoch); 0: off",
+    )
     n_train: int = _f(6000, "synthetic worlds: training transitions (sprite_video: clips)")
     n_test: int = _f(500, "synthetic worlds: held-out transitions (sprite_video: clips)")
     synthetic_uuids: str = _f(
         "random", "synthetic world: random uuids per state, or a fixed uuid per object name", ("random", "by_name")
     )
     limit: int | None = _f(None, "loaded data: read at most this many rows per file")
-    max_prompt_tokens: int = _f(1024, "prompts longer than this are dropped (counted in the log)")
+    max_prompt_tokens: int = _f(
+        1024, "prompts longer than this (token ids after the chat template) are dropped (counted in the log)"
+    )
     chat_template: bool = _f(True, "loaded data: wrap prompts in the tokenizer's chat template if it has one")
 
 
@@ -102,8 +112,8 @@ class VideoConfig:
     tokenizer_res_blocks: int = _f(1, "its residual blocks at the code resolution (encoder and decoder each)")
     reward_weights: dict | None = _f(
         None,
-        "{term: weight} over mse, mae, psnr, ssim, lpips; empty: mae 1 + "
-        "lpips 1 with LPIPS weights, else mae 1 + ssim 1 (RLVR-World)",
+        "{term: weight} over mse, mae, psnr, ssim, lpips; empty: mae 1 + lpips 1 (RLVR-World's) when "
+        "the LPIPS weight files are set, else mae 1 + ssim 1 (rlvr_fast's fallback: RLVR-World has no SSIM term)",
     )
     lpips_vgg_path: str | None = _f(None, "torchvision VGG16 state dict (.pth/.safetensors) for LPIPS")
     lpips_lin_path: str | None = _f(None, "the lpips package's vgg.pth linear-layer weights")
@@ -304,143 +314,45 @@ def load_config(
     base: Config | None = None,
     *,
     for_eval: bool = False,
+    preset: str | None = None,
+    inputs: bool = True,
 ) -> Config:
-    """Build a :class:`Config`: defaults (or ``base``), then the YAML file, then each override; then
-    :func:`validate` it (``for_eval``: for ``rlvr-fast eval``, which needs no training file)."""
+    """Build a :class:`Config`: defaults (or ``base``), then the shipped ``preset`` (a name of
+    :func:`rlvr_fast.configs.preset_names`), then the YAML file, then each override; then :func:`validate`
+    it (``for_eval``: for ``rlvr-fast eval``, which needs no training file; ``inputs`` False: the local files
+    and model a run reads may be unset, for ``rlvr-fast config``)."""
     import copy
 
-    import yaml
-
     cfg = copy.deepcopy(base) if base is not None else Config()
-    if path is not None:
+    if preset is not None:
+        from ..configs import preset_path
+
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {str(path)!r} does not exist") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
-        _apply(cfg, data)
+            _apply_file(cfg, preset_path(preset))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if path is not None:
+        _apply_file(cfg, path)
     for text in overrides:
         _apply(cfg, parse_override(text))
-    validate(cfg, for_eval=for_eval)
+    validate(cfg, for_eval=for_eval, inputs=inputs)
     return cfg
 
 
-# Float keys for which inf means something (said in their help text). Every other number in the
-# config, lists and mappings included, must be finite: NaN passes every `x > 0` test by failing none.
-INF_ALLOWED = frozenset({"reward.timeout_s"})
+def _apply_file(cfg: Config, path: str | Path) -> None:
+    """Apply the sections of the YAML file ``path`` to ``cfg`` (ConfigError naming the file if it is missing,
+    not YAML or not a mapping)."""
+    import yaml
 
-
-def _numbers(value):
-    if isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _numbers(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _numbers(v)
-    elif isinstance(value, float):
-        yield value
-
-
-def _check_finite(cfg: Config) -> None:
-    """The generic rule: every float anywhere in the tree is finite, except +inf for INF_ALLOWED keys."""
-    for section in dataclasses.fields(cfg):
-        node = getattr(cfg, section.name)
-        for f in dataclasses.fields(node):
-            key, value = f"{section.name}.{f.name}", getattr(node, f.name)
-            for v in _numbers(value):
-                if not math.isfinite(v) and not (v == math.inf and key in INF_ALLOWED):
-                    allowed = " (or inf)" if key in INF_ALLOWED else ""
-                    raise ConfigError(f"{key} must be a finite number{allowed}, got {value!r}")
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def validate(cfg: Config, *, for_eval: bool = False) -> None:
-    """Finiteness of every float (:data:`INF_ALLOWED` lists the exceptions), ranges and cross-field
-    checks: raise :class:`ConfigError` naming the keys and what would be valid.
-
-    ``for_eval``: the config of an evaluation (``rlvr-fast eval``), which reads only the held-out file
-    of a text_game / web_page world, so ``data.train_path`` may be unset.
-    """
-    _check_finite(cfg)
-    r, a, t, v, rw, d = cfg.rollout, cfg.algo, cfg.trainer, cfg.video, cfg.reward, cfg.data
-    world = WORLDS[d.world]  # data.world is one of them (a choice)
-    files = "data.train_path and data.test_path"
-    if for_eval:
-        files = "data.test_path (eval reads only the held-out file)"
-    checks = [
-        (r.n >= 1, f"rollout.n must be >= 1, got {r.n}"),
-        (
-            r.n >= 2 or a.estimator not in GROUP_ESTIMATORS,
-            f"rollout.n = {r.n}: estimator {a.estimator!r} compares samples within a group, use rollout.n >= 2",
-        ),
-        (r.prompts_per_step >= 1, f"rollout.prompts_per_step must be >= 1, got {r.prompts_per_step}"),
-        (r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}"),
-        (0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}"),
-        (r.top_k >= 0, f"rollout.top_k must be >= 0, got {r.top_k}"),
-        (r.max_new_tokens >= 1, f"rollout.max_new_tokens must be >= 1, got {r.max_new_tokens}"),
-        (a.ppo_epochs >= 1, f"algo.ppo_epochs must be >= 1, got {a.ppo_epochs}"),
-        (a.micro_batch_size >= 1, f"algo.micro_batch_size must be >= 1, got {a.micro_batch_size}"),
-        (a.clip_low >= 0 and a.clip_high >= 0, "algo.clip_low and algo.clip_high must be >= 0"),
-        (a.dual_clip is None or a.dual_clip > 1, f"algo.dual_clip must be > 1 or empty, got {a.dual_clip}"),
-        (a.kl_coef >= 0, f"algo.kl_coef must be >= 0, got {a.kl_coef}"),
-        (rw.timeout_s > 0, f"reward.timeout_s must be > 0 (inf: no limit), got {rw.timeout_s}"),
-        (rw.workers >= 1, f"reward.workers must be >= 1, got {rw.workers}"),
-        (v.tokenizer_lr > 0, f"video.tokenizer_lr must be > 0, got {v.tokenizer_lr}"),
-        (0 < v.gamma <= 1, f"video.gamma must be in (0, 1], got {v.gamma}"),
-        (
-            v.reward_weights is None or all(_is_number(w) for w in v.reward_weights.values()),
-            f"video.reward_weights must map terms to numbers, got {v.reward_weights!r}",
-        ),
-        (t.weight_decay >= 0, f"trainer.weight_decay must be >= 0, got {t.weight_decay}"),
-        (t.steps >= 0 and cfg.mle.steps >= 0, "trainer.steps and mle.steps must be >= 0"),
-        (t.lr > 0 and cfg.mle.lr > 0, "trainer.lr and mle.lr must be > 0"),
-        (t.grad_clip >= 0, f"trainer.grad_clip must be >= 0, got {t.grad_clip}"),
-        (t.cpu_threads >= 0, f"trainer.cpu_threads must be >= 0 (0: adapt to idle cores), got {t.cpu_threads}"),
-        (
-            len(t.betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in t.betas),
-            f"trainer.betas must be two numbers in [0, 1), got {t.betas}",
-        ),
-        (t.eval_size >= 1 and t.eval_batch_size >= 1, "trainer.eval_size and trainer.eval_batch_size must be >= 1"),
-        (
-            not world.files or bool(d.test_path and (for_eval or d.train_path)),
-            f"data.world = {d.world!r} reads local files: set {files}",
-        ),
-        (
-            not world.needs_model or cfg.model.path,
-            f"data.world = {d.world!r} needs a pretrained model with its tokenizer: set model.path to a local "
-            "Hugging Face model directory (config.json, weights, tokenizer files), e.g. one saved with "
-            "save_pretrained",
-        ),
-        (
-            not world.episodes or d.train_path,
-            f"data.world = {d.world!r} reads local episodes: set data.train_path to the .npz directory",
-        ),
-    ]
-    batch = r.prompts_per_step * r.n
-    mini = a.mini_batch_size or batch
-    checks += [
-        (
-            mini >= 1 and batch % mini == 0,
-            f"algo.mini_batch_size = {mini} must divide the rollout batch rollout.prompts_per_step x rollout.n = {batch}",
-        ),
-        (
-            mini % r.n == 0 or a.estimator in WHITENED_ESTIMATORS,
-            f"algo.mini_batch_size = {mini} must be a multiple of rollout.n = {r.n} (whole groups per mini-batch)",
-        ),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
-    try:  # the world's loader refuses it too; checked here so the run fails before any work
-        check_reward_name(d.world, rw.name)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+    _apply(cfg, data)
 
 
 def describe(node=None, prefix: str = "") -> str:

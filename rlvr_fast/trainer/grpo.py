@@ -104,8 +104,13 @@ class GRPOTrainer:
         )
         self.train_set = [] if eval_only else self._encode(self.task.train, "train")
         self.test_set = self._encode(self.task.test[: cfg.trainer.eval_size], "test")
+        extra = 0 if eval_only else cfg.data.nongold_rows  # rows drawn per epoch from the task's pool
+        if extra and not self.task.train_pool:
+            raise ValueError(f"data.nongold_rows = {extra}: the {self.task.name} task has no non-gold rows to draw")
+        pool = self._encode(self.task.train_pool, "non-gold") if extra else []
         # the run's progress: what a checkpoint holds besides weights, optimizer and reference (run_state.py)
-        self.stream = run_state.DataStream(len(self.train_set), cfg.trainer.seed)
+        self.stream = run_state.DataStream(len(self.train_set), cfg.trainer.seed, extra=extra, pool=len(pool))
+        self.train_set += pool  # the stream's indices n.. are pool rows
         self.stage, self.mle_step, self.rl_step = "mle", 0, 0
         self.results: dict[str, Any] = {}
         self.previews: dict[str, Any] = {}  # stage -> held-out greedy responses for Task.preview

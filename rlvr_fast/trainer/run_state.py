@@ -62,32 +62,61 @@ def config_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
 
 
 class DataStream:
-    """Endless shuffled indices over ``n`` examples; a fresh permutation per epoch from ``seed``.
-    Its whole state is (epoch, position), so a checkpoint resumes the exact order."""
+    """Endless shuffled indices over ``n`` examples plus ``extra`` rows drawn per epoch from a pool of
+    ``pool`` more (indices ``n .. n + pool - 1``); each epoch a fresh permutation of its ``n + extra``
+    slots and a fresh draw, both from ``(seed, epoch)``. Its whole state is (epoch, position), so a
+    checkpoint resumes the exact order and the exact draw.
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch, self.pos = n, seed, 0, 0
+    The mix is RLVR-World's text-game dataset (``RLHFTextGameDataset`` in
+    ``lang_wm/verl/verl/utils/dataset/rl_dataset_text_game.py``, thuml/RLVR-World e1b8b6f): an epoch is
+    the gold rows plus ``sample_no_gold_data_num`` slots, each slot a non-gold row drawn uniformly with
+    replacement. There the draw happens in the dataloader workers with Python's ``random`` (not
+    reproducible); here it is drawn once per epoch from the seed. ``extra = 0`` gives the permutations
+    of a stream without a pool (checkpoints written before the pool existed resume unchanged).
+    """
+
+    def __init__(self, n: int, seed: int, *, extra: int = 0, pool: int = 0):
+        if extra and pool < 1:
+            raise ValueError(f"DataStream: {extra} extra rows per epoch need a pool of at least one row")
+        self.n, self.seed, self.extra, self.pool, self.epoch, self.pos = n, seed, extra, pool, 0, 0
         self._perm = self._permutation()
 
     def _permutation(self) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.n, generator=generator).tolist()
+        perm = torch.randperm(self.n + self.extra, generator=generator)
+        if self.extra:  # slot n + j holds the j-th row drawn from the pool this epoch
+            drawn = self.n + torch.randint(self.pool, (self.extra,), generator=generator)
+            perm = torch.where(perm < self.n, perm, drawn[(perm - self.n).clamp(min=0)])
+        return perm.tolist()
+
+    def drawn(self) -> list[int]:
+        """The pool rows (indices ``n ..``) of the current epoch, in the epoch's order."""
+        return [i for i in self._perm if i >= self.n]
 
     def take(self, k: int) -> list[int]:
         out = []
+        size = self.n + self.extra
         while len(out) < k:
-            if self.pos == self.n:
+            if self.pos == size:
                 self.epoch, self.pos = self.epoch + 1, 0
                 self._perm = self._permutation()
-            m = min(k - len(out), self.n - self.pos)
+            m = min(k - len(out), size - self.pos)
             out += self._perm[self.pos : self.pos + m]
             self.pos += m
         return out
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
+        return {"epoch": self.epoch, "pos": self.pos, "sizes": [self.n, self.extra, self.pool]}
 
     def load_state_dict(self, s: dict) -> None:
+        """Restore (epoch, position); a checkpoint that records the stream's sizes (written since the pool
+        exists) must match them: other data files would make another order (ValueError)."""
+        sizes = s.get("sizes")
+        if sizes is not None and list(sizes) != [self.n, self.extra, self.pool]:
+            raise ValueError(
+                f"--resume: the checkpoint's data stream had (examples, extra rows per epoch, pool) = "
+                f"{tuple(sizes)}, this run has {(self.n, self.extra, self.pool)}: the data files changed"
+            )
         self.epoch, self.pos = s["epoch"], s["pos"]
         self._perm = self._permutation()
 

@@ -48,6 +48,7 @@ class TextTask(Task):
                     else the default), resolved by :func:`rlvr_fast.rewards.get_reward`.
     limits:         how the reward calls run (:class:`~rlvr_fast.task.RewardLimits`).
     tokenizer:      a ``transformers`` tokenizer the world ships (built-in worlds), else None (the model's).
+    train_pool:     more training examples, drawn per epoch by the trainer (``data.nongold_rows``).
     """
 
     def __init__(
@@ -62,8 +63,9 @@ class TextTask(Task):
         tokenizer: Any = None,
         reward: str | None = None,
         limits: RewardLimits = RewardLimits(),
+        train_pool: Sequence[Example] = (),
     ):
-        self.name, self.train, self.test = name, train, test
+        self.name, self.train, self.test, self.train_pool = name, train, test, list(train_pool)
         self.metrics, self.default_reward, self.select_metric = metrics, default_reward, select_metric
         self.tokenizer = tokenizer
         self.reward = reward or default_reward

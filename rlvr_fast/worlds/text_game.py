@@ -64,16 +64,27 @@ def text_game_task(
     train_split: str | None = None,
     test_split: str | None = None,
     limit: int | None = None,
+    nongold_path: str | os.PathLike | None = None,
     reward: str | None = None,
     limits: RewardLimits = RewardLimits(),
 ) -> TextTask:
     """The text-game task: :func:`load_text_game` on both files (``limit`` applies to each), eval by
     :func:`rlvr_fast.rewards.text_game.metrics`, reward ``"text_game/task"`` (or ``reward``), best
-    checkpoint by ``exact``. ``train_path`` None: no train split (evaluation only)."""
+    checkpoint by ``exact``. ``train_path`` None: no train split (evaluation only).
+
+    nongold_path: a second training file in the same format (``train_split`` and ``limit`` apply), the
+    task's ``train_pool``: RLVR-World's ``train_state_difference_non_gold.parquet``, from which the trainer
+    draws ``data.nongold_rows`` rows per epoch (``+data.sample_no_gold_data_file`` in
+    ``lang_wm/verl/examples/grpo_trainer/run_text_game_rl.sh``, thuml/RLVR-World e1b8b6f). Not read
+    without ``train_path``."""
+    pool = []
+    if train_path is not None and nongold_path is not None:
+        pool = load_text_game(nongold_path, split=train_split, limit=limit)
     return TextTask(
         "text_game",
         [] if train_path is None else load_text_game(train_path, split=train_split, limit=limit),
         load_text_game(test_path, split=test_split, limit=limit),
+        train_pool=pool,
         metrics=_reward.metrics,
         default_reward="text_game/task",
         select_metric="exact",
