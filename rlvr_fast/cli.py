@@ -24,21 +24,23 @@ from importlib import resources
 from pathlib import Path
 
 DEMO_CONFIGS = {"text": "demo.yaml", "video": "demo_video.yaml"}
+# (summary key, label, higher is better): the rows of the before/after table, in this order
 TABLE_METRICS = (
-    ("exact", "exact-match accuracy"),
-    ("task", "task reward"),
-    ("property_acc", "changed-property accuracy"),
-    ("item_acc", "item accuracy"),
-    ("f1", "item F1"),
-    ("parsed", "parsed answers"),
-    ("mae", "MAE (lower is better)"),
-    ("mse", "MSE (lower is better)"),
-    ("psnr", "PSNR, dB"),
-    ("ssim", "SSIM"),
-    ("lpips", "LPIPS (lower is better)"),
-    ("sprites", "sprites in place"),
-    ("valid", "well-formed predictions"),
-    ("reward", "reward"),
+    ("exact", "exact-match accuracy", True),
+    ("task", "task reward", True),
+    ("property_acc", "changed-property accuracy", True),
+    ("item_acc", "item accuracy", True),
+    ("f1", "item F1", True),
+    ("parsed", "parsed answers", True),
+    ("mae", "MAE (lower is better)", False),
+    ("mse", "MSE (lower is better)", False),
+    ("psnr", "PSNR, dB", True),
+    ("ssim", "SSIM", True),
+    ("lpips", "LPIPS (lower is better)", False),
+    ("objects", "object reward", True),
+    ("sprites", "sprites in place", True),
+    ("valid", "well-formed predictions", True),
+    ("reward", "reward", True),
 )
 
 
@@ -57,14 +59,16 @@ def _config(path: str | None, overrides: list[str], default: str | None = None, 
 
 
 def format_table(summary: dict) -> str:
-    """The before/after table of a run summary: one row per task metric, MLE vs MLE + GRPO."""
+    """The before/after table of a run summary: one row per task metric, MLE vs MLE + GRPO; a row whose
+    metric got worse after GRPO ends with ``<- worse`` (so a user need not check each direction)."""
     mle, rl = summary.get("mle", {}), summary.get("rlvr", {})
-    rows = [(key, label) for key, label in TABLE_METRICS if key in mle or key in rl]
+    rows = [row for row in TABLE_METRICS if row[0] in mle or row[0] in rl]
     lines = [f"{'held-out metric':<28}{'MLE':>10}{'MLE + GRPO':>14}{'change':>10}"]
-    for key, label in rows:
+    for key, label, higher in rows:
         a, b = mle.get(key, float("nan")), rl.get(key, float("nan"))
         d = 4 if max(abs(a), abs(b)) < 0.1 else 3  # MAE / MSE are small: keep their significant digits
-        lines.append(f"{label:<28}{a:>10.{d}f}{b:>14.{d}f}{b - a:>+10.{d}f}")
+        worse = round(b - a, d) < 0 if higher else round(b - a, d) > 0  # as printed: no mark for a rounding ulp
+        lines.append(f"{label:<28}{a:>10.{d}f}{b:>14.{d}f}{b - a:>+10.{d}f}" + ("  <- worse" if worse else ""))
     return "\n".join(lines)
 
 

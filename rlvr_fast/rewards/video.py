@@ -2,8 +2,9 @@
 
 The formula is ``reward = -(w_mae * MAE + w_lpips * LPIPS - w_ssim * SSIM - w_psnr * PSNR + w_mse * MSE)``
 against the real next frame (RLVR-World ``_compute_loss`` in ``vid_wm/verl/verl/workers/fsdp_workers.py``,
-github.com/thuml/RLVR-World commit e1b8b6f); :class:`VideoReward` runs it from generated tokens to
-token-level rewards:
+github.com/thuml/RLVR-World commit e1b8b6f), plus ``w_objects * objects`` for a world whose objects have
+known colours (rlvr_fast's term, :class:`~rlvr_fast.rewards.objects.ObjectReward`: the sprite world);
+:class:`VideoReward` runs it from generated tokens to token-level rewards:
 
     reward = VideoReward.from_tokenizer(layout, tokenizer, lpips=lpips)
     out = reward(responses, response_mask, real_frames, group_size=n)
@@ -48,12 +49,13 @@ from ..ops import (
 )
 from ..ops.pixel_metrics import AGGREGATES, METRIC_NAMES, check_finite_positive, check_frame_pair
 from ..ops.video import Quantizer
+from .objects import ObjectReward
 
-REWARD_TERMS = ("mse", "mae", "psnr", "ssim", "lpips")
+REWARD_TERMS = ("mse", "mae", "psnr", "ssim", "lpips", "objects")
 # What a rollout whose visual slots are not all generated visual ids scores (module docstring, step 1).
 INVALID_TOKENS = ("penalty", "clamp")
 # The sign each metric's weight enters the loss with (reward = -loss): higher PSNR/SSIM is better.
-_LOSS_SIGN = {"mse": 1.0, "mae": 1.0, "lpips": 1.0, "psnr": -1.0, "ssim": -1.0}
+_LOSS_SIGN = {"mse": 1.0, "mae": 1.0, "lpips": 1.0, "psnr": -1.0, "ssim": -1.0, "objects": -1.0}
 
 
 def _check_frame_range(name: str, frames: torch.Tensor, data_range: float) -> None:
@@ -82,7 +84,7 @@ def default_invalid_reward(weights: Mapping[str, float], data_range: float = 1.0
     Each term's loss contribution ``w * sign * m`` at its worst over the metric's range on clamped
     inputs: MSE in [0, L^2], MAE in [0, L], SSIM in [-1, 1], PSNR in [10 log10(L^2 / (L^2 + 1e-8)),
     10 log10(L^2 / 1e-8)], LPIPS in [0, 1] (unbounded in principle; distances of natural images stay
-    below 1).
+    below 1), objects in [0, 1].
     """
     l2 = data_range**2
     ranges = {
@@ -90,6 +92,7 @@ def default_invalid_reward(weights: Mapping[str, float], data_range: float = 1.0
         "mae": (0.0, data_range),
         "ssim": (-1.0, 1.0),
         "lpips": (0.0, 1.0),
+        "objects": (0.0, 1.0),
         "psnr": (10 * math.log10(l2 / (l2 + 1e-8)), 10 * math.log10(l2 / 1e-8)),
     }
     worst_loss = 0.0
@@ -108,6 +111,7 @@ def pixel_reward(
     valid: torch.Tensor | None = None,
     invalid_reward: float | None = None,
     lpips: torch.nn.Module | None = None,
+    objects: ObjectReward | None = None,
     data_range: float = 1.0,
     aggregate: str = "mean",
     gamma: float = 0.9,
@@ -118,14 +122,17 @@ def pixel_reward(
     Args:
         pred: decoded predictions [B, C, H, W] or [B, T, C, H, W] (float32 / bfloat16 / float16).
         target: real frames [G, ...] with B = G * group_size (read in place, never repeated).
-        weights: {term: weight} over ``mse, mae, psnr, ssim, lpips``; loss = sum w * m with SSIM and
-            PSNR entering with a minus (RLVR-World ``_compute_loss``). Zero weights cost nothing.
+        weights: {term: weight} over ``mse, mae, psnr, ssim, lpips, objects``; loss = sum w * m with SSIM,
+            PSNR and objects entering with a minus (RLVR-World ``_compute_loss``; ``objects`` is
+            rlvr_fast's). Zero weights cost nothing.
         group_size: predictions per real frame.
         valid: optional bool [B] from :func:`~rlvr_fast.ops.unpack_video_tokens`; invalid samples get
             ``invalid_reward``.
         invalid_reward: the penalty; default :func:`default_invalid_reward` of the weights.
         lpips: an :class:`rlvr_fast.models.lpips.LPIPS` on pred's device, required when
             ``weights["lpips"] != 0``; it computes each real frame's features once per group.
+        objects: an :class:`~rlvr_fast.rewards.objects.ObjectReward` (the world's object colours and
+            sizes), required when ``weights["objects"] != 0``; frames in [0, 1].
         data_range: L (frames in [0, L]).
         aggregate, gamma: per-frame loss -> sample loss for 5-d inputs (see :func:`~rlvr_fast.ops.aggregate_frames`).
         return_metrics: also return {term: float32 [B]} of the unweighted, frame-aggregated terms.
@@ -159,6 +166,11 @@ def pixel_reward(
             "lpips: weights['lpips'] is non-zero, so an LPIPS network is needed "
             "(rlvr_fast.models.lpips.LPIPS.from_files(vgg16_path, lin_path))"
         )
+    if "objects" in active and objects is None:
+        raise ValueError(
+            "objects: weights['objects'] is non-zero, so an ObjectReward is needed; only a world whose objects "
+            "have known colours has one (sprite_video: rlvr_fast.worlds.sprite.sprite_objects)"
+        )
     batch = pred.shape[0]
     per_frame: dict[str, torch.Tensor] = {}
     pixel = [m for m in METRIC_NAMES if m in active or (return_metrics and m in weights)]
@@ -166,6 +178,9 @@ def pixel_reward(
         per_frame.update(pixel_metrics(pred, target, group_size=group_size, metrics=pixel, data_range=data_range))
     if "lpips" in active or (return_metrics and "lpips" in weights and lpips is not None):
         per_frame["lpips"] = _lpips_per_frame(lpips, pred, target, group_size, frames, data_range)
+    if "objects" in active or (return_metrics and "objects" in weights and objects is not None):
+        scale = 1.0 / data_range
+        per_frame["objects"] = objects.scores(pred * scale, target * scale, group_size=group_size)
     loss = torch.zeros(batch, frames, device=pred.device, dtype=torch.float32)
     for key, w in active.items():
         loss = loss + (w * _LOSS_SIGN[key]) * per_frame[key].view(batch, frames)
@@ -207,7 +222,7 @@ class VideoRewardOutput(NamedTuple):
     valid:         bool [B], well-formed rollouts (the others got the penalty, or, with
                    ``invalid_tokens="clamp"``, were scored on their clamped frames).
     metrics:       {term: float32 [B]} unweighted, frame-aggregated MSE / MAE / PSNR / SSIM (and LPIPS
-                   when a network is set); an invalid rollout's values describe its code-0 placeholder
+                   when a network is set, ``objects`` when an ObjectReward is); an invalid rollout's values describe its code-0 placeholder
                    frames (``clamp``: its clamped frames), so average them over ``valid`` rollouts only.
     frames:        float32 [B, F, 3, H, W] in [0, data_range], the decoded predictions.
     """
@@ -226,8 +241,10 @@ class VideoReward:
         layout: where the visual tokens sit in a response (:class:`~rlvr_fast.ops.VideoTokenLayout`).
         quantizer: code -> decoder-input table (``tokenizer.quantizer()``).
         decoder: latents [N, C, h, w] -> frames [N, 3, H, W] (unclamped; the reward clamps to [0, 1]).
-        weights: {term: weight} over ``mse, mae, psnr, ssim, lpips``; default :func:`default_weights`.
+        weights: {term: weight} over :data:`REWARD_TERMS`; default :func:`default_weights`.
         lpips: an :class:`~rlvr_fast.models.lpips.LPIPS` network, needed when LPIPS is weighted.
+        objects: the world's :class:`~rlvr_fast.rewards.objects.ObjectReward`, needed when ``objects`` is
+            weighted; given, the ``objects`` score is measured (and reported) even at weight 0.
         invalid_reward: the penalty of malformed rollouts; default the worst reward a valid one can get.
         invalid_tokens: ``"penalty"`` (malformed rollouts get ``invalid_reward``) or ``"clamp"``
             (RLVR-World: ids clamped into the visual range, every rollout scored on its frame; then
@@ -246,6 +263,7 @@ class VideoReward:
         weights: Mapping[str, float] | None = None,
         *,
         lpips: torch.nn.Module | None = None,
+        objects: ObjectReward | None = None,
         invalid_reward: float | None = None,
         invalid_tokens: str = "penalty",
         aggregate: str = "mean",
@@ -268,6 +286,13 @@ class VideoReward:
             raise ValueError(
                 "weights give LPIPS a non-zero weight: pass lpips= (rlvr_fast.models.lpips.LPIPS.from_files)"
             )
+        if self.weights.get("objects", 0) and objects is None:
+            raise ValueError(
+                "weights give the object term a non-zero weight, but this world has no objects of known colours "
+                "(only sprite_video has: rlvr_fast.worlds.sprite.sprite_objects)"
+            )
+        if objects is not None and not isinstance(objects, ObjectReward):
+            raise TypeError(f"objects: expected an ObjectReward, got {type(objects).__name__}")
         C.check_choice("aggregate", aggregate, AGGREGATES)
         if decode_chunk is not None:
             C.check_positive("decode_chunk", decode_chunk)
@@ -281,6 +306,7 @@ class VideoReward:
             )
         self.invalid_tokens = invalid_tokens
         self.layout, self.quantizer, self.decoder, self.lpips = layout, quantizer, decoder, lpips
+        self.objects = objects
         self.invalid_reward, self.aggregate, self.gamma = invalid_reward, aggregate, gamma
         self.decode_chunk, self.data_range = decode_chunk, data_range
 
@@ -345,7 +371,8 @@ class VideoReward:
         real = target.to(pred.device, pred.dtype)
         real = real if F > 1 else real[:, 0]
         # zero-weighted terms are still measured in the same pass (evaluation reports all four)
-        weights = {**dict.fromkeys(METRIC_NAMES, 0.0), **self.weights}
+        measured = (*METRIC_NAMES, "objects") if self.objects is not None else METRIC_NAMES
+        weights = {**dict.fromkeys(measured, 0.0), **self.weights}
         scores, metrics = pixel_reward(
             pred,
             real,
@@ -354,6 +381,7 @@ class VideoReward:
             valid=valid if self.invalid_tokens == "penalty" else None,
             invalid_reward=self.invalid_reward,
             lpips=self.lpips,
+            objects=self.objects,
             data_range=self.data_range,
             aggregate=self.aggregate,
             gamma=self.gamma,

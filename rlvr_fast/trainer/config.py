@@ -112,8 +112,9 @@ class VideoConfig:
     tokenizer_res_blocks: int = _f(1, "its residual blocks at the code resolution (encoder and decoder each)")
     reward_weights: dict | None = _f(
         None,
-        "{term: weight} over mse, mae, psnr, ssim, lpips; empty: mae 1 + lpips 1 (RLVR-World's) when "
-        "the LPIPS weight files are set, else mae 1 + ssim 1 (rlvr_fast's fallback: RLVR-World has no SSIM term)",
+        "{term: weight} over mse, mae, psnr, ssim, lpips, objects (sprite_video only: the object reward, "
+        "docs/rewards.md); empty: mae 1 + lpips 1 (RLVR-World's) when the LPIPS weight files are set, else "
+        "mae 1 + ssim 1 (rlvr_fast's fallback: RLVR-World has no SSIM term)",
     )
     lpips_vgg_path: str | None = _f(None, "torchvision VGG16 state dict (.pth/.safetensors) for LPIPS")
     lpips_lin_path: str | None = _f(None, "the lpips package's vgg.pth linear-layer weights")

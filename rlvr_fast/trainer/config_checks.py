@@ -120,6 +120,14 @@ def validate(cfg, *, for_eval: bool = False, inputs: bool = True) -> None:
             "(or data.nongold_rows=0)",
         ),
         (
+            not (inputs and (v.reward_weights or {}).get("lpips"))
+            or bool(v.lpips_vgg_path and v.lpips_lin_path)
+            or not world.own_reward,  # a text world reads no video settings
+            f"video.reward_weights = {v.reward_weights!r} weights LPIPS: set video.lpips_vgg_path and "
+            "video.lpips_lin_path (local VGG16 and lpips weight files; nothing is downloaded), or drop the lpips "
+            "term (then the reward is not RLVR-World's: docs/rewards.md)",
+        ),
+        (
             not (inputs and world.episodes) or d.train_path,
             f"data.world = {d.world!r} reads local episodes: set data.train_path to the .npz directory",
         ),

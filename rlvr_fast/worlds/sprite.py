@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..rewards.objects import ObjectReward
 from .video import SPLITS, VideoExample, _check_index, _check_split, _hash_unit
 
-__all__ = ["Sprite", "SpriteWorld", "SpriteWorldConfig", "sprite_accuracy"]
+__all__ = ["Sprite", "SpriteWorld", "SpriteWorldConfig", "sprite_accuracy", "sprite_objects"]
 
 ACTION_NAMES = ("none", "up", "down", "left", "right")
 _DIRECTIONS = ((0, 0), (0, -1), (0, 1), (-1, 0), (1, 0))
@@ -316,6 +317,21 @@ class SpriteWorld:
         return list(self.examples("train", n_train)), list(self.examples("test", n_test))
 
 
+def sprite_objects(n_sprites: int = 3, *, min_iou: float = 0.5) -> ObjectReward:
+    """The sprite world's :class:`~rlvr_fast.rewards.objects.ObjectReward`: background, wall and eye
+    colours as the background, the first ``n_sprites`` sprite colours and sides as the objects. Its
+    ``scores`` is the reward term ``objects`` (``video.reward_weights``), its ``in_place`` the held-out
+    metric ``sprites`` (:func:`sprite_accuracy`)."""
+    if not 1 <= n_sprites <= len(_SPRITES):
+        raise ValueError(f"n_sprites: expected 1..{len(_SPRITES)}, got {n_sprites}")
+    return ObjectReward(
+        [(_BACKGROUND,) * 3, (_WALL,) * 3, (_EYE,) * 3],
+        [c for _, c, _, _ in _SPRITES[:n_sprites]],
+        [s for _, _, s, _ in _SPRITES[:n_sprites]],
+        min_iou=min_iou,
+    )
+
+
 def sprite_accuracy(
     pred: torch.Tensor, real: torch.Tensor, n_sprites: int = 3, *, group_size: int = 1, min_iou: float = 0.5
 ) -> torch.Tensor:
@@ -324,13 +340,14 @@ def sprite_accuracy(
     Every pixel gets the nearest colour of the world's palette (background, wall, eye, the sprite
     colours; Euclidean in RGB, so a decoder's blur and small colour shifts do not matter). Sprite k is
     *in place* when its pixel set in the prediction and in the real frame overlap with IoU >=
-    ``min_iou``. Pixel metrics cannot see this: an empty background has a lower MAE than a sprite drawn
-    a few pixels off, so a policy optimised on MAE alone can learn to erase the sprites (this metric
-    then drops while MAE improves).
+    ``min_iou`` (:meth:`~rlvr_fast.rewards.objects.ObjectReward.in_place` of :func:`sprite_objects`).
+    Pixel metrics cannot see this: an empty background has a lower MAE than a sprite drawn a few pixels
+    off, so a policy optimised on MAE alone can learn to erase the sprites (this metric then drops
+    while MAE improves).
 
     Args:
-        pred: float [B, ..., 3, H, W] in [0, 1] (decoded predictions, any leading frame dims).
-        real: float [G, ..., 3, H, W] real frames, B = G * group_size.
+        pred: float [B, 3, H, W] or [B, T, 3, H, W] in [0, 1] (decoded predictions).
+        real: float [G, ...] real frames like pred, B = G * group_size.
         n_sprites: sprites in the world (the first ``n_sprites`` colours).
         group_size: predictions per real clip.
         min_iou: overlap needed to count a sprite as in place.
@@ -338,24 +355,5 @@ def sprite_accuracy(
     Returns:
         float32 [B]: per prediction, the mean over frames and sprites of the in-place indicator.
     """
-    if pred.shape[0] != real.shape[0] * group_size or pred.shape[1:] != real.shape[1:]:
-        raise ValueError(
-            f"pred {tuple(pred.shape)} and real {tuple(real.shape)} do not match with group_size={group_size}"
-        )
-    palette = [(_BACKGROUND,) * 3, (_WALL,) * 3, (_EYE,) * 3, *(c for _, c, _, _ in _SPRITES[:n_sprites])]
-    colours = torch.tensor(palette, dtype=torch.float32, device=pred.device)  # [K, 3]
-
-    def labels(x: torch.Tensor) -> torch.Tensor:
-        x = x.float().reshape(-1, 3, *x.shape[-2:])
-        dist = ((x[:, None] - colours[None, :, :, None, None]) ** 2).sum(2)  # [N, K, H, W]
-        lab = dist.argmin(1)  # [N, H, W]
-        return torch.stack([lab == 3 + k for k in range(n_sprites)], 1)  # [N, S, H, W]
-
-    p = labels(pred)
-    r = labels(real)
-    r = r.view(real.shape[0], -1, *r.shape[1:]).repeat_interleave(group_size, 0).flatten(0, 1)
-    inter = (p & r).flatten(2).sum(-1).float()
-    union = (p | r).flatten(2).sum(-1).float()
-    # a sprite absent from both (never in this world: sprites do not overlap) counts as in place
-    ok = torch.where(union > 0, inter / union.clamp(min=1) >= min_iou, torch.ones_like(union, dtype=torch.bool))
-    return ok.float().view(pred.shape[0], -1).mean(1)
+    ok = sprite_objects(n_sprites, min_iou=min_iou).in_place(pred, real, group_size=group_size)
+    return ok.mean(1) if ok.dim() == 2 else ok

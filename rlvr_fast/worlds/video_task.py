@@ -23,9 +23,11 @@ rewards [B, R] against each group's *real* frames (not the tokenizer's reconstru
 RLVR-World), summed into the outcome scores. Held-out metrics: greedy predictions decoded and compared
 with the real frames, MSE / MAE /
 PSNR / SSIM (LPIPS with its weights) averaged over every clip, a malformed prediction counted with its
-code-0 placeholder frames (``invalid_tokens="clamp"``: its clamped frames), plus ``valid`` (share of well-formed predictions) and ``reward``; the sprite
-world adds ``sprites``, the share of sprites drawn in the right place (:func:`~rlvr_fast.worlds.sprite.
-sprite_accuracy`), which catches a policy that erases sprites to lower its MAE."""
+code-0 placeholder frames (``invalid_tokens="clamp"``: its clamped frames), plus ``valid`` (share of well-formed predictions) and ``reward``; a world with objects of known colours
+(the sprite world) adds ``objects``, the object reward of :class:`~rlvr_fast.rewards.objects.ObjectReward`
+(a reward term when ``video.reward_weights`` weights it), and ``sprites``, the share of sprites drawn in
+the right place (:func:`~rlvr_fast.worlds.sprite.sprite_accuracy`), which catch a policy that erases
+sprites to lower its MAE."""
 
 from __future__ import annotations
 
@@ -140,8 +142,9 @@ class VideoTask(Task):
     ``splits`` ({"train", "test"} tensors); ``train`` / ``test`` are :class:`VideoItem` s.
 
     world / description: the clip source (``examples(split, n)``, ``action_ranges()``) and a text naming
-    everything that shaped its clips (part of the tokenizer fingerprint). n_sprites: the sprite world's,
-    for the ``sprites`` metric (0: none). reward_options: :meth:`VideoReward.from_tokenizer`'s keyword
+    everything that shaped its clips (part of the tokenizer fingerprint). objects: the world's
+    :class:`~rlvr_fast.rewards.objects.ObjectReward` (None: no objects of known colours), for the
+    ``objects`` reward term and the ``objects`` / ``sprites`` metrics. reward_options: :meth:`VideoReward.from_tokenizer`'s keyword
     arguments besides ``lpips`` (``invalid_reward``, ``invalid_tokens``, ``aggregate``, ``gamma``,
     ``decode_chunk``).
     preview: held-out clips drawn by :meth:`preview`.
@@ -166,7 +169,7 @@ class VideoTask(Task):
         lpips_vgg_path: str | None = None,
         lpips_lin_path: str | None = None,
         reward_options: dict | None = None,
-        n_sprites: int = 0,
+        objects=None,
         preview: int = 0,
         device="cpu",
     ):
@@ -211,8 +214,7 @@ class VideoTask(Task):
             prompts = self.layout.prompt_ids(ctx_codes, bins_all[:, :context_frames])
             answers = self.layout.response_ids(tgt_codes, bins_all[:, context_frames:] if P > 1 else None)
             self.splits[split] = _Split(prompts, answers, tgt, ctx if split == "test" else None, src)
-        self.reward = self._make_reward(reward_weights, lpips_vgg_path, lpips_lin_path, reward_options or {})
-        self.n_sprites = n_sprites
+        self.reward = self._make_reward(reward_weights, lpips_vgg_path, lpips_lin_path, objects, reward_options or {})
         self.train, self.test = self.items("train"), self.items("test")
         self.tokenizer = layout_tokenizer(self.layout)
         self.response_length = self.layout.response_length
@@ -220,7 +222,7 @@ class VideoTask(Task):
         self.forced_slots = slots if any(slots) else None
         self.preview_count = preview
 
-    def _make_reward(self, weights, lpips_vgg_path, lpips_lin_path, options: dict):
+    def _make_reward(self, weights, lpips_vgg_path, lpips_lin_path, objects, options: dict):
         from ..rewards.video import VideoReward
 
         lpips = None
@@ -230,7 +232,9 @@ class VideoTask(Task):
             if not (lpips_vgg_path and lpips_lin_path):
                 raise ValueError("LPIPS needs both video.lpips_vgg_path and video.lpips_lin_path")
             lpips = LPIPS.from_files(lpips_vgg_path, lpips_lin_path).to(self.device).eval()
-        return VideoReward.from_tokenizer(self.layout, self.frame_tokenizer, weights, lpips=lpips, **options)
+        return VideoReward.from_tokenizer(
+            self.layout, self.frame_tokenizer, weights, lpips=lpips, objects=objects, **options
+        )
 
     def _forced_slots(self) -> list[bool]:
         """Response positions that hold inputs (the action tokens after each predicted frame)."""
@@ -265,10 +269,8 @@ class VideoTask(Task):
         target = self.targets(examples, group_size).float().div_(255.0)  # converted once for both metrics
         out = self.reward(rollout.responses, rollout.present, target, group_size=group_size)
         metrics = {**out.metrics, "valid": out.valid.float(), "reward": out.scores}
-        if self.n_sprites:  # object-level check the pixel metrics cannot make (see sprite_accuracy)
-            from .sprite import sprite_accuracy
-
-            metrics["sprites"] = sprite_accuracy(out.frames, target, self.n_sprites, group_size=group_size)
+        if self.reward.objects is not None:  # object-level check the pixel metrics cannot make (sprite_accuracy)
+            metrics["sprites"] = self.reward.objects.in_place(out.frames, target, group_size=group_size).mean(1)
         return Scored(out.token_rewards.sum(-1), out.token_rewards, metrics, ScoreStats())
 
     def preview(self, path: Path, stages: dict[str, tuple[list[VideoItem], torch.Tensor, torch.Tensor]]) -> Path | None:
@@ -344,10 +346,11 @@ def sprite_video(
 ) -> VideoTask:
     """The ``sprite_video`` task: :class:`~rlvr_fast.worlds.sprite.SpriteWorld` clips of ``frame_size``
     [height, width] with ``n_sprites`` sprites, generated from ``seed`` (:class:`VideoTask` for the rest).
-    ``reward`` must be empty: the pixel reward is configured by ``reward_weights`` and the LPIPS files;
+    ``reward`` must be empty: the pixel reward is configured by ``reward_weights`` (which may weight the
+    sprites' object term ``objects``, :func:`~rlvr_fast.worlds.sprite.sprite_objects`) and the LPIPS files;
     ``invalid_tokens`` (``penalty`` | ``clamp``, :data:`~rlvr_fast.rewards.video.INVALID_TOKENS`) says what a
     malformed rollout scores (:class:`~rlvr_fast.rewards.video.VideoReward`)."""
-    from .sprite import SpriteWorld, SpriteWorldConfig
+    from .sprite import SpriteWorld, SpriteWorldConfig, sprite_objects
 
     check_reward_name("sprite_video", reward)
     h, w = (int(v) for v in frame_size)
@@ -368,7 +371,7 @@ def sprite_video(
         reward_weights=reward_weights,
         lpips_vgg_path=lpips_vgg_path,
         lpips_lin_path=lpips_lin_path,
-        n_sprites=n_sprites,
+        objects=sprite_objects(n_sprites),
         preview=preview,
         reward_options=dict(
             invalid_reward=invalid_reward,
