@@ -121,9 +121,10 @@ def _get(cfg, dotted):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_preset_holds_rlvr_worlds_values(name):
-    cfg = C.load_config(
-        None, ["data.train_path=a", "data.test_path=b", "model.path=m", "data.nongold_path=c"], preset=name
-    )
+    files = ["data.train_path=a", "data.test_path=b", "model.path=m", "data.nongold_path=c"]
+    if "rt1" in name:  # its reward weights LPIPS: the run is refused without the weight files
+        files += ["video.lpips_vgg_path=v", "video.lpips_lin_path=l"]
+    cfg = C.load_config(None, files, preset=name)
     for dotted, want in EXPECTED[name].items():
         assert _get(cfg, dotted) == want, dotted
 

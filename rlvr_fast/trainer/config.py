@@ -194,8 +194,8 @@ class TrainerConfig:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     cpu_threads: int = _f(
         0,
-        "CPU runs: torch threads; 0: as many as other processes leave idle, re-checked "
-        "every 5 s (rlvr_fast/_threads.py)",
+        "CPU runs: torch threads (the frame tokenizer's training too); 0: as many as other processes "
+        "leave idle, re-checked every 5 s (rlvr_fast/_threads.py)",
     )
     bf16: str = _f("auto", "bf16 autocast: auto = on for CUDA", ("auto", "on", "off"))
     parallel: str = _f(

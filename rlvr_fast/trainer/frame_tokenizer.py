@@ -52,13 +52,16 @@ def frame_tokenizer_source(
     main: bool = True,
     sync: Callable[[], Any] = lambda: None,
     checkpoint: str | None = None,
+    cpu_threads: int = 0,
+    progress: bool = True,
 ):
     """``(train_frames uint8 [N, 3, H, W], fingerprint: str) -> tokenizer`` for a video world (module docstring).
 
     video_cfg: the ``video`` config section. device: where the tokenizer runs. seed: the training seed.
     cache_dir: where a trained tokenizer is cached (None: not cached). main / sync: rank 0 trains it,
     ``sync()`` is a barrier. checkpoint: a model directory whose ``frame_tokenizer/`` is used when
-    ``video.tokenizer_path`` is empty.
+    ``video.tokenizer_path`` is empty. cpu_threads: torch threads for training it on CPU (0: as many as
+    are idle; ``trainer.cpu_threads``). progress: a progress bar while it trains (``trainer.progress``).
     """
     cache = Path(cache_dir) if cache_dir is not None else None
 
@@ -82,13 +85,24 @@ def frame_tokenizer_source(
             main,
             sync,
             seed,
+            cpu_threads,
+            progress,
         )
 
     return provide
 
 
 def _trained(
-    video_cfg, frames: torch.Tensor, cache: Path | None, fingerprint: str, device, main: bool, sync, seed: int
+    video_cfg,
+    frames: torch.Tensor,
+    cache: Path | None,
+    fingerprint: str,
+    device,
+    main: bool,
+    sync,
+    seed: int,
+    cpu_threads: int = 0,
+    progress: bool = True,
 ):
     """The cached tiny tokenizer whose fingerprint matches, else one trained (rank 0) and cached."""
     from ..models.tiny_fsq import TinyFSQConfig
@@ -110,6 +124,8 @@ def _trained(
                 device=device,
                 autocast_dtype=torch.bfloat16 if cuda else None,
                 channels_last=cuda,
+                cpu_threads=cpu_threads,
+                progress=progress,
             )
         except KeyboardInterrupt:  # the tokenizer is cached only once trained: say so, then end the run
             message = (

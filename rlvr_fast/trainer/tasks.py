@@ -47,6 +47,8 @@ def build_task(
         main=main,
         sync=sync,
         checkpoint=cfg.model.path,
+        cpu_threads=cfg.trainer.cpu_threads,
+        progress=cfg.trainer.progress,
     )
     return load_task(cfg.data.world, strict=False, **task_options(cfg), device=device, frame_tokenizer=tokenizer)
 

@@ -51,6 +51,7 @@ def train_tokenizer(
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    cpu_threads: int = 0,
 ) -> TrainResult:
     """Train an FSQ tokenizer on frames with ``MSE(recon, x) + l1_weight * L1(recon, x)``.
 
@@ -76,6 +77,8 @@ def train_tokenizer(
             loss stay float32); None trains in float32.
         channels_last: convert the model and batches to ``torch.channels_last`` (faster convolutions on
             GPU under bf16).
+        cpu_threads: torch threads on CPU; 0 uses as many as other processes leave idle, re-checked
+            as it trains (the thread count changes float reductions, so fix it for bitwise-repeatable runs).
 
     Returns:
         :class:`TrainResult` with the tokenizer (eval mode) and the loss of every step.
@@ -142,7 +145,7 @@ def train_tokenizer(
         bar = tqdm(total=steps, desc="tokenizer", unit="step", dynamic_ncols=True, mininterval=0.5)
     every = max(1, steps // 10)
     # on CPU: no more torch threads than idle cores (a busy neighbour stalls every parallel op)
-    threads = CpuThreads("auto") if device.type == "cpu" else None
+    threads = CpuThreads(cpu_threads or "auto") if device.type == "cpu" else None
     try:
         for step in range(steps):
             if threads is not None:
