@@ -386,7 +386,7 @@ def test_rt1_npz_task_runs(tmp_path):
 
 def test_config_video_section():
     cfg = C.load_config("rlvr_fast/configs/demo_video.yaml")
-    assert cfg.data.world == "sprite_video" and cfg.video.reward_weights == {"mae": 1.0, "ssim": 1.0}
+    assert cfg.data.world == "sprite_video" and cfg.video.reward_weights == {"mae": 1.0, "ssim": 1.0, "objects": 1.0}
     cfg = C.load_config(None, ["video.reward_weights={mae: 1, lpips: 1}"])
     assert cfg.video.reward_weights == {"mae": 1, "lpips": 1}
     with pytest.raises(C.ConfigError, match="expected dict"):
