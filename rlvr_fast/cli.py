@@ -67,7 +67,8 @@ def format_table(summary: dict) -> str:
     for key, label, higher in rows:
         a, b = mle.get(key, float("nan")), rl.get(key, float("nan"))
         d = 4 if max(abs(a), abs(b)) < 0.1 else 3  # MAE / MSE are small: keep their significant digits
-        worse = round(b - a, d) < 0 if higher else round(b - a, d) > 0  # as printed: no mark for a rounding ulp
+        change = round(b - a, d)  # as printed: no mark for a rounding ulp
+        worse = change < 0 if higher else change > 0
         lines.append(f"{label:<28}{a:>10.{d}f}{b:>14.{d}f}{b - a:>+10.{d}f}" + ("  <- worse" if worse else ""))
     return "\n".join(lines)
 

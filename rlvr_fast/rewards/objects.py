@@ -67,13 +67,29 @@ class ObjectReward:
         self.n_background, self.n_objects = len(background), len(objects)
         self.sizes = torch.tensor([float(s) for s in sizes], dtype=torch.float32)  # [S]
         self.min_iou = float(min_iou)
+        self._device_tensors: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(palette, sizes) on ``device``, copied there once: a per-call copy from pageable host memory
+        would wait for the device's queued work (a hidden sync on the reward path)."""
+        if device not in self._device_tensors:
+            self._device_tensors[device] = (self.palette.to(device), self.sizes.to(device))
+        return self._device_tensors[device]
 
     def masks(self, frames: torch.Tensor) -> torch.Tensor:
         """bool [N, S, H, W]: each object's pixels in frames float [N, 3, H, W] (nearest palette colour)."""
         x = frames.detach().float()
-        colours = self.palette.to(x.device)
-        dist = ((x[:, None] - colours[None, :, :, None, None]) ** 2).sum(2)  # [N, K, H, W]
-        label = dist.argmin(1)
+        colours = self._on(x.device)[0]
+        # a running argmin over the K colours: no [N, K, H, W] distance tensor; strict < keeps the
+        # first nearest colour on a tie, as argmin does
+        best = label = None
+        for k in range(colours.shape[0]):
+            dist = ((x - colours[k].view(3, 1, 1)) ** 2).sum(1)  # [N, H, W]
+            if best is None:
+                best, label = dist, torch.zeros_like(dist, dtype=torch.long)
+            else:
+                closer = dist < best
+                best, label = torch.where(closer, dist, best), label.masked_fill(closer, k)
         ids = torch.arange(self.n_background, len(colours), device=x.device)
         return label[:, None] == ids[None, :, None, None]
 
@@ -118,7 +134,7 @@ class ObjectReward:
         ar, yr, xr = stats(r)
         presence = torch.minimum(ap, ar) / torch.maximum(ap, ar).clamp(min=1)
         dist = torch.sqrt((yp - yr) ** 2 + (xp - xr) ** 2)
-        score = presence * torch.exp(-dist / self.sizes.to(p.device))
+        score = presence * torch.exp(-dist / self._on(p.device)[1])
         score = torch.where((ap == 0) & (ar == 0), torch.ones_like(score), score)
         return self._shape(score.mean(1), pred, frames)
 

@@ -179,8 +179,8 @@ def pixel_reward(
     if "lpips" in active or (return_metrics and "lpips" in weights and lpips is not None):
         per_frame["lpips"] = _lpips_per_frame(lpips, pred, target, group_size, frames, data_range)
     if "objects" in active or (return_metrics and "objects" in weights and objects is not None):
-        scale = 1.0 / data_range
-        per_frame["objects"] = objects.scores(pred * scale, target * scale, group_size=group_size)
+        unit = (pred, target) if data_range == 1.0 else (pred * (1.0 / data_range), target * (1.0 / data_range))
+        per_frame["objects"] = objects.scores(*unit, group_size=group_size)
     loss = torch.zeros(batch, frames, device=pred.device, dtype=torch.float32)
     for key, w in active.items():
         loss = loss + (w * _LOSS_SIGN[key]) * per_frame[key].view(batch, frames)

@@ -85,8 +85,8 @@ def frame_tokenizer_source(
             main,
             sync,
             seed,
-            cpu_threads,
-            progress,
+            cpu_threads=cpu_threads,
+            progress=progress,
         )
 
     return provide
@@ -101,6 +101,7 @@ def _trained(
     main: bool,
     sync,
     seed: int,
+    *,
     cpu_threads: int = 0,
     progress: bool = True,
 ):
