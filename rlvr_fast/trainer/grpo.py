@@ -6,7 +6,8 @@ Algorithm (GRPO, DeepSeekMath arXiv 2402.03300; as RLVR-World, Wu et al. NeurIPS
    split, then a held-out evaluation: the "mle" row of the summary. The reference model for the KL
    term is a frozen copy of the policy at this point (RLVR-World: the SFT model).
 1. Per GRPO step, take ``prompts_per_step`` training prompts and sample ``n`` responses for each with
-   the current policy (KV-cached ``generate``, temperature / top-p / top-k).
+   the current policy (temperature / top-p / top-k) on the rollout engine (``engines.py``: HF ``generate``
+   on the policy, or a colocated vLLM engine whose weights are synced from the policy first).
 2. Score every response with the task's verifiable reward, ``Task.score`` -> ``r_i`` and per-response
    metrics (text worlds: a registered reward on the host, a failure gets ``reward.failure_reward``;
    video worlds: the pixel reward on the device, token-level rewards summed into ``r_i``). Multi-step
@@ -21,10 +22,9 @@ Algorithm (GRPO, DeepSeekMath arXiv 2402.03300; as RLVR-World, Wu et al. NeurIPS
 6. Every ``eval_every`` steps: greedy decoding on the held-out split, the task's metrics, and the best
    checkpoint by ``select_metric``.
 
-Simplifications, all deliberate: rollouts use the training model itself (no vLLM engine), so the
-batch is generated and trained on the same device in turn; with one PPO epoch and one mini-batch
-the "old" log-probs are the current ones (ratio 1, no extra forward), as in verl; text rewards are
-computed on the host (they parse strings); sequences are padded, not packed.
+Simplifications, all deliberate: rollouts and training share one device in turn; with one PPO epoch
+and one mini-batch the "old" log-probs are the current ones (ratio 1, no extra forward), as in verl;
+text rewards are computed on the host (they parse strings); sequences are padded, not packed.
 
 Around the loop, each in its own module: what a checkpoint holds and how ``--resume`` continues from it
 (``run_state.py``, files in ``checkpoint.py``), Ctrl-C (``interrupt.py``), the summary (``report.py``).
@@ -50,10 +50,11 @@ from ..models import count_parameters, load_model
 from ..ops.advantages import WHITENED_ESTIMATORS
 from ..task import Task
 from . import distributed as D
-from . import interrupt, report, run_state
+from . import evaluation, interrupt, mismatch, report, run_state
 from .config import Config
+from .engines import build_engine, sync_weights
 from .logger import RunLogger
-from .rollout import Rollout, response_logits, sample, teacher_batch
+from .rollout import Rollout, response_logits, teacher_batch
 from .tasks import build_task
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,17 @@ class GRPOTrainer:
         self.threads = CpuThreads(cfg.trainer.cpu_threads or "auto") if self.device.type == "cpu" else None
         self.ref: torch.nn.Module | None = None
         self.bf16 = cfg.trainer.bf16 == "on" or (cfg.trainer.bf16 == "auto" and self.device.type == "cuda")
+        self.engine = build_engine(
+            cfg.rollout,
+            module,
+            self.tok,
+            self.device,
+            world=self.dist.world,
+            bf16=self.bf16,
+            max_prompt_tokens=cfg.data.max_prompt_tokens,
+            seed=cfg.trainer.seed,
+        )
+        self.engine_stale, self.sync_s = False, 0.0  # stale: the policy changed since the engine's last sync
         self.logger = RunLogger(
             self.out, enabled=self.dist.main, tensorboard=cfg.trainer.tensorboard, progress=cfg.trainer.progress
         )
@@ -192,6 +204,7 @@ class GRPOTrainer:
         rows = [self.train_set[i] for i in self._rank_slice(self.stream.take(cfg.rollout.prompts_per_step))]
         with self._autocast():
             batch = self._sample(rows, n)
+        self.engine.release()  # vLLM on GPU: its memory is the update's until the next rollout
         t_gen = time.perf_counter() - t0
         examples = [ex for ex, _, _ in rows for _ in range(n)]
         scored = self.task.score(batch, examples, n)
@@ -213,6 +226,10 @@ class GRPOTrainer:
         old_logp = None if on_policy else self._logprobs(self.model, batch)
         ref_logp = self._logprobs(self.ref, batch) if self.ref is not None else None
 
+        # the engine's log-probs against the trainer's "old" ones (computed per micro-batch when on-policy)
+        mm = mismatch.Mismatch(cfg.algo.tis_cap)
+        if old_logp is not None:
+            mm.observe(old_logp, batch)
         agg: dict[str, list[torch.Tensor]] = {}
         step_metrics: dict[str, float] = {}
         for _ in range(cfg.algo.ppo_epochs):
@@ -220,7 +237,7 @@ class GRPOTrainer:
             order = (torch.randperm(B // n)[:, None] * n + torch.arange(n)).flatten() if mini < B else torch.arange(B)
             for m0 in range(0, B, mini):
                 idx = order[m0 : m0 + mini].to(self.device)
-                self._policy_update(batch, idx, adv, old_logp, ref_logp, agg)
+                self._policy_update(batch, idx, adv, old_logp, ref_logp, agg, mm)
                 step_metrics = self._optimizer_step()
         valid = batch.response_mask.sum(1).float()
         totals = D.all_reduce_sum(torch.stack([scores.sum(), scores.new_tensor(B), valid.sum()]), self.dist)
@@ -231,11 +248,13 @@ class GRPOTrainer:
             "response_len": (totals[2] / totals[1]).item(),
             "reward_failures": stats.failures,
             "gen_s": t_gen,
+            "sync_s": self.sync_s,
             "reward_s": t_reward,
             **reward_metrics,
             "step_s": step_s,
             "tokens_per_s": totals[2].item() / step_s,
             **{k: torch.stack(v).mean().item() for k, v in agg.items()},
+            **mm.metrics(),
             **step_metrics,
         }
 
@@ -251,7 +270,7 @@ class GRPOTrainer:
             outs.append(rf.token_logprobs(logits, part.responses, temperature=self.cfg.rollout.temperature))
         return torch.cat(outs)
 
-    def _policy_update(self, batch, idx, adv, old_logp, ref_logp, agg) -> None:
+    def _policy_update(self, batch, idx, adv, old_logp, ref_logp, agg, mm: mismatch.Mismatch) -> None:
         """Accumulate the gradient of one mini-batch over micro-batches (one host sync for its counts)."""
         a, mbs = self.cfg.algo, self.cfg.algo.micro_batch_size
         # normalise by the mini-batch's counts so accumulated micro-batch losses equal the mini-batch loss
@@ -275,11 +294,13 @@ class GRPOTrainer:
                     if old_logp is None
                     else old_logp[sub]
                 )
+                if old_logp is None:
+                    mm.observe(old, part)
                 loss, m = rf.policy_loss_from_logits(
                     logits,
                     part.responses,
                     old,
-                    adv[sub],
+                    mm.advantages(adv[sub], old, part),
                     part.response_mask,
                     ref_logp=ref_logp[sub] if ref_logp is not None else None,
                     kl_type=a.kl_type if ref_logp is not None else None,
@@ -314,6 +335,7 @@ class GRPOTrainer:
         if math.isfinite(gn):
             self.opt.step()
             self.sched.step()
+            self.engine_stale = True
         else:
             self.counters["nan_skipped"] += 1
             log.warning("non-finite loss or gradient: update skipped (%d so far)", self.counters["nan_skipped"])
@@ -321,62 +343,29 @@ class GRPOTrainer:
         return {"grad_norm": gn, "lr": self.sched.get_last_lr()[0]}
 
     def _sample(self, rows, n: int, greedy: bool = False) -> Rollout:
-        """Responses to ``rows`` (example, prompt ids, answer ids): n per prompt, or one greedy each."""
-        return sample(
-            D.unwrap(self.model),
-            self.tok,
+        """Responses to ``rows`` (example, prompt ids, answer ids): n per prompt, or one greedy each, from
+        the engine; first the policy's weights into the engine if they changed (``sync_s`` seconds)."""
+        self.sync_s = 0.0
+        if self.engine_stale:
+            where = f"GRPO step {self.rl_step + 1} (MLE step {self.mle_step})"
+            self.sync_s = sync_weights(self.engine, self.model, where=where, checkpoint=self.out / "checkpoint")
+            self.engine_stale = False
+        return self.engine.sample(
             [p for _, p, _ in rows],
             n,
-            self.cfg.rollout,
             greedy=greedy,
             forced_slots=self.task.forced_slots,
             answers=[a for _, _, a in rows],
             decode=self.cfg.reward.decode,  # training and held-out evaluation alike, as RLVR-World's verl
         )
 
-    # ---------------------------------------------------------------- evaluation
-    @torch.no_grad()
+    # ---------------------------------------------------------------- evaluation (evaluation.py)
     def evaluate(self) -> dict[str, float]:
-        """Greedy decoding on the held-out examples (split over ranks); the mean of each task metric.
-        Keeps the first ``task.preview_count`` greedy responses of rank 0 in ``self.last_preview``."""
-        rows = self.test_set[self.dist.rank :: self.dist.world]
-        per_example: list[dict[str, float]] = []
-        bs = self.cfg.trainer.eval_batch_size
-        self.last_preview = None
-        for s in range(0, len(rows), bs):
-            chunk = rows[s : s + bs]
-            with self._autocast():
-                batch = self._sample(chunk, 1, greedy=True)
-            metrics = self.task.evaluate(batch, [ex for ex, _, _ in chunk])
-            values = {k: v.cpu().tolist() for k, v in metrics.items()}
-            per_example += [{k: v[i] for k, v in values.items()} for i in range(len(chunk))]
-            k = self.task.preview_count
-            if s == 0 and self.dist.main and k:  # test_set positions, not examples: the checkpoint state stays
-                # plain tensors and ints
-                positions = list(range(0, min(k, len(chunk)) * self.dist.world, self.dist.world))
-                self.last_preview = (positions, batch.responses[:k].cpu(), batch.present[:k].cpu())
-        everything = [m for part in D.gather_objects(per_example, self.dist) for m in part]
-        keys = sorted({k for m in everything for k in m})
-        return {k: sum(m.get(k, 0.0) for m in everything) / max(1, len(everything)) for k in keys}
+        """Greedy decoding on the held-out split: the mean of each task metric (:func:`evaluation.evaluate`)."""
+        return evaluation.evaluate(self)
 
     def _eval_and_select(self) -> dict[str, float]:
-        metrics = self.evaluate()
-        if self.last_preview is not None:
-            self.previews["mle" if self.stage == "mle" else "rlvr"] = self.last_preview
-        self.logger.write(
-            {
-                "stage": "eval",
-                "step": self.rl_step,
-                "rl_step": self.rl_step,
-                **{f"eval/{k}": v for k, v in metrics.items()},
-            }
-        )
-        key = self.task.select_metric
-        # the MLE model (GRPO step 0) is a candidate too: GRPO must beat it to replace it
-        if metrics.get(key, -math.inf) > self.best.get(key, -math.inf):
-            self.best = {"step": self.rl_step, "stage": self.stage, **metrics}
-            self.save("best")
-        return metrics
+        return evaluation.evaluate_and_select(self)
 
     # ---------------------------------------------------------------- checkpoints
     def save(self, name: str = "checkpoint") -> None:
@@ -387,6 +376,7 @@ class GRPOTrainer:
     def resume(self, path: Path) -> None:
         """Continue from the checkpoint ``path`` (or, if a file of it is broken, the previous good one)."""
         run_state.resume(self, path)
+        self.engine_stale = True  # the engine was built from the initial weights
 
     def make_ref(self, weights: dict | None = None) -> None:
         """The frozen reference: a copy of the policy, or of ``weights`` (from a checkpoint)."""
@@ -433,6 +423,7 @@ class GRPOTrainer:
         finally:
             rewards.close_pool()  # the reward worker processes live for one run
             self.logger.close()
+            self.engine.close()
         return report.summarize(
             model=self.model,
             dist=self.dist,

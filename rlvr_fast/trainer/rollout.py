@@ -1,4 +1,4 @@
-"""Sampling with Hugging Face ``generate`` (KV cache) and the padded rollout batch.
+"""Sampling with Hugging Face ``generate`` (KV cache) and the padded rollout batch every engine returns.
 
 Layout of a batch of B = prompts x n sequences (groups contiguous, as TRL and ``group_size`` expect)::
 
@@ -15,6 +15,17 @@ left padding does not shift positions.
 
 ``completions`` are the responses as text, the string a text reward and its metrics see, decoded one of
 :data:`DECODE_MODES` ways (:func:`decode_responses`; the trainer's ``reward.decode``).
+
+A group's n samples share their prompt. With ``prefill="group"`` (the default) each distinct prompt is
+prefilled once and its KV cache repeated n times before decoding; ``generate``'s own
+``num_return_sequences`` repeats the prompt first and prefills it n times (``prefill="sample"``). Both
+draw the same samples for the same RNG state: the first sampling step sees the same logits (only the
+prompt's last token is computed with the shared cache) and ``generate`` draws from the global RNG the
+same way. The logits agree to rounding, not bit for bit (the last prompt token goes through a
+[1, d] instead of a [P, d] product), so in float32 a draw that lands within rounding of a boundary
+between two tokens can differ; ``tests/test_rollout_engines.py`` checks equality in float64.
+
+The vLLM engine (``engines.py``, ``vllm_engine.py``) returns the same layout, plus ``engine_logp``.
 """
 
 from __future__ import annotations
@@ -56,6 +67,9 @@ class Rollout:
     response_mask: torch.Tensor
     prompt_len: int
     completions: list[str]
+    # float32 [B, R]: the rollout engine's log-prob of each response token (vLLM; None for HF generate,
+    # whose log-probs are the trainer's own); 0 at padding
+    engine_logp: torch.Tensor | None = None
 
     @property
     def responses(self) -> torch.Tensor:
@@ -74,6 +88,7 @@ class Rollout:
             self.response_mask[idx],
             self.prompt_len,
             [self.completions[i] for i in rows],
+            None if self.engine_logp is None else self.engine_logp[idx],
         )
 
 
@@ -113,19 +128,27 @@ def decode_responses(tokenizer, responses: torch.Tensor, present: torch.Tensor, 
     return texts
 
 
-def _forced_tensor(forced_slots: list[bool] | None, answers: list[list[int]] | None, rows: int, device):
-    """Long [rows, R]: the answer's token at forced positions, -1 elsewhere (None without forcing)."""
+# How the HF engine prefills a group's shared prompt (sample(prefill=...), the config's rollout.prefill)
+PREFILL_MODES = ("group", "sample")
+
+
+def forced_rows(forced_slots: list[bool] | None, answers: list[list[int]] | None, rows: int) -> list[list[int]] | None:
+    """Per prompt, the response's forced token at each position or -1 (None when nothing is forced)."""
     if forced_slots is None or not any(forced_slots):
         return None
     if answers is None or len(answers) != rows:
         raise ValueError("forced_slots needs the answers (one per prompt) that hold the forced tokens")
-    R = len(forced_slots)
-    padded = torch.tensor([[*a[:R], *[-1] * (R - len(a))] for a in answers], dtype=torch.long)
-    return torch.where(torch.tensor(forced_slots), padded, -1).to(device)
+    return [[a[t] if f and t < len(a) else -1 for t, f in enumerate(forced_slots)] for a in answers[:rows]]
+
+
+def _forced_tensor(forced_slots: list[bool] | None, answers: list[list[int]] | None, rows: int, device):
+    """Long [rows, R]: the answer's token at forced positions, -1 elsewhere (None without forcing)."""
+    table = forced_rows(forced_slots, answers, rows)
+    return None if table is None else torch.tensor(table, dtype=torch.long, device=device)
 
 
 class _ForceTokens:
-    """A ``generate`` logits processor: at forced step t every row gets only its forced token."""
+    """A ``generate`` logits processor: at forced step t every row with a forced token gets only it."""
 
     def __init__(self, forced: torch.Tensor, slots: list[bool], prompt_len: int):
         self.forced, self.slots, self.prompt_len = forced, slots, prompt_len
@@ -134,8 +157,9 @@ class _ForceTokens:
         t = input_ids.shape[1] - self.prompt_len
         if t >= len(self.slots) or not self.slots[t]:  # the slot pattern is host-side: no sync
             return scores
-        keep = self.forced[:, t : t + 1]
-        return torch.full_like(scores, -math.inf).scatter_(1, keep, 0.0)
+        keep = self.forced[:, t : t + 1]  # -1: this row's answer has no token here, it samples freely
+        only = torch.full_like(scores, -math.inf).scatter_(1, keep.clamp(min=0), 0.0)
+        return torch.where(keep >= 0, only, scores)
 
 
 @torch.no_grad()
@@ -150,6 +174,7 @@ def sample(
     forced_slots: list[bool] | None = None,
     answers: list[list[int]] | None = None,
     decode: str = "clean",
+    prefill: str = "group",
 ) -> Rollout:
     """Sample ``n`` responses per prompt (greedy: one each) with KV-cached ``generate``.
 
@@ -157,8 +182,11 @@ def sample(
     Sampling draws from the global torch RNG, which the trainer seeds and checkpoints.
     forced_slots / answers: response positions forced to the answer's token (module docstring).
     decode: how ``completions`` are decoded, one of :data:`DECODE_MODES` (:func:`decode_responses`).
+    prefill: one of :data:`PREFILL_MODES`: ``"group"`` prefills each prompt once and shares its cache
+        among the group's samples; ``"sample"`` prefills every sample (module docstring).
     """
     check_choice("decode", decode, DECODE_MODES)
+    check_choice("prefill", prefill, PREFILL_MODES)
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, tokenizer.pad_token_id, device)
     reps = 1 if greedy else n
@@ -174,6 +202,7 @@ def sample(
         bos_token_id=tokenizer.bos_token_id,
         use_cache=True,
     )
+    shared = prefill == "group" and reps > 1 and ids.shape[1] > 1
     if greedy:
         gen = GenerationConfig(do_sample=False, num_return_sequences=1, **common)
     else:  # top_k=0 and top_p=1 switch those filters off
@@ -182,7 +211,7 @@ def sample(
             temperature=cfg.temperature,
             top_p=cfg.top_p,
             top_k=cfg.top_k,
-            num_return_sequences=n,
+            num_return_sequences=1 if shared else n,
             **common,
         )
     extra = {}
@@ -191,10 +220,14 @@ def sample(
 
         proc = _ForceTokens(forced.repeat_interleave(reps, 0), list(forced_slots), ids.shape[1])
         extra["logits_processor"] = LogitsProcessorList([proc])
+    gen_ids, gen_mask = ids, mask
+    if shared:  # the prompt but its last token, once per prompt; generate continues from the cache
+        extra["past_key_values"] = _prefill_once(model, ids, mask, reps)
+        gen_ids, gen_mask = ids.repeat_interleave(reps, 0), mask.repeat_interleave(reps, 0)
     saved = model.generation_config
     model.generation_config = GenerationConfig()  # transformers fills unset fields from the model's config
     try:
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen, **extra)
+        out = model.generate(input_ids=gen_ids, attention_mask=gen_mask, generation_config=gen, **extra)
     finally:
         model.generation_config = saved
     P = ids.shape[1]
@@ -203,11 +236,28 @@ def sample(
     resp = resp.masked_fill(~rmask, tokenizer.pad_token_id)
     attn = torch.cat([mask.repeat_interleave(reps, 0), rmask.long()], 1)
     texts = decode_responses(tokenizer, resp, rmask, decode)
-    return Rollout(torch.cat([ids.repeat_interleave(reps, 0), resp], 1), attn, _unforced(rmask, forced_slots), P, texts)
+    return Rollout(torch.cat([ids.repeat_interleave(reps, 0), resp], 1), attn, unforced(rmask, forced_slots), P, texts)
 
 
-def _unforced(mask: torch.Tensor, forced_slots: list[bool] | None) -> torch.Tensor:
-    """``mask`` without the forced positions (the loss mask)."""
+def _prefill_once(model, ids: torch.Tensor, mask: torch.Tensor, reps: int):
+    """The KV cache of ``ids[:, :-1]`` (one forward per distinct prompt), repeated ``reps`` times per row."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    model(
+        input_ids=ids[:, :-1],
+        attention_mask=mask[:, :-1],
+        position_ids=position_ids(mask)[:, :-1],
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,  # the prefill's logits are not used
+    )
+    cache.batch_repeat_interleave(reps)
+    return cache
+
+
+def unforced(mask: torch.Tensor, forced_slots: list[bool] | None) -> torch.Tensor:
+    """Bool [B, R]: ``mask`` without the forced positions (the loss mask)."""
     if forced_slots is None or not any(forced_slots):
         return mask
     slots = torch.tensor(forced_slots, dtype=torch.bool, device=mask.device)[: mask.shape[1]]
@@ -246,7 +296,7 @@ def teacher_batch(
     return Rollout(
         torch.cat([ids, resp], 1),
         torch.cat([mask, rmask.long()], 1),
-        _unforced(rmask, forced_slots),
+        unforced(rmask, forced_slots),
         ids.shape[1],
         [""] * len(answers),
     )

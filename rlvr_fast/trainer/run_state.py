@@ -41,6 +41,8 @@ RESUME_CHANGEABLE = frozenset(
         "trainer.cpu_threads",
         "trainer.out_dir",
         "reward.workers",
+        "rollout.kv_cache_gb",
+        "rollout.sleep",
     }
 )
 # what resume() reads from a checkpoint's trainer state
