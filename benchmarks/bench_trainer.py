@@ -77,6 +77,8 @@ Shapes
     smoke   a 2-layer, 32-wide Llama; 2 prompts x 2 samples x 8 tokens (tests/test_benchmarks.py)
     small   the ``rlvr-fast demo`` model (128 wide, 3 layers, 0.65M parameters); 16 prompts x 8
             samples x 64 new tokens, micro-batch 64 (the demo config)
+    small-long  a 256-wide, 4-layer Llama (head size 64); 8 prompts x 8 samples x 256 new tokens,
+            micro-batch 32: generation dominates the step
     target  a ~85M-parameter Llama (768 wide, 12 layers, 12 heads, MLP 2048); 64 prompts x 8 samples
             x 256 new tokens, micro-batch 32 (GPU)
     The world's vocabulary has 102 tokens, so the logits, and with them our fused log-prob / loss
@@ -127,6 +129,17 @@ SHAPES = {
         T=64,
         micro=64,
         warmup=2,
+        n_train=6000,
+    ),
+    # rollouts dominate: 4x the demo model's width, 256 new tokens per response (where an inference
+    # engine pays off on the CPU; bench_rollout.py times generation alone)
+    "small-long": dict(
+        model=dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=768),
+        P=8,
+        n=8,
+        T=256,
+        micro=32,
+        warmup=1,
         n_train=6000,
     ),
     "target": dict(
@@ -348,7 +361,7 @@ class Ours:
         self.clock.start()
         m = self.trainer.grpo_step()
         self.clock.end()
-        self.gen_s.append(m["gen_s"] + m["sync_s"])  # the engine's weight sync counts as generation
+        self.gen_s.append(m["gen_s"])  # the vllm engine's weight sync (sync_s) included
         self.lens.append(m["response_len"])
         self.rewards.append(m["reward"])
 
@@ -744,6 +757,7 @@ def driver(args) -> int:
 
 def main(argv=None) -> int:
     p = C.parser(__doc__.splitlines()[0])
+    p._option_string_actions["--shapes"].choices = tuple(SHAPES)  # small-long is this bench's own
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per process (default: per shape)")
     p.add_argument("--repeats", type=int, default=1, help="timing processes (their steps are pooled)")
     p.add_argument("--mem-steps", type=int, default=2, help="steps after warm-up in each memory process")

@@ -144,7 +144,7 @@ def _evaluate(t: Target, rows: list[dict]) -> tuple | None:
     def find(provider: str, op: str) -> dict | None:
         return _find(rows, op=op, provider=provider, mode=t.mode, shape=t.shape, dtype=t.dtype)
 
-    ours = find(OURS, t.op)
+    ours = find(t.provider, t.op)
     if ours is None or ours.get(t.metric) is None:
         return None
     if t.baseline == (BF16_LOGITS,):

@@ -15,8 +15,10 @@ PROVIDERS = {
     "bench_logprobs.py": "torch-naive,trl,verl,floor",
     "bench_policy_loss.py": "torch-ref,verl,verl-unfused,trl-unfused,floor",
     "bench_fused_linear.py": "unfused,floor",
-    # both trainers, interleaved in one process (~20 s on 2 cores: two model loads, 2 steps each)
-    "bench_trainer.py": "rlvr_fast,trl",
+    # the trainers (ours on both rollout engines, TRL), interleaved in one process (~25 s on 2 cores)
+    "bench_trainer.py": "rlvr_fast,rlvr_fast-vllm,trl",
+    # the vLLM engine, HF generate with one prefill per group, plain HF generate
+    "bench_rollout.py": "rlvr_fast,rlvr_fast-hf,hf-generate",
     # pixel_metrics vs torch-ref / piqa / pytorch-msssim / torchmetrics; video_reward vs the RLVR-World path
     "bench_video.py": "torch-ref,piqa,pytorch-msssim,torchmetrics,rlvr-world,floor",
 }

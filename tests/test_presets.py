@@ -216,7 +216,8 @@ def tiny_model(tmp_path: Path) -> Path:
 
     tok = synthetic_text_game_task(seed=0, n_train=4, n_test=2).tokenizer
     torch.manual_seed(0)
-    model = tiny_llama(C.ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok)
+    # head size 32: the smallest vLLM's CPU attention serves (the presets run on both rollout engines)
+    model = tiny_llama(C.ModelConfig(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=64), tok)
     out = tmp_path / "model"
     model.save_pretrained(out)
     tok.save_pretrained(out)
@@ -252,15 +253,34 @@ def text_game_files(tmp_path: Path) -> list[str]:
     ]
 
 
+def _engine(engine: str) -> list[str]:
+    """The rollout engine's settings (vllm: skipped where vLLM is not installed)."""
+    if engine == "vllm":
+        pytest.importorskip("vllm")
+    return [f"rollout.engine={engine}"]
+
+
+ENGINES = ["hf", "vllm"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", ["rlvr_world_text_game_binary", "rlvr_world_text_game_task"])
-def test_text_game_preset_runs_two_grpo_steps(tmp_path, name):
+def test_text_game_preset_runs_two_grpo_steps(tmp_path, name, engine):
     files = text_game_files(tmp_path)
     cfg = C.load_config(
         None,
-        [*files, f"model.path={tiny_model(tmp_path)}", *SMALL, "data.nongold_rows=5", f"trainer.out_dir={tmp_path}/r"],
+        [
+            *files,
+            f"model.path={tiny_model(tmp_path)}",
+            *SMALL,
+            *_engine(engine),
+            "data.nongold_rows=5",
+            f"trainer.out_dir={tmp_path}/r",
+        ],
         preset=name,
     )
     t = GRPOTrainer(cfg)
+    assert t.engine.name == engine
     assert t.task.reward == EXPECTED[name]["reward.name"]
     assert (len(t.train_set), t.stream.n, t.stream.extra, t.stream.pool) == (7, 3, 5, 4)
     drawn = t.stream.drawn()
@@ -295,19 +315,22 @@ def test_the_mix_is_identical_after_resume(tmp_path):
     assert rl[0] == rl[1] and len(rl[0]) == 6
 
 
-def test_web_page_preset_runs_two_grpo_steps(tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_web_page_preset_runs_two_grpo_steps(tmp_path, engine):
     write_parquet(tmp_path / "train.parquet", [web_row(i) for i in range(3)])
     write_web(tmp_path / "test.jsonl", [web_row(i) for i in range(2)])
     files = [f"data.train_path={tmp_path / 'train.parquet'}", f"data.test_path={tmp_path / 'test.jsonl'}"]
+    model = f"model.path={tiny_model(tmp_path)}"
     cfg = C.load_config(
-        None, [*files, f"model.path={tiny_model(tmp_path)}", *SMALL, f"trainer.out_dir={tmp_path}/r"], preset=NAMES[3]
+        None, [*files, model, *SMALL, *_engine(engine), f"trainer.out_dir={tmp_path}/r"], preset=NAMES[3]
     )
     summary = train(cfg)
     assert summary["task"] == "web_page" and "f1" in summary["rlvr"]
     assert [r["step"] for r in _records(tmp_path / "r") if r["stage"] == "rl"] == [1, 2]
 
 
-def test_rt1_preset_runs_two_grpo_steps(tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_rt1_preset_runs_two_grpo_steps(tmp_path, engine):
     """RLVR-World's converter format (uint8 [T, H, W, 3] ``image``, 13-dim ``action``) at 64 x 64, a tiny
     trained frame tokenizer in place of iVideoGPT's and random LPIPS weights, as tests/test_video_task.py."""
     from test_lpips import random_weights
@@ -332,12 +355,13 @@ def test_rt1_preset_runs_two_grpo_steps(tmp_path):
         f"video.lpips_vgg_path={tmp_path / 'vgg16.pth'}",
         f"video.lpips_lin_path={tmp_path / 'vgg.pth'}",
         "video.preview=0",
-        "model.hidden_size=32",
+        "model.hidden_size=64",
         "model.num_layers=1",
         "model.num_heads=2",
         "model.intermediate_size=64",
         "model.max_position_embeddings=512",
         *SMALL,
+        *_engine(engine),
         f"trainer.out_dir={tmp_path / 'r'}",
     ]
     cfg = C.load_config(None, over, preset=NAMES[0])

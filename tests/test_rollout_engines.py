@@ -405,3 +405,21 @@ def test_failed_weight_sync_stops_with_the_step_and_keeps_the_checkpoint(tmp_pat
     from rlvr_fast.trainer.checkpoint import read_trainer_state
 
     assert read_trainer_state(tmp_path / "checkpoint")["rl_step"] == 1  # written after step 1, untouched since
+
+
+def test_sleep_mode_resyncs_before_every_rollout(tmp_path, monkeypatch):
+    """GPU sleep mode (level 2 drops the weights): after each release the trainer syncs before sampling,
+    also when no optimizer step came between (the evaluation after MLE, then GRPO step 1). vLLM's CPU
+    backend ignores sleep, so the engine's calls are recorded here instead."""
+    pytest.importorskip("vllm")
+    t = GRPOTrainer(_cfg(tmp_path, "trainer.steps=2", "trainer.save_every=0"))
+    calls = []
+    monkeypatch.setattr(t.engine, "sleeps", True)
+    monkeypatch.setattr(t.engine.llm, "sleep", lambda level: calls.append(f"sleep{level}"))
+    monkeypatch.setattr(t.engine.llm, "wake_up", lambda tags: calls.append("wake:" + ",".join(tags)))
+    real = t.engine.sync
+    monkeypatch.setattr(t.engine, "sync", lambda w: calls.append("sync") or real(w))
+    t.run()
+    # eval after MLE, GRPO step 1, step 2, final eval: each one sync, each followed by a sleep
+    wake = ["sync", "wake:weights", "wake:kv_cache", "sleep2"]
+    assert calls == ["sync", "sleep2", *wake, *wake, *wake]

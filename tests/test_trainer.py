@@ -117,7 +117,7 @@ def _float_keys() -> list[str]:
 
 def test_the_float_sweep_covers_every_float_field():
     keys = set(_float_keys())
-    assert len(keys) == 16 and {"reward.timeout_s", "reward.failure_reward", "video.gamma"} <= keys
+    assert len(keys) == 18 and {"reward.timeout_s", "rollout.kv_cache_gb", "algo.tis_cap", "video.gamma"} <= keys
     assert C.INF_ALLOWED == {"reward.timeout_s"}
 
 

@@ -1,6 +1,7 @@
 """Rollout engines: what turns a batch of prompts into a :class:`~rlvr_fast.trainer.rollout.Rollout`.
 
-Two engines, one interface (``sample``, ``sync``, ``release``, ``close``), chosen by ``rollout.engine``:
+Two engines, one interface (``sample``, ``sync``, ``release``, ``close``, ``needs_weights``), chosen by
+``rollout.engine``:
 
 - ``hf``: Hugging Face ``generate`` on the training model itself (``rollout.sample``), one prefill per
   group (``rollout.prefill``). Nothing to sync: it is the policy.
@@ -9,7 +10,8 @@ Two engines, one interface (``sample``, ``sync``, ``release``, ``close``), chose
   loaded from the policy in memory. The trainer calls ``sync`` before the engine samples whenever an
   optimizer step (or a resume) has changed the policy since the last sync, so the engine never samples
   from stale weights; several optimizer steps between two rollouts (``ppo_epochs`` > 1, mini-batches)
-  cost one sync. It also returns its own log-prob of every sampled token (``Rollout.engine_logp``),
+  cost one sync. After ``release`` (GPU sleep mode: the weights are dropped while the policy trains)
+  ``needs_weights`` is true and the trainer syncs before the next sample whether or not the policy moved. It also returns its own log-prob of every sampled token (``Rollout.engine_logp``),
   which the trainer compares with its own (``logp_gap_*`` metrics; ``algo.tis_cap`` corrects for it).
 - ``auto``: vllm when it imports and can serve the model here, else hf; the log says which and why.
 
@@ -34,6 +36,7 @@ class HFEngine:
     """``generate`` on the policy module itself (``rollout.sample``)."""
 
     name = "hf"
+    needs_weights = False  # it samples from the policy itself
 
     def __init__(self, module, tokenizer, cfg):
         self.module, self.tok, self.cfg = module, tokenizer, cfg

@@ -38,8 +38,8 @@ def evaluate(t) -> dict[str, float]:
 
 
 def evaluate_and_select(t) -> dict[str, float]:
-    """:func:`evaluate`, logged; keeps the previews and saves ``best`` when ``task.select_metric`` improves."""
-    metrics = evaluate(t)
+    """``t.evaluate()``, logged; keeps the previews and saves ``best`` when ``task.select_metric`` improves."""
+    metrics = t.evaluate()  # through the trainer, so a subclass or a test can replace it
     if t.last_preview is not None:
         t.previews["mle" if t.stage == "mle" else "rlvr"] = t.last_preview
     t.logger.write(

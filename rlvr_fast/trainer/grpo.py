@@ -248,7 +248,7 @@ class GRPOTrainer:
             "response_len": (totals[2] / totals[1]).item(),
             "reward_failures": stats.failures,
             "gen_s": t_gen,
-            "sync_s": self.sync_s,
+            "sync_s": self.sync_s,  # part of gen_s
             "reward_s": t_reward,
             **reward_metrics,
             "step_s": step_s,
@@ -346,7 +346,7 @@ class GRPOTrainer:
         """Responses to ``rows`` (example, prompt ids, answer ids): n per prompt, or one greedy each, from
         the engine; first the policy's weights into the engine if they changed (``sync_s`` seconds)."""
         self.sync_s = 0.0
-        if self.engine_stale:
+        if self.engine_stale or self.engine.needs_weights:
             where = f"GRPO step {self.rl_step + 1} (MLE step {self.mle_step})"
             self.sync_s = sync_weights(self.engine, self.model, where=where, checkpoint=self.out / "checkpoint")
             self.engine_stale = False

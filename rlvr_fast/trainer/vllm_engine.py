@@ -232,6 +232,11 @@ class VLLMEngine:
             self.asleep = False
         self.llm.reset_prefix_cache()
 
+    @property
+    def needs_weights(self) -> bool:
+        """True while asleep: the weights were released and must be synced before the next sample."""
+        return self.asleep
+
     def release(self) -> None:
         """On a GPU with ``rollout.sleep``: free the weights and KV cache until the next sync."""
         if self.sleeps and not self.asleep:
