@@ -170,35 +170,11 @@ def key_schema(config: CNNFSQConfig | None = None) -> dict[str, tuple[int, ...]]
     buffers are non-persistent), so there are no ``dynamics_quantize.*`` keys.
     """
     cfg = config if config is not None else CNNFSQConfig()
-    s: dict[str, tuple[int, ...]] = {}
-
-    def conv(p: str, cin: int, cout: int, k: int) -> None:
-        s[f"{p}.weight"] = (cout, cin, k, k)
-        s[f"{p}.bias"] = (cout,)
-
-    def norm(p: str, c: int) -> None:
-        s[f"{p}.weight"] = (c,)
-        s[f"{p}.bias"] = (c,)
-
-    def linear(p: str, cin: int, cout: int) -> None:
-        s[f"{p}.weight"] = (cout, cin)
-        s[f"{p}.bias"] = (cout,)
-
-    def resnet(p: str, cin: int, cout: int) -> None:
-        norm(f"{p}.norm1", cin)
-        conv(f"{p}.conv1", cin, cout, 3)
-        norm(f"{p}.norm2", cout)
-        conv(f"{p}.conv2", cout, cout, 3)
-        if cin != cout:
-            conv(f"{p}.conv_shortcut", cin, cout, 1)
+    s = SchemaBuilder()
+    conv, norm, resnet = s.conv, s.norm, s.resnet
 
     def mid(p: str, c: int) -> None:
-        resnet(f"{p}.resnets.0", c, c)
-        if cfg.mid_block_add_attention:
-            norm(f"{p}.attentions.0.group_norm", c)
-            for name in ("to_q", "to_k", "to_v", "to_out.0"):
-                linear(f"{p}.attentions.0.{name}", c, c)
-        resnet(f"{p}.resnets.1", c, c)
+        s.mid(p, c, cfg.mid_block_add_attention)
 
     ch, n, layers = cfg.block_out_channels, len(cfg.block_out_channels), cfg.layers_per_block
     conv("encoder.conv_in", cfg.in_channels, ch[0], 3)
@@ -226,7 +202,41 @@ def key_schema(config: CNNFSQConfig | None = None) -> dict[str, tuple[int, ...]]
             conv(f"decoder.up_blocks.{i}.upsamplers.0.conv", cout, cout, 3)
     norm("decoder.conv_norm_out", ch[0])
     conv("decoder.conv_out", ch[0], cfg.out_channels, 3)
-    return s
+    return dict(s)
+
+
+class SchemaBuilder(dict):
+    """``{key: shape}`` written out by diffusers' naming rules, block by block (used by the key schemas)."""
+
+    def conv(self, p: str, cin: int, cout: int, k: int) -> None:
+        self[f"{p}.weight"] = (cout, cin, k, k)
+        self[f"{p}.bias"] = (cout,)
+
+    def norm(self, p: str, c: int) -> None:
+        self[f"{p}.weight"] = (c,)
+        self[f"{p}.bias"] = (c,)
+
+    def linear(self, p: str, cin: int, cout: int) -> None:
+        self[f"{p}.weight"] = (cout, cin)
+        self[f"{p}.bias"] = (cout,)
+
+    def resnet(self, p: str, cin: int, cout: int) -> None:
+        """diffusers ``ResnetBlock2D(temb_channels=None)``."""
+        self.norm(f"{p}.norm1", cin)
+        self.conv(f"{p}.conv1", cin, cout, 3)
+        self.norm(f"{p}.norm2", cout)
+        self.conv(f"{p}.conv2", cout, cout, 3)
+        if cin != cout:
+            self.conv(f"{p}.conv_shortcut", cin, cout, 1)
+
+    def mid(self, p: str, c: int, attention: bool) -> None:
+        """diffusers ``UNetMidBlock2D(num_layers=1)``: resnets.0, attentions.0 (one head of width c), resnets.1."""
+        self.resnet(f"{p}.resnets.0", c, c)
+        if attention:
+            self.norm(f"{p}.attentions.0.group_norm", c)
+            for name in ("to_q", "to_k", "to_v", "to_out.0"):
+                self.linear(f"{p}.attentions.0.{name}", c, c)
+        self.resnet(f"{p}.resnets.1", c, c)
 
 
 def rename_deprecated_attention_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

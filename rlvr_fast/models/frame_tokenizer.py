@@ -50,14 +50,14 @@ WEIGHT_FILES = (
 )
 
 
-class FSQTokenizer(nn.Module):
-    """Shared API of the FSQ tokenizers: ``encoder -> quant_linear -> dynamics_quantize (FSQ) ->
-    post_quant_linear -> decoder``; subclasses build the five submodules and set ``config``.
+class PretrainedFiles:
+    """Checkpoint files of a tokenizer module: :meth:`from_pretrained` (strict, schema-checked, local only)
+    and :meth:`save_pretrained`, in diffusers' directory format (``config.json`` + weights).
 
-    A subclass also sets ``_config_class`` (its config dataclass, with ``from_dict`` / ``to_dict`` and the
-    properties ``num_codes`` / ``downsample_factor``), ``_weights_name`` (the weight file
-    :meth:`save_pretrained` writes), ``_file_help`` (what a checkpoint is, for error messages) and
-    ``_schema(config)`` (the expected ``{key: shape}`` of its state dict).
+    A subclass (an ``nn.Module``) sets ``config`` and ``_config_class`` (its config dataclass, with
+    ``from_dict`` / ``to_dict``), ``_weights_name`` (the weight file :meth:`save_pretrained` writes),
+    ``_file_help`` (what a checkpoint is, for error messages) and ``_schema(config)`` (the expected
+    ``{key: shape}`` of its state dict).
     """
 
     config: Any  # an instance of the subclass's _config_class
@@ -73,6 +73,105 @@ class FSQTokenizer(nn.Module):
     def _rename_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Old state-dict key names -> the current ones before the schema check (none by default)."""
         return state_dict
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        config=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        """Load a checkpoint from a local path (nothing is downloaded).
+
+        path: a directory as ``save_pretrained`` writes it (for :class:`CNNFSQTokenizer` also
+        iVideoGPT's ``CNNFSQModel256.save_pretrained``): ``config.json`` (optional; defaults to the
+        class's default config) and the first of :data:`WEIGHT_FILES` present; or a weight file
+        itself (``.safetensors``, or ``.bin``/``.pt``/``.pth`` read with ``torch.load(weights_only=True)``).
+        config: overrides ``config.json``. device / dtype: where the module lives (default CPU, float32).
+
+        :class:`~rlvr_fast.models.cnn_fsq.CNNFSQTokenizer` renames old diffusers attention names
+        (``query``/``key``/``value``/``proj_attn``) as diffusers does. Raises FileNotFoundError naming
+        the path and the files looked for, and ValueError listing every missing key, unexpected key and
+        wrong shape (or a config.json of another model, or one that is not UTF-8 JSON, or sizes past
+        :data:`~rlvr_fast.models.fsq.MAX_CHANNELS` and the other bounds, naming the file and the key; or
+        a weight file that cannot be read, naming it) before anything is built; then loads with
+        ``strict=True``. Does not touch torch's global random generator.
+        """
+        p = Path(path)
+        if p.is_dir():
+            cfg_file = p / "config.json"
+            if config is None and cfg_file.is_file():
+                config = cls._read_config(cfg_file)
+            weights = next((p / name for name in WEIGHT_FILES if (p / name).is_file()), None)
+            if weights is None:
+                raise FileNotFoundError(
+                    f"no weight file in {str(p)!r}: looked for {list(WEIGHT_FILES)} ({cls._file_help})"
+                )
+        elif p.is_file():
+            weights = p
+        else:
+            raise FileNotFoundError(f"no file or directory at {str(p)!r}: expected {cls._file_help}")
+        cfg = config if config is not None else cls._config_class()
+        if not isinstance(cfg, cls._config_class):
+            raise TypeError(f"config: expected a {cls._config_class.__name__}, got {type(cfg).__name__}")
+        sd = cls._rename_keys(read_state_dict(weights, cls._file_help))
+        check_against_schema(sd, cls._schema(cfg), weights, cls._file_help)
+        with torch.device("meta"):  # no random init to throw away, no draw from the global generator
+            model = cls(cfg)
+        model = model.to_empty(device=device if device is not None else "cpu")
+        if dtype is not None:
+            model = model.to(dtype=dtype)
+        model.load_state_dict(sd, strict=True)
+        for m in model.modules():  # FSQ's level / basis buffers are not in the state dict
+            if isinstance(m, FSQ):
+                m.reset_constants()
+        return model.eval()
+
+    @classmethod
+    def _read_config(cls, path: Path):
+        """The config in ``path`` (a ``config.json``); every error names the file."""
+        try:
+            d = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            where = f"{str(path)!r}: not UTF-8 ({e.reason} at byte {e.start})"
+            raise ValueError(f"{where}: expected JSON") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{str(path)!r}: invalid JSON ({e})") from None
+        except RecursionError:
+            raise ValueError(f"{str(path)!r}: invalid JSON (nested too deep to parse)") from None
+        try:
+            return cls._config_class.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{str(path)!r}: {e}") from None
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and the weights (``diffusion_pytorch_model.safetensors`` for
+        :class:`CNNFSQTokenizer`, as diffusers names them; ``model.safetensors`` for
+        :class:`TinyFSQTokenizer`) into ``directory`` (created if needed), each to a temporary file
+        renamed into place. Returns the directory; :meth:`from_pretrained` reads it back (and so does
+        iVideoGPT's ``CNNFSQModel256.from_pretrained`` for a :class:`CNNFSQTokenizer` with mid-block
+        attention)."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        sd = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with _atomic_path(d / self._weights_name) as tmp:
+            save_file(sd, str(tmp), metadata={"format": "pt"})
+        with _atomic_path(d / "config.json") as tmp:
+            tmp.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        return d
+
+
+
+class FSQTokenizer(PretrainedFiles, nn.Module):
+    """Shared API of the FSQ tokenizers: ``encoder -> quant_linear -> dynamics_quantize (FSQ) ->
+    post_quant_linear -> decoder``; subclasses build the five submodules and set ``config`` and the
+    :class:`PretrainedFiles` attributes (``_config_class`` also needs the properties ``num_codes`` /
+    ``downsample_factor``).
+    """
 
     def _build_quantizer(self, cfg) -> None:
         d = len(cfg.fsq_levels)
@@ -196,96 +295,6 @@ class FSQTokenizer(nn.Module):
         outs = [self.decode_latents(self.code_latents(c), clamp=clamp) for c in _chunks(codes, chunk_size)]
         return torch.cat(outs)
 
-    # -- files ----------------------------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | os.PathLike,
-        *,
-        config=None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ):
-        """Load a checkpoint from a local path (nothing is downloaded).
-
-        path: a directory as ``save_pretrained`` writes it (for :class:`CNNFSQTokenizer` also
-        iVideoGPT's ``CNNFSQModel256.save_pretrained``): ``config.json`` (optional; defaults to the
-        class's default config) and the first of :data:`WEIGHT_FILES` present; or a weight file
-        itself (``.safetensors``, or ``.bin``/``.pt``/``.pth`` read with ``torch.load(weights_only=True)``).
-        config: overrides ``config.json``. device / dtype: where the module lives (default CPU, float32).
-
-        :class:`~rlvr_fast.models.cnn_fsq.CNNFSQTokenizer` renames old diffusers attention names
-        (``query``/``key``/``value``/``proj_attn``) as diffusers does. Raises FileNotFoundError naming
-        the path and the files looked for, and ValueError listing every missing key, unexpected key and
-        wrong shape (or a config.json of another model, or one that is not UTF-8 JSON, or sizes past
-        :data:`~rlvr_fast.models.fsq.MAX_CHANNELS` and the other bounds, naming the file and the key; or
-        a weight file that cannot be read, naming it) before anything is built; then loads with
-        ``strict=True``. Does not touch torch's global random generator.
-        """
-        p = Path(path)
-        if p.is_dir():
-            cfg_file = p / "config.json"
-            if config is None and cfg_file.is_file():
-                config = cls._read_config(cfg_file)
-            weights = next((p / name for name in WEIGHT_FILES if (p / name).is_file()), None)
-            if weights is None:
-                raise FileNotFoundError(
-                    f"no weight file in {str(p)!r}: looked for {list(WEIGHT_FILES)} ({cls._file_help})"
-                )
-        elif p.is_file():
-            weights = p
-        else:
-            raise FileNotFoundError(f"no file or directory at {str(p)!r}: expected {cls._file_help}")
-        cfg = config if config is not None else cls._config_class()
-        if not isinstance(cfg, cls._config_class):
-            raise TypeError(f"config: expected a {cls._config_class.__name__}, got {type(cfg).__name__}")
-        sd = cls._rename_keys(read_state_dict(weights, cls._file_help))
-        check_against_schema(sd, cls._schema(cfg), weights, cls._file_help)
-        with torch.device("meta"):  # no random init to throw away, no draw from the global generator
-            model = cls(cfg)
-        model = model.to_empty(device=device if device is not None else "cpu")
-        if dtype is not None:
-            model = model.to(dtype=dtype)
-        model.load_state_dict(sd, strict=True)
-        model.dynamics_quantize.reset_constants()
-        return model.eval()
-
-    @classmethod
-    def _read_config(cls, path: Path):
-        """The config in ``path`` (a ``config.json``); every error names the file."""
-        try:
-            d = json.loads(path.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError as e:
-            where = f"{str(path)!r}: not UTF-8 ({e.reason} at byte {e.start})"
-            raise ValueError(f"{where}: expected JSON") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{str(path)!r}: invalid JSON ({e})") from None
-        except RecursionError:
-            raise ValueError(f"{str(path)!r}: invalid JSON (nested too deep to parse)") from None
-        try:
-            return cls._config_class.from_dict(d)
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"{str(path)!r}: {e}") from None
-
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and the weights (``diffusion_pytorch_model.safetensors`` for
-        :class:`CNNFSQTokenizer`, as diffusers names them; ``model.safetensors`` for
-        :class:`TinyFSQTokenizer`) into ``directory`` (created if needed), each to a temporary file
-        renamed into place. Returns the directory; :meth:`from_pretrained` reads it back (and so does
-        iVideoGPT's ``CNNFSQModel256.from_pretrained`` for a :class:`CNNFSQTokenizer` with mid-block
-        attention)."""
-        from safetensors.torch import save_file
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        sd = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with _atomic_path(d / self._weights_name) as tmp:
-            save_file(sd, str(tmp), metadata={"format": "pt"})
-        with _atomic_path(d / "config.json") as tmp:
-            tmp.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        return d
-
     def extra_repr(self) -> str:
         n = sum(p.numel() for p in self.parameters())
         return (
@@ -315,4 +324,4 @@ def _atomic_path(final: Path):
             os.unlink(tmp)
 
 
-__all__ = ["WEIGHT_FILES", "FSQTokenizer"]
+__all__ = ["WEIGHT_FILES", "FSQTokenizer", "PretrainedFiles"]

@@ -1,8 +1,10 @@
 """Training an FSQ frame tokenizer on frames: reconstruction loss through FSQ's straight-through rounding.
 
 The loop the built-in video world uses to train its :class:`~rlvr_fast.models.tiny_fsq.TinyFSQTokenizer`
-(and that can continue training a :class:`~rlvr_fast.models.cnn_fsq.CNNFSQTokenizer`); the quantizer and
-the absence of a commitment loss are iVideoGPT's.
+(and that can continue training a :class:`~rlvr_fast.models.cnn_fsq.CNNFSQTokenizer`), and, on clips
+instead of frames, the compressive tokenizer (:class:`~rlvr_fast.models.compressive.CompressiveFSQTokenizer`:
+the loss covers the context frame's and the future frames' reconstructions, as iVideoGPT's
+``train_ctx_tokenizer.py``); the quantizer and the absence of a commitment loss are iVideoGPT's.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from .._checks import FLOAT_DTYPES, check_tensor
 from .._threads import CpuThreads
 from ..models.cnn_fsq import CNNFSQConfig, CNNFSQTokenizer
+from ..models.compressive import CompressiveFSQConfig, CompressiveFSQTokenizer
 from ..models.frame_tokenizer import FSQTokenizer
 from ..models.tiny_fsq import TinyFSQConfig, TinyFSQTokenizer
 
@@ -27,12 +30,12 @@ log = logging.getLogger(__name__)
 class TrainResult:
     """What :func:`train_tokenizer` returns: the trained tokenizer (eval mode) and per-step losses (float)."""
 
-    tokenizer: TinyFSQTokenizer | CNNFSQTokenizer
+    tokenizer: TinyFSQTokenizer | CNNFSQTokenizer | CompressiveFSQTokenizer
     losses: list[float] = field(default_factory=list)
 
 
-def _as_unit_frames(name: str, x) -> torch.Tensor:
-    check_tensor(name, x, dtypes=(torch.uint8, *FLOAT_DTYPES), ndim=4)
+def _as_unit_frames(name: str, x, ndim: int = 4) -> torch.Tensor:
+    check_tensor(name, x, dtypes=(torch.uint8, *FLOAT_DTYPES), ndim=ndim)
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
@@ -43,8 +46,8 @@ def train_tokenizer(
     seed: int = 0,
     progress: bool = True,
     *,
-    tokenizer: TinyFSQTokenizer | CNNFSQTokenizer | None = None,
-    config: TinyFSQConfig | CNNFSQConfig | None = None,
+    tokenizer: TinyFSQTokenizer | CNNFSQTokenizer | CompressiveFSQTokenizer | None = None,
+    config: TinyFSQConfig | CNNFSQConfig | CompressiveFSQConfig | None = None,
     batch_size: int = 16,
     l1_weight: float = 0.0,
     grad_clip: float | None = 1.0,
@@ -59,7 +62,8 @@ def train_tokenizer(
     commitment loss; Adam (betas 0.9, 0.99), constant ``lr``, gradient-norm clipping at ``grad_clip``.
 
     Args:
-        frames: a tensor [N, 3, H, W] (float in [0, 1] or uint8 in [0, 255]); each step draws
+        frames: a tensor [N, 3, H, W] (float in [0, 1] or uint8 in [0, 255]; clips [N, 1 + F, 3, H, W]
+            for a compressive tokenizer, context frame first); each step draws
             ``batch_size`` frames with a generator seeded by ``seed`` (all N when N <= batch_size). Or an
             iterable of such batches, one per step (re-iterated when it runs out, if it can be).
         steps: optimizer steps.
@@ -96,10 +100,21 @@ def train_tokenizer(
                 tokenizer = TinyFSQTokenizer(config)
             elif isinstance(config, CNNFSQConfig):
                 tokenizer = CNNFSQTokenizer(config)
+            elif isinstance(config, CompressiveFSQConfig):
+                tokenizer = CompressiveFSQTokenizer(config)
             else:
-                raise TypeError(f"config: expected a TinyFSQConfig or CNNFSQConfig, got {type(config).__name__}")
-    elif not isinstance(tokenizer, FSQTokenizer):
-        raise TypeError(f"tokenizer: expected a TinyFSQTokenizer or CNNFSQTokenizer, got {type(tokenizer).__name__}")
+                raise TypeError(
+                    f"config: expected a TinyFSQConfig, CNNFSQConfig or CompressiveFSQConfig, got {type(config).__name__}"
+                )
+    elif not isinstance(tokenizer, (FSQTokenizer, CompressiveFSQTokenizer)):
+        raise TypeError(
+            "tokenizer: expected a TinyFSQTokenizer, CNNFSQTokenizer or CompressiveFSQTokenizer, "
+            f"got {type(tokenizer).__name__}"
+        )
+    clips = isinstance(tokenizer, CompressiveFSQTokenizer)
+    ndim = 5 if clips else 4
+    if clips and channels_last:
+        raise ValueError("channels_last: not supported for the compressive tokenizer's 5-d clips")
     if device is None:
         device = next(tokenizer.parameters()).device
     device = torch.device(device)
@@ -110,15 +125,15 @@ def train_tokenizer(
     gen = torch.Generator().manual_seed(seed)
 
     if isinstance(frames, torch.Tensor):
-        check_tensor("frames", frames, dtypes=(torch.uint8, *FLOAT_DTYPES), ndim=4)
+        check_tensor("frames", frames, dtypes=(torch.uint8, *FLOAT_DTYPES), ndim=ndim)
         n = frames.shape[0]
         if n == 0:
             raise ValueError(f"frames: expected at least one frame, got shape {tuple(frames.shape)}")
 
         def next_batch(step: int) -> torch.Tensor:  # uint8 converted per batch, not the whole set
             if n <= batch_size:
-                return _as_unit_frames("frames", frames)
-            return _as_unit_frames("frames", frames[torch.randint(0, n, (batch_size,), generator=gen)])
+                return _as_unit_frames("frames", frames, ndim)
+            return _as_unit_frames("frames", frames[torch.randint(0, n, (batch_size,), generator=gen)], ndim)
     else:
         if not isinstance(frames, Iterable):
             raise TypeError(f"frames: expected a tensor or an iterable of tensors, got {type(frames).__name__}")
@@ -126,14 +141,14 @@ def train_tokenizer(
 
         def next_batch(step: int) -> torch.Tensor:
             try:
-                return _as_unit_frames(f"frames (batch {step})", next(state["it"]))
+                return _as_unit_frames(f"frames (batch {step})", next(state["it"]), ndim)
             except StopIteration:
                 state["it"] = iter(frames)
                 if state["it"] is frames or step == 0:
                     raise ValueError(
                         f"frames: the iterator ran out after {step} batches ({steps} steps asked)"
                     ) from None
-                return _as_unit_frames(f"frames (batch {step})", next(state["it"]))
+                return _as_unit_frames(f"frames (batch {step})", next(state["it"]), ndim)
 
     opt = torch.optim.Adam(tokenizer.parameters(), lr=lr, betas=(0.9, 0.99))
     tokenizer.train()
@@ -156,7 +171,7 @@ def train_tokenizer(
                 dtype=autocast_dtype or torch.bfloat16,
                 enabled=autocast_dtype is not None,
             ):
-                recon, _ = tokenizer(x)
+                recon = tokenizer(x)[0]
             recon = recon.float()
             loss = F.mse_loss(recon, x)
             if l1_weight:
