@@ -6,7 +6,8 @@ tokenizer's decoder turns them back into frames for the pixel reward. Their path
 frame), and decodes in micro-batches. Here:
 
 - :class:`VideoTokenLayout` says where each frame's visual tokens sit in a response (single-step:
-  320 visual tokens then EOS; multi-step: frames interleaved with action tokens);
+  320 visual tokens then EOS; multi-step: frames interleaved with action tokens; ``ctx_msp``:
+  iVideoGPT's compressive-tokenizer layout, :meth:`VideoTokenLayout.ctx_msp`);
 - :func:`unpack_video_tokens` picks those slots for the whole batch in one kernel, subtracts the
   visual offset, and marks a sample invalid when any slot is outside the visual range or masked out
   (early EOS). By default invalid samples are not clamped: their slots hold code 0 so the batch still
@@ -24,175 +25,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
 from .. import _checks as C
 from .._dispatch import extension, select_backend
+from .video_layout import VideoTokenLayout, _slot_tensor
 
 _BACKENDS = ("torch", "cpp", "cuda")
-
-
-# ----------------------------------------------------------------------------------------------
-# Token layout
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VideoTokenLayout:
-    """Where a response's visual tokens are, and the id ranges of the token vocabulary.
-
-    Defaults are RLVR-World / iVideoGPT single-step: visual ids 0..4374 (FSQ levels [7,5,5,5,5] give
-    4375 codes), 256 action-bin ids 4375..4630 (each of the 13 action dimensions is one token taking
-    one of those bins), BOS 4631, EOS = pad 4632; a frame is 16 x 20 = 320 visual tokens; the
-    response is the predicted frame's 320 tokens then EOS.
-
-    Multi-step responses (RLVR-World ``msp_reward_fn``) hold ``frames`` predicted frames, each as
-    ``tokens_per_frame`` visual tokens followed by ``action_tokens_per_frame`` action tokens, e.g.
-    ``VideoTokenLayout(frames=4, frame_shape=(8, 10), action_tokens_per_frame=13, eos_after=False)``.
-
-    Attributes:
-        frames: predicted frames per response.
-        frame_shape: (h, w) of the latent token grid of one frame.
-        visual_offset, visual_vocab: visual ids are ``visual_offset .. visual_offset + visual_vocab - 1``.
-        action_tokens_per_frame: action tokens after each frame's visual tokens in the response.
-        action_offset, action_bins: action ids are ``action_offset .. action_offset + action_bins - 1``.
-        action_dims: dimensions of the action vector (one token each in the prompt layout).
-        bos_id, eos_id, pad_id: special ids.
-        eos_after: whether the response ends with ``eos_id`` after the last frame.
-    """
-
-    frames: int = 1
-    frame_shape: tuple[int, int] = (16, 20)
-    visual_offset: int = 0
-    visual_vocab: int = 4375
-    action_tokens_per_frame: int = 0
-    action_offset: int = 4375
-    action_bins: int = 256
-    action_dims: int = 13
-    bos_id: int = 4631
-    eos_id: int = 4632
-    pad_id: int = 4632
-    eos_after: bool = True
-
-    def __post_init__(self):
-        if not isinstance(self.frame_shape, (tuple, list)):
-            raise ValueError(f"VideoTokenLayout.frame_shape: expected (h, w), got {self.frame_shape!r}")
-        object.__setattr__(self, "frame_shape", tuple(int(s) for s in self.frame_shape))
-        for name in ("frames", "visual_vocab", "action_bins", "action_dims"):
-            C.check_positive(f"VideoTokenLayout.{name}", getattr(self, name))
-        if len(self.frame_shape) != 2 or min(self.frame_shape) < 1:
-            raise ValueError(f"VideoTokenLayout.frame_shape: expected (h, w) >= 1, got {self.frame_shape}")
-        C.check_positive("VideoTokenLayout.action_tokens_per_frame", self.action_tokens_per_frame, allow_zero=True)
-        visual = range(self.visual_offset, self.visual_offset + self.visual_vocab)
-        actions = range(self.action_offset, self.action_offset + self.action_bins)
-        if self.visual_offset < 0 or (visual.start < actions.stop and actions.start < visual.stop):
-            raise ValueError(f"VideoTokenLayout: visual ids {visual} and action ids {actions} must be disjoint, >= 0")
-        for name in ("bos_id", "eos_id", "pad_id"):
-            value = getattr(self, name)
-            if value in visual or value in actions or value < 0:
-                raise ValueError(f"VideoTokenLayout.{name}={value} lies inside the visual or action id range")
-
-    @property
-    def tokens_per_frame(self) -> int:
-        return self.frame_shape[0] * self.frame_shape[1]
-
-    @property
-    def response_length(self) -> int:
-        """Tokens in a complete response (frames, their action tokens, and EOS when ``eos_after``)."""
-        return self.frames * (self.tokens_per_frame + self.action_tokens_per_frame) + int(self.eos_after)
-
-    @property
-    def vocab_size(self) -> int:
-        return max(
-            self.visual_offset + self.visual_vocab,
-            self.action_offset + self.action_bins,
-            self.bos_id + 1,
-            self.eos_id + 1,
-            self.pad_id + 1,
-        )
-
-    def prompt_ids(self, context_codes: torch.Tensor, context_actions: torch.Tensor) -> torch.Tensor:
-        """The prompt of a prediction: each context frame's visual tokens, then its action tokens, then BOS.
-
-        Args:
-            context_codes: int [B, Fc, h, w] frame codes in [0, visual_vocab) (the tokenizer's output).
-            context_actions: int [B, Fc, action_dims] action bins in [0, action_bins).
-
-        Returns:
-            int64 [B, Fc * (h * w + action_dims) + 1]. Source: iVideoGPT's ``SimpleVideoProcessor``
-            (history = frame tokens + offset action tokens per step; the response starts after BOS).
-        """
-        codes = self._check_codes("context_codes", context_codes)
-        C.check_tensor("context_actions", context_actions, dtypes=C.INT_DTYPES, ndim=3)
-        C.check_shape(
-            "context_actions",
-            context_actions,
-            (*codes.shape[:2], self.action_dims),
-            "[B, Fc, action_dims] like context_codes",
-        )
-        actions = self._check_bins("context_actions", context_actions)
-        b = codes.shape[0]
-        hist = torch.cat([codes.flatten(2) + self.visual_offset, actions + self.action_offset], dim=2)
-        bos = torch.full((b, 1), self.bos_id, dtype=torch.long, device=codes.device)
-        return torch.cat([hist.reshape(b, -1), bos], dim=1)
-
-    def response_ids(self, codes: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
-        """The target response (MLE labels, or a perfect rollout): int64 [B, response_length].
-
-        Args:
-            codes: int [B, frames, h, w] codes of the predicted frames.
-            actions: int [B, frames, action_tokens_per_frame] bins placed after each frame's visual
-                tokens; required exactly when ``action_tokens_per_frame > 0`` (multi-step layout).
-
-        :func:`unpack_video_tokens` of the result gives back ``codes`` with every sample valid.
-        """
-        codes = self._check_codes("codes", codes)
-        if codes.shape[1:] != (self.frames, *self.frame_shape):
-            raise ValueError(
-                f"codes: expected [B, {self.frames}, {self.frame_shape[0]}, {self.frame_shape[1]}], "
-                f"got {tuple(codes.shape)}"
-            )
-        b = codes.shape[0]
-        parts = [codes.flatten(2) + self.visual_offset]
-        if self.action_tokens_per_frame:
-            if actions is None:
-                raise ValueError(
-                    f"actions: this layout puts {self.action_tokens_per_frame} action tokens after "
-                    "each frame; pass them"
-                )
-            C.check_tensor("actions", actions, dtypes=C.INT_DTYPES, ndim=3)
-            C.check_shape("actions", actions, (b, self.frames, self.action_tokens_per_frame))
-            parts.append(self._check_bins("actions", actions) + self.action_offset)
-        elif actions is not None:
-            raise ValueError("actions: this layout has no action tokens in the response")
-        out = torch.cat(parts, dim=2).reshape(b, -1)
-        if self.eos_after:
-            out = torch.cat([out, torch.full((b, 1), self.eos_id, dtype=torch.long, device=out.device)], dim=1)
-        return out
-
-    def _check_codes(self, name: str, codes: torch.Tensor) -> torch.Tensor:
-        C.check_tensor(name, codes, dtypes=C.INT_DTYPES, ndim=4)
-        if tuple(codes.shape[2:]) != self.frame_shape:
-            raise ValueError(f"{name}: expected frames of {self.frame_shape} codes, got {tuple(codes.shape)}")
-        C.check_in_range(name, codes, self.visual_vocab, "codes")
-        return codes.long()
-
-    def _check_bins(self, name: str, bins: torch.Tensor) -> torch.Tensor:
-        C.check_in_range(name, bins, self.action_bins, "action bins")
-        return bins.long()
-
-    def slot_positions(self) -> list[int]:
-        """Response positions of the visual tokens, frame by frame, row-major within a frame."""
-        return _slot_tensor(self, torch.device("cpu")).tolist()
-
-
-def _slot_tensor(layout: VideoTokenLayout, device: torch.device) -> torch.Tensor:
-    """:meth:`VideoTokenLayout.slot_positions` as int32 [F * h * w], built with arange (traceable)."""
-    stride = layout.tokens_per_frame + layout.action_tokens_per_frame
-    frame = torch.arange(layout.frames, dtype=torch.int32, device=device)[:, None] * stride
-    return (frame + torch.arange(layout.tokens_per_frame, dtype=torch.int32, device=device)).flatten()
 
 
 # ----------------------------------------------------------------------------------------------

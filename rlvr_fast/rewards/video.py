@@ -253,6 +253,9 @@ class VideoReward:
             ``discount``: RLVR-World's ``msp`` weighting ``gamma ** t``).
         decode_chunk: at most this many frames through the decoder at once (None: all in one call).
         data_range: pixel range of the frames (1.0).
+        context_decoder: for a tokenizer that decodes future frames from a context (iVideoGPT's compressive
+            tokenizer, ``ctx_msp`` layout): context codes [G, h, w] -> the features ``decoder(latents,
+            features)`` attends to; computed once per group. :meth:`decode` / ``__call__`` then need ``context``.
     """
 
     def __init__(
@@ -270,6 +273,7 @@ class VideoReward:
         gamma: float = 0.9,
         decode_chunk: int | None = None,
         data_range: float = 1.0,
+        context_decoder: Callable[[torch.Tensor], list] | None = None,
     ):
         if not isinstance(layout, VideoTokenLayout):
             raise TypeError(f"layout: expected a VideoTokenLayout, got {type(layout).__name__}")
@@ -309,37 +313,80 @@ class VideoReward:
         self.objects = objects
         self.invalid_reward, self.aggregate, self.gamma = invalid_reward, aggregate, gamma
         self.decode_chunk, self.data_range = decode_chunk, data_range
+        self.context_decoder = context_decoder
 
     @classmethod
     def from_tokenizer(cls, layout: VideoTokenLayout, tokenizer, weights=None, **kwargs) -> VideoReward:
-        """From a :class:`~rlvr_fast.models.tiny_fsq.TinyFSQTokenizer` or ``CNNFSQTokenizer``:
-        its ``quantizer()`` and unclamped ``decode_latents``."""
+        """From a :class:`~rlvr_fast.models.tiny_fsq.TinyFSQTokenizer` or ``CNNFSQTokenizer``: its
+        ``quantizer()`` and unclamped ``decode_latents``; from a
+        :class:`~rlvr_fast.models.compressive.CompressiveFSQTokenizer` also its ``context_features``."""
+        if hasattr(tokenizer, "context_features"):
+            return cls(
+                layout,
+                tokenizer.quantizer(),
+                lambda z, feats: tokenizer.decode_latents(z, feats, clamp=False),
+                weights,
+                context_decoder=lambda c: tokenizer.context_features(c)[1],
+                **kwargs,
+            )
         return cls(layout, tokenizer.quantizer(), lambda z: tokenizer.decode_latents(z, clamp=False), weights, **kwargs)
 
     @torch.no_grad()
-    def decode(self, responses: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(
+        self, responses: torch.Tensor, response_mask: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames of the rollouts: responses int [B, R], response_mask bool/int [B, R] (the tokens present)
         -> (frames float32 [B, F, 3, H, W] in [0, 1], valid bool [B]). Invalid rollouts decode code 0
-        (``invalid_tokens="clamp"``: their clamped ids)."""
+        (``invalid_tokens="clamp"``: their clamped ids). ``context``: int [G, h, w] context codes of the
+        G groups (B = G * n), needed exactly when the reward has a ``context_decoder``."""
         clamp = self.invalid_tokens == "clamp"
         codes, valid, _ = unpack_video_tokens(responses, response_mask, self.layout, clamp=clamp)
         B, F = codes.shape[:2]
         cuda = responses.device.type == "cuda"
         # channels_last straight from the gather: the faster layout for the decoder's convolutions on
-        # CPU as well as GPU (benchmarks/bench_video.py)
+        # CPU as well as GPU (benchmarks/bench_video.py); the compressive decoder un-patchifies first
+        fmt = torch.channels_last if self.context_decoder is None else torch.contiguous_format
         latents = codes_to_latents(
-            codes, self.quantizer, dtype=torch.bfloat16 if cuda else torch.float32, memory_format=torch.channels_last
+            codes, self.quantizer, dtype=torch.bfloat16 if cuda else torch.float32, memory_format=fmt
         )
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
         step = self.decode_chunk or latents.shape[0]
         with amp:
-            frames = torch.cat([self.decoder(latents[i : i + step]) for i in range(0, latents.shape[0], step)])
+            if self.context_decoder is not None:
+                frames = self._decode_with_context(latents, context, B * F)
+            elif context is not None:
+                raise ValueError("context: this tokenizer decodes every frame on its own; pass no context")
+            else:
+                frames = torch.cat([self.decoder(latents[i : i + step]) for i in range(0, latents.shape[0], step)])
         frames = frames.float().clamp_(0.0, self.data_range)
         return frames.view(B, F, *frames.shape[1:]), valid
 
+    def _decode_with_context(self, latents: torch.Tensor, context: torch.Tensor | None, rows: int) -> torch.Tensor:
+        """Frames of ``rows`` latents grouped by context: each group's context decoded once, whole groups per chunk."""
+        if context is None:
+            raise ValueError(
+                "context: this tokenizer decodes future frames from their context codes; pass context [G, h, w]"
+            )
+        C.check_tensor("context", context, dtypes=C.INT_DTYPES, ndim=3)
+        g = context.shape[0]
+        if g == 0 or rows % g:
+            raise ValueError(f"context: {rows} decoded frames do not split into {g} groups")
+        r = rows // g
+        per = max(1, (self.decode_chunk or rows) // r)  # groups per decoder call
+        out = []
+        for g0 in range(0, g, per):
+            feats = self.context_decoder(context[g0 : g0 + per].to(latents.device))
+            out.append(self.decoder(latents[g0 * r : (g0 + per) * r], feats))
+        return torch.cat(out)
+
     @torch.no_grad()
     def __call__(
-        self, responses: torch.Tensor, response_mask: torch.Tensor, target: torch.Tensor, group_size: int = 1
+        self,
+        responses: torch.Tensor,
+        response_mask: torch.Tensor,
+        target: torch.Tensor,
+        group_size: int = 1,
+        context: torch.Tensor | None = None,
     ) -> VideoRewardOutput:
         """Rewards of B = G * group_size rollouts.
 
@@ -350,11 +397,12 @@ class VideoReward:
                 uint8 frames are scaled by 1/255. Float frames outside [0, data_range] raise ValueError
                 (one host sync; ``RLVR_FAST_CHECK_VALUES=0`` skips the check).
             group_size: rollouts per real clip.
+            context: int [G, h, w] context codes of each group (a ``ctx_msp`` layout's compressive tokenizer).
 
         Returns:
             :class:`VideoRewardOutput`.
         """
-        frames, valid = self.decode(responses, response_mask)
+        frames, valid = self.decode(responses, response_mask, context)
         F = self.layout.frames
         if target.dtype == torch.uint8:
             target = target.float() / 255.0

@@ -218,7 +218,7 @@ class VideoTask(Task):
         self.train, self.test = self.items("train"), self.items("test")
         self.tokenizer = layout_tokenizer(self.layout)
         self.response_length = self.layout.response_length
-        slots = self._forced_slots()
+        slots = self.layout.forced_slots()
         self.forced_slots = slots if any(slots) else None
         self.preview_count = preview
 
@@ -235,13 +235,6 @@ class VideoTask(Task):
         return VideoReward.from_tokenizer(
             self.layout, self.frame_tokenizer, weights, lpips=lpips, objects=objects, **options
         )
-
-    def _forced_slots(self) -> list[bool]:
-        """Response positions that hold inputs (the action tokens after each predicted frame)."""
-        lay = self.layout
-        visual = set(lay.slot_positions())
-        body = lay.frames * (lay.tokens_per_frame + lay.action_tokens_per_frame)
-        return [t < body and t not in visual for t in range(lay.response_length)]
 
     def items(self, split: str) -> list[VideoItem]:
         return [VideoItem(split, i, s) for i, s in enumerate(self.splits[split].sources)]
