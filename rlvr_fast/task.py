@@ -113,6 +113,7 @@ class Task:
     tokenizer: Any = None  # a transformers tokenizer the task ships (built-in worlds), else the model's
     response_length: int | None = None  # every response has exactly this many tokens
     forced_slots: list[bool] | None = None  # per response position: an input forced during generation
+    ignore_eos: bool = False  # generation runs to response_length whatever it samples (no EOS in the layout)
     preview_count: int = 0  # held-out examples drawn by preview()
 
     def encode(self, example: Any, tokenizer: Any, *, chat_template: bool) -> tuple[list[int], list[int]]:

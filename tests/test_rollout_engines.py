@@ -145,6 +145,26 @@ def test_vllm_greedy_layout_equals_hf(vllm_engine):
     assert (b.present.sum(1) > 5).any() and not b.response_mask[:, 4].any()  # forced: no loss
 
 
+def test_ignore_eos_samples_every_token_on_both_engines(vllm_engine):
+    """A layout without EOS (RLVR-World's ctx_msp, ``ignore_eos=True``): an EOS forced at slot 1 ends
+    nothing; all max_new_tokens (10) are sampled, present, and greedy layouts agree across engines."""
+    engine, model, tok = vllm_engine
+    prompts = _prompts(3, seed=4)
+    kw = dict(forced_slots=[t == 1 for t in range(10)], answers=[[5, EOS]] * 3)
+    stopped = _hf_greedy(model, tok, prompts, **kw)
+    assert stopped.present.sum(1).tolist() == [2, 2, 2]  # without ignore_eos the forced EOS ends them
+    a = _hf_greedy(model, tok, prompts, ignore_eos=True, **kw)
+    b = engine.sample(prompts, 4, greedy=True, ignore_eos=True, **kw)
+    assert torch.equal(a.input_ids, b.input_ids) and a.present.all() and b.present.all()
+    assert a.responses.shape == (3, 10) and (a.responses[:, 1] == EOS).all()
+    assert not a.response_mask[:, 1].any() and a.response_mask[:, 2:].all()
+    for r in (
+        sample(model, tok, prompts, 4, _rollout_cfg(), ignore_eos=True, **kw),
+        engine.sample(prompts, 4, ignore_eos=True, **kw),
+    ):
+        assert r.responses.shape == (12, 10) and r.present.all()
+
+
 def test_vllm_samples_shapes_logprobs_and_seed(vllm_engine):
     engine, model, tok = vllm_engine
     prompts = _prompts(4, seed=5)
@@ -315,15 +335,19 @@ def test_grpo_on_vllm_runs_and_resumes_exactly(tmp_path):
     assert a[2]["pg_loss"] == pytest.approx(b[2]["pg_loss"], abs=1e-6)
 
 
-def test_video_multi_step_on_vllm_forces_the_actions(tmp_path):
-    """The sprite video world, 2 predicted frames: action tokens forced by the engine, out of the loss."""
+@pytest.mark.parametrize("layout", ["frames", "ctx_msp"])
+def test_video_multi_step_on_vllm_forces_the_actions(tmp_path, layout):
+    """The sprite video world, 2 predicted frames: action tokens forced by the engine, out of the loss;
+    per-frame tokenizer, or the compressive one (RLVR-World's ctx_msp: no EOS, all tokens sampled)."""
     pytest.importorskip("vllm")
     from test_video_task import SHORT
 
+    ctx = ["video.tokenizer=tiny_ctx", "model.max_position_embeddings=1024"] if layout == "ctx_msp" else []
     cfg = C.load_config(
         None,
         [
             *SHORT,
+            *ctx,
             "video.predict_frames=2",
             "model.hidden_size=64",
             "model.num_heads=2",
@@ -347,6 +371,8 @@ def test_video_multi_step_on_vllm_forces_the_actions(tmp_path):
         assert torch.equal(batch.responses[r, here], answer[here]) and not batch.response_mask[r, pos].any()
         checked += len(here)
     assert checked >= 8
+    if layout == "ctx_msp":
+        assert batch.present.all() and batch.responses.shape[1] == t.task.response_length
     t.engine_stale = True  # as after an optimizer step
     m = t.grpo_step()
     assert m["sync_s"] > 0 and m["logp_gap_max"] < 1e-3 and m["response_len"] > 0

@@ -300,7 +300,8 @@ def _check_summary(summary, out):
         assert all(np.isfinite(v) for v in m.values())
     assert summary["select_metric"] == "reward" and summary["task"] == "sprite_video"
     assert (out / "preview.png").is_file() and (out / "curves.png").is_file()
-    assert (out / "checkpoint" / "frame_tokenizer" / "model.safetensors").is_file()
+    saved = out / "checkpoint" / "frame_tokenizer"  # TinyFSQ's file name, or diffusers' (compressive)
+    assert (saved / "model.safetensors").is_file() or (saved / "diffusion_pytorch_model.safetensors").is_file()
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rl = [r for r in recs if r["stage"] == "rl"]
     assert rl and all(
@@ -310,8 +311,12 @@ def _check_summary(summary, out):
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["video.context_frames=2", "video.predict_frames=2", "video.aggregate=discount"]],
-    ids=["single_step", "multi_step"],
+    [
+        [],
+        ["video.context_frames=2", "video.predict_frames=2", "video.aggregate=discount"],
+        ["video.tokenizer=tiny_ctx", "video.predict_frames=3", "model.max_position_embeddings=1024"],
+    ],
+    ids=["single_step", "multi_step", "ctx_msp"],
 )
 def test_short_grpo_run_and_eval_from_the_checkpoint(tmp_path, capsys, extra):
     from rlvr_fast.cli import main
@@ -497,3 +502,49 @@ def test_ctrl_c_during_preparation_says_what_is_discarded_and_propagates(tmp_pat
     tokenizer = f"interrupted while training the frame tokenizer ({steps} steps): nothing was saved"
     assert tokenizer + "; the next run trains it again from step 0" in caplog.text
     assert not (tmp_path / "tok" / "fingerprint.txt").exists()
+
+
+CTX_MSP = [
+    *SHORT,
+    "video.tokenizer=tiny_ctx",
+    "video.predict_frames=3",
+    "video.tokenizer_batch_size=4",
+    "model.max_position_embeddings=1024",  # prompt 322 + response 198
+]
+
+
+def test_ctx_msp_task_layout_and_an_exact_resume(tmp_path):
+    """The sprite world in RLVR-World's ctx_msp layout: prompt = 16x16 context codes (offset) + the first
+    frame's 8x8 codes + its 2 action bins; response = 3 x (64 codes + 2 forced bins), no EOS (sampling
+    ignores EOS); GRPO 2 steps + --resume to 3 equals 3 steps in one go."""
+    from rlvr_fast.trainer import GRPOTrainer
+    from rlvr_fast.trainer.checkpoint import read_trainer_state
+
+    run = [*CTX_MSP, "trainer.steps=3", "trainer.save_every=1", "trainer.eval_every=0"]
+    t = GRPOTrainer(C.load_config(None, [*run, f"trainer.out_dir={tmp_path / 'full'}"]))
+    task, lay = t.task, t.task.layout
+    assert (lay.context_shape, lay.frame_shape, lay.frames, lay.eos_after) == ((16, 16), (8, 8), 3, False)
+    assert (lay.context_offset, lay.action_offset, lay.vocab_size) == (1000, 2000, 2258)
+    assert task.ignore_eos and task.response_length == 198 and task.forced_slots == lay.forced_slots()
+    assert sum(task.forced_slots) == 6 and task.forced_slots[-1]
+    prompt, answer = task.encode(task.train[0], None)
+    assert len(prompt) == 256 + 64 + 2 and all(1000 <= i < 2000 for i in prompt[:256])
+    assert all(i < 1000 for i in prompt[256:320]) and all(2000 <= i < 2256 for i in prompt[320:])
+    assert torch.equal(lay.context_codes(torch.tensor([prompt])), task.splits["train"].context_codes[:1])
+    forced = [a for a, f in zip(answer, task.forced_slots) if f]
+    assert all(2000 <= a < 2256 for a in forced) and len(answer) == 198
+    t.run()
+    cut = tmp_path / "cut"
+    GRPOTrainer(C.load_config(None, [*run, "trainer.steps=2", f"trainer.out_dir={cut}"])).run()
+    GRPOTrainer(C.load_config(None, [*run, f"trainer.out_dir={cut}"])).run(resume=True)
+
+    def rl(out):
+        recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in recs if r.get("stage") == "rl"]
+
+    a, b = rl(tmp_path / "full"), rl(cut)
+    assert [r["step"] for r in b] == [1, 2, 3] and all(
+        r["response_len"] == 3 * 64 for r in a
+    )  # loss tokens: codes only
+    assert a[2]["reward"] == b[2]["reward"] and a[2]["pg_loss"] == pytest.approx(b[2]["pg_loss"], abs=1e-6)
+    assert read_trainer_state(cut / "checkpoint")["rl_step"] == 3

@@ -165,7 +165,6 @@ class PretrainedFiles:
         return d
 
 
-
 class FSQTokenizer(PretrainedFiles, nn.Module):
     """Shared API of the FSQ tokenizers: ``encoder -> quant_linear -> dynamics_quantize (FSQ) ->
     post_quant_linear -> decoder``; subclasses build the five submodules and set ``config`` and the

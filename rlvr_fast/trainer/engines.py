@@ -41,7 +41,9 @@ class HFEngine:
     def __init__(self, module, tokenizer, cfg):
         self.module, self.tok, self.cfg = module, tokenizer, cfg
 
-    def sample(self, prompts, n, *, greedy=False, forced_slots=None, answers=None, decode="clean") -> Rollout:
+    def sample(
+        self, prompts, n, *, greedy=False, forced_slots=None, answers=None, decode="clean", ignore_eos=False
+    ) -> Rollout:
         """``n`` responses per prompt (greedy: one each); arguments as :func:`rollout.sample`."""
         return sample(
             self.module,
@@ -54,6 +56,7 @@ class HFEngine:
             answers=answers,
             decode=decode,
             prefill=self.cfg.prefill,
+            ignore_eos=ignore_eos,
         )
 
     def sync(self, weights) -> None:

@@ -5,7 +5,8 @@ the run's cache, or one trained on the training frames.
 its training frames and a fingerprint of the world: ``video.tokenizer_path``, else the ``frame_tokenizer/``
 saved in the model checkpoint being loaded (``model.path``), else the cache ``<out_dir>/tokenizer`` when its
 fingerprint matches (a later run with the same settings, ``--resume`` and ``eval`` reuse it; other settings
-retrain it), else a :class:`TinyFSQTokenizer` trained on rank 0 and cached there.
+retrain it), else a :class:`TinyFSQTokenizer` (``video.tokenizer=tiny_ctx``: a compressive tokenizer of
+:func:`~rlvr_fast.models.compressive.tiny_compressive_config`, trained on clips) trained on rank 0 and cached there.
 """
 
 from __future__ import annotations
@@ -18,13 +19,23 @@ from typing import Any, Callable
 import torch
 
 from ..models.cnn_fsq import CNNFSQTokenizer
+from ..models.compressive import CompressiveFSQTokenizer
 from ..models.tiny_fsq import TinyFSQTokenizer
-from ..worlds.video_task import ASSET_DIR
+from ..worlds.video_task import ASSET_DIR, CONTEXT_TOKENIZERS
 
 log = logging.getLogger(__name__)
 
 # video.tokenizer: architecture name -> class (the checkpoint format its from_pretrained reads)
-ARCHITECTURES: dict[str, type] = {"tiny": TinyFSQTokenizer, "ivideogpt": CNNFSQTokenizer}
+ARCHITECTURES: dict[str, type] = {
+    "tiny": TinyFSQTokenizer,
+    "ivideogpt": CNNFSQTokenizer,
+    "tiny_ctx": CompressiveFSQTokenizer,  # the ctx_msp layout (worlds.video_task.CONTEXT_TOKENIZERS)
+    "ivideogpt_ctx": CompressiveFSQTokenizer,
+}
+_BY_CLASS_NAME = {
+    "TinyFSQTokenizer": TinyFSQTokenizer,
+    "CompressiveVQModelFSQ": CompressiveFSQTokenizer,
+}
 # settings of the trained tokenizer, part of the cache fingerprint
 TRAINING_KEYS = (
     "tokenizer_steps",
@@ -39,8 +50,7 @@ def load_saved(path: Path, device):
     """The frame tokenizer a model checkpoint saved (``<checkpoint>/frame_tokenizer``), of the class its
     ``config.json`` names."""
     kind = json.loads((path / "config.json").read_text()).get("_class_name", "")
-    cls = TinyFSQTokenizer if kind == "TinyFSQTokenizer" else CNNFSQTokenizer
-    return cls.from_pretrained(path, device=device)
+    return _BY_CLASS_NAME.get(kind, CNNFSQTokenizer).from_pretrained(path, device=device)
 
 
 def frame_tokenizer_source(
@@ -55,7 +65,8 @@ def frame_tokenizer_source(
     cpu_threads: int = 0,
     progress: bool = True,
 ):
-    """``(train_frames uint8 [N, 3, H, W], fingerprint: str) -> tokenizer`` for a video world (module docstring).
+    """``(train_frames uint8 [N, 3, H, W], fingerprint: str) -> tokenizer`` for a video world (module docstring);
+    its ``wants_clips`` is True for a compressive tokenizer, which gets clips [N, 1 + F, 3, H, W] instead.
 
     video_cfg: the ``video`` config section. device: where the tokenizer runs. seed: the training seed.
     cache_dir: where a trained tokenizer is cached (None: not cached). main / sync: rank 0 trains it,
@@ -73,8 +84,11 @@ def frame_tokenizer_source(
         if saved is not None and saved.is_dir():
             log.info("frame tokenizer: the one saved with the model, %s", saved)
             return load_saved(saved, device)
-        if cls is not TinyFSQTokenizer:
-            raise ValueError("video.tokenizer=ivideogpt needs video.tokenizer_path (a local CNNFSQModel256 checkpoint)")
+        if video_cfg.tokenizer.startswith("ivideogpt"):
+            what = "CompressiveVQModelFSQ" if cls is CompressiveFSQTokenizer else "CNNFSQModel256"
+            raise ValueError(
+                f"video.tokenizer={video_cfg.tokenizer} needs video.tokenizer_path (a local {what} checkpoint)"
+            )
         training = {k: getattr(video_cfg, k) for k in TRAINING_KEYS}
         return _trained(
             video_cfg,
@@ -89,6 +103,7 @@ def frame_tokenizer_source(
             progress=progress,
         )
 
+    provide.wants_clips = video_cfg.tokenizer in CONTEXT_TOKENIZERS
     return provide
 
 
@@ -106,14 +121,23 @@ def _trained(
     progress: bool = True,
 ):
     """The cached tiny tokenizer whose fingerprint matches, else one trained (rank 0) and cached."""
+    import dataclasses
+
+    from ..models.compressive import tiny_compressive_config
     from ..models.tiny_fsq import TinyFSQConfig
     from .train_tokenizer import train_tokenizer  # looked up per call: tests replace it
 
+    clips = frames.dim() == 5
+
     stamp = cache / "fingerprint.txt" if cache is not None else None
     if (main or cache is None) and not (stamp is not None and stamp.is_file() and stamp.read_text() == fingerprint):
-        cfg = TinyFSQConfig(channels=tuple(video_cfg.tokenizer_channels), res_blocks=video_cfg.tokenizer_res_blocks)
+        if clips:  # the compressive architecture at the clips' frame size (tokenizer_channels are TinyFSQ's)
+            cfg = dataclasses.replace(tiny_compressive_config(), frame_size=tuple(frames.shape[-2:]))
+        else:
+            cfg = TinyFSQConfig(channels=tuple(video_cfg.tokenizer_channels), res_blocks=video_cfg.tokenizer_res_blocks)
         cuda = torch.device(device).type == "cuda"
-        log.info("training the frame tokenizer: %d steps on %d frames", video_cfg.tokenizer_steps, frames.shape[0])
+        what = "clips" if clips else "frames"
+        log.info("training the frame tokenizer: %d steps on %d %s", video_cfg.tokenizer_steps, frames.shape[0], what)
         try:
             res = train_tokenizer(
                 frames,
@@ -124,7 +148,7 @@ def _trained(
                 batch_size=video_cfg.tokenizer_batch_size,
                 device=device,
                 autocast_dtype=torch.bfloat16 if cuda else None,
-                channels_last=cuda,
+                channels_last=cuda and not clips,
                 cpu_threads=cpu_threads,
                 progress=progress,
             )
@@ -141,7 +165,7 @@ def _trained(
         res.tokenizer.to(memory_format=torch.contiguous_format).save_pretrained(cache)
         stamp.write_text(fingerprint)
     sync()  # other ranks wait for rank 0's tokenizer
-    return TinyFSQTokenizer.from_pretrained(cache, device=device)
+    return (CompressiveFSQTokenizer if clips else TinyFSQTokenizer).from_pretrained(cache, device=device)
 
 
 __all__ = ["ARCHITECTURES", "frame_tokenizer_source", "load_saved"]

@@ -175,6 +175,7 @@ def sample(
     answers: list[list[int]] | None = None,
     decode: str = "clean",
     prefill: str = "group",
+    ignore_eos: bool = False,
 ) -> Rollout:
     """Sample ``n`` responses per prompt (greedy: one each) with KV-cached ``generate``.
 
@@ -184,6 +185,8 @@ def sample(
     decode: how ``completions`` are decoded, one of :data:`DECODE_MODES` (:func:`decode_responses`).
     prefill: one of :data:`PREFILL_MODES`: ``"group"`` prefills each prompt once and shares its cache
         among the group's samples; ``"sample"`` prefills every sample (module docstring).
+    ignore_eos: sample all ``max_new_tokens`` tokens, an EOS among them included (a layout without EOS,
+        RLVR-World's ctx_msp: ``ignore_eos=True`` in its rollout config).
     """
     check_choice("decode", decode, DECODE_MODES)
     check_choice("prefill", prefill, PREFILL_MODES)
@@ -197,7 +200,7 @@ def sample(
     # otherwise leak into sampling and make it differ from the policy whose ratio the loss computes
     common = dict(
         max_new_tokens=cfg.max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=None if ignore_eos else tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         use_cache=True,
@@ -232,7 +235,7 @@ def sample(
         model.generation_config = saved
     P = ids.shape[1]
     resp = out[:, P:]
-    rmask = response_mask_from(resp, tokenizer.eos_token_id)
+    rmask = torch.ones_like(resp, dtype=torch.bool) if ignore_eos else response_mask_from(resp, tokenizer.eos_token_id)
     resp = resp.masked_fill(~rmask, tokenizer.pad_token_id)
     attn = torch.cat([mask.repeat_interleave(reps, 0), rmask.long()], 1)
     texts = decode_responses(tokenizer, resp, rmask, decode)

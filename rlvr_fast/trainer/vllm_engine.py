@@ -249,7 +249,9 @@ class VLLMEngine:
 
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()
-    def sample(self, prompts, n, *, greedy=False, forced_slots=None, answers=None, decode="clean") -> Rollout:
+    def sample(
+        self, prompts, n, *, greedy=False, forced_slots=None, answers=None, decode="clean", ignore_eos=False
+    ) -> Rollout:
         """``n`` responses per prompt (greedy: one each) in the :class:`Rollout` layout, with
         ``engine_logp`` (sampling only). Arguments as :func:`rlvr_fast.trainer.rollout.sample`."""
         from vllm import SamplingParams
@@ -266,7 +268,8 @@ class VLLMEngine:
                 top_p=1.0 if greedy else cfg.top_p,
                 top_k=0 if greedy else cfg.top_k,
                 max_tokens=cfg.max_new_tokens,
-                stop_token_ids=[eos],
+                stop_token_ids=[] if ignore_eos else [eos],
+                ignore_eos=ignore_eos,
                 logprobs=None if greedy else 0,
                 extra_args={FORCED_KEY: forced[i]} if forced is not None else None,
                 **self.sampling_overrides,

@@ -43,6 +43,7 @@ import torch
 
 from ..task import Generated, Scored, ScoreStats, Task
 from . import check_reward_name
+from .video_data import _collect, _encode_clips, _encode_frames, layout_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -68,70 +69,7 @@ class _Split:
     target: torch.Tensor  # uint8 [N, P, 3, H, W], the real frames the reward compares with
     context: torch.Tensor | None  # uint8 [N, C, 3, H, W] (held-out split only: previews)
     sources: list[str]
-
-
-def layout_tokenizer(layout):
-    """A word-level ``PreTrainedTokenizerFast`` whose ids are the layout's: ``v<k>`` for visual code k,
-    ``a<j>`` for action bin j, ``<bos>`` and ``<eos>`` (also pad). It lets a Hugging Face causal LM,
-    ``generate`` and checkpoints treat frame tokens like text (``decode`` gives ``"v12 v7 ... <eos>"``)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab: dict[str, int] = {}
-    for k in range(layout.visual_vocab):
-        vocab[f"v{k}"] = layout.visual_offset + k
-    for j in range(layout.action_bins):
-        vocab[f"a{j}"] = layout.action_offset + j
-    vocab["<bos>"], vocab["<eos>"] = layout.bos_id, layout.eos_id
-    if layout.pad_id not in (layout.bos_id, layout.eos_id):
-        vocab["<pad>"] = layout.pad_id
-    if sorted(vocab.values()) != list(range(len(vocab))):
-        raise ValueError(f"layout ids must be contiguous from 0 for a tokenizer, got {layout}")
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    pad = "<pad>" if "<pad>" in vocab else ("<eos>" if layout.pad_id == layout.eos_id else "<bos>")
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token=pad,
-        unk_token="<eos>",
-        clean_up_tokenization_spaces=False,
-    )
-
-
-def _collect(world, split: str, n: int, what: str):
-    """(context uint8 [N, C, 3, H, W], target uint8 [N, P, 3, H, W], actions float32 [N, C+P, D], sources)."""
-    from tqdm.auto import tqdm
-
-    ctx, tgt, act, src = [], [], [], []
-    try:
-        desc = f"{what} {split} clips"
-        clips = tqdm(world.examples(split, n), total=n, desc=desc, leave=False, mininterval=1.0)
-        for ex in clips:
-            ctx.append((ex.context * 255).round_().to(torch.uint8))
-            tgt.append((ex.target * 255).round_().to(torch.uint8))
-            act.append(ex.actions)
-            src.append(ex.source)
-    except KeyboardInterrupt:  # say what Ctrl-C discards, then let it end the run (exit code 130)
-        message = (
-            f"interrupted while generating the {what} {split} clips ({len(src)}/{n}): nothing was saved; "
-            "the next run starts this step again"
-        )
-        log.warning(message)
-        raise
-    if not src:
-        raise ValueError(f"the {split} split of {what} is empty")
-    return torch.stack(ctx), torch.stack(tgt), torch.stack(act), src
-
-
-def _encode_frames(tok, frames: torch.Tensor, device, chunk: int = 256) -> torch.Tensor:
-    """uint8 [N, T, 3, H, W] -> int64 codes [N, T, h, w] (on the CPU)."""
-    n, t = frames.shape[:2]
-    flat = frames.flatten(0, 1)
-    out = [tok.encode(flat[i : i + chunk].to(device).float().div_(255.0)).cpu() for i in range(0, flat.shape[0], chunk)]
-    codes = torch.cat(out)
-    return codes.view(n, t, *codes.shape[1:])
+    context_codes: torch.Tensor | None = None  # int64 [N, hc, wc]: ctx_msp only, the reward decodes with them
 
 
 class VideoTask(Task):
@@ -173,8 +111,6 @@ class VideoTask(Task):
         preview: int = 0,
         device="cpu",
     ):
-        from ..ops import VideoTokenLayout
-        from .video import discretize_actions
 
         self.name = name
         self.device = torch.device(device)
@@ -182,15 +118,38 @@ class VideoTask(Task):
         if isinstance(frame_tokenizer, torch.nn.Module):
             tok = frame_tokenizer.to(self.device)
         else:
-            train_frames = torch.cat([raw["train"][0], raw["train"][1]], 1).flatten(0, 1)
+            train_frames = torch.cat([raw["train"][0], raw["train"][1]], 1)  # clips [N, C + P, 3, H, W]
+            if not getattr(frame_tokenizer, "wants_clips", False):
+                train_frames = train_frames.flatten(0, 1)
             fingerprint = json.dumps({"world": description, "n_train": n_train, "seed": seed}, sort_keys=True)
             tok = frame_tokenizer(train_frames, fingerprint)
             del train_frames
         self.frame_tokenizer = tok.eval()
+        self.ctx_msp = hasattr(tok, "context_features")  # the compressive tokenizer: RLVR-World's ctx_msp layout
+        ranges = world.action_ranges()
+        if self.ctx_msp:
+            self.layout = self._encode_ctx_msp(raw, predict_frames, action_bins, ranges)
+        else:
+            self.layout = self._encode_per_frame(raw, context_frames, predict_frames, action_bins, ranges)
+        self.reward = self._make_reward(reward_weights, lpips_vgg_path, lpips_lin_path, objects, reward_options or {})
+        self.train, self.test = self.items("train"), self.items("test")
+        self.tokenizer = layout_tokenizer(self.layout)
+        self.response_length = self.layout.response_length
+        self.ignore_eos = not self.layout.eos_after  # ctx_msp: RLVR-World samples with ignore_eos=True
+        slots = self.layout.forced_slots()
+        self.forced_slots = slots if any(slots) else None
+        self.preview_count = preview
+
+    def _encode_per_frame(self, raw, context_frames, predict_frames, action_bins, ranges):
+        """iVideoGPT's per-frame layout: every frame tokenized on its own; fills ``self.splits``."""
+        from ..ops import VideoTokenLayout
+        from .video import discretize_actions
+
+        tok = self.frame_tokenizer
         K = tok.num_codes
         h, w = tok.latent_shape(*raw["train"][1].shape[-2:])
         D, P, bins = raw["train"][2].shape[-1], predict_frames, action_bins
-        self.layout = VideoTokenLayout(
+        layout = VideoTokenLayout(
             frames=P,
             frame_shape=(h, w),
             visual_offset=0,
@@ -204,23 +163,51 @@ class VideoTask(Task):
             pad_id=K + bins + 1,
             eos_after=True,
         )
-        ranges = world.action_ranges()
         self.splits: dict[str, _Split] = {}
         for split, (ctx, tgt, act, src) in raw.items():
             with torch.no_grad():
                 ctx_codes = _encode_frames(tok, ctx, self.device)
                 tgt_codes = _encode_frames(tok, tgt, self.device)
             bins_all = discretize_actions(act, ranges, bins)
-            prompts = self.layout.prompt_ids(ctx_codes, bins_all[:, :context_frames])
-            answers = self.layout.response_ids(tgt_codes, bins_all[:, context_frames:] if P > 1 else None)
+            prompts = layout.prompt_ids(ctx_codes, bins_all[:, :context_frames])
+            answers = layout.response_ids(tgt_codes, bins_all[:, context_frames:] if P > 1 else None)
             self.splits[split] = _Split(prompts, answers, tgt, ctx if split == "test" else None, src)
-        self.reward = self._make_reward(reward_weights, lpips_vgg_path, lpips_lin_path, objects, reward_options or {})
-        self.train, self.test = self.items("train"), self.items("test")
-        self.tokenizer = layout_tokenizer(self.layout)
-        self.response_length = self.layout.response_length
-        slots = self.layout.forced_slots()
-        self.forced_slots = slots if any(slots) else None
-        self.preview_count = preview
+        return layout
+
+    def _encode_ctx_msp(self, raw, predict_frames, action_bins, ranges):
+        """RLVR-World's ctx_msp layout (:meth:`~rlvr_fast.ops.VideoTokenLayout.ctx_msp`): clips of 1 context
+        frame + 1 + P frames; the context and the first frame (with its action) are the prompt, the P
+        frames after it (each with its forced action) the response; fills ``self.splits``."""
+        from ..ops import VideoTokenLayout
+        from .video import discretize_actions
+
+        tok = self.frame_tokenizer
+        cfg = tok.config
+        D = raw["train"][2].shape[-1]
+        layout = VideoTokenLayout.ctx_msp(
+            predict_frames,
+            context_shape=cfg.context_grid,
+            frame_shape=cfg.dynamics_grid,
+            visual_vocab=tok.num_codes,
+            context_vocab=tok.num_context_codes,
+            action_bins=action_bins,
+            action_dims=D,
+        )
+        self.splits = {}
+        for split, (ctx, tgt, act, src) in raw.items():
+            if ctx.shape[1] != 1 or tgt.shape[1] != predict_frames + 1:
+                raise ValueError(
+                    f"{self.name}: the compressive tokenizer's layout needs clips of 1 context frame and "
+                    f"predict_frames + 1 = {predict_frames + 1} frames, got {ctx.shape[1]} and {tgt.shape[1]}"
+                )
+            with torch.no_grad():
+                ctx_codes, codes = _encode_clips(tok, torch.cat([ctx, tgt], 1), self.device)
+            bins = discretize_actions(act, ranges, action_bins)  # [N, 2 + P, D]: a0 (unused), a1, ..., a_{P+1}
+            prompts = layout.context_prompt_ids(ctx_codes, codes[:, 0], bins[:, 1])
+            answers = layout.response_ids(codes[:, 1:], bins[:, 2:])
+            shown = torch.cat([ctx, tgt[:, :1]], 1) if split == "test" else None  # the prompt's frames
+            self.splits[split] = _Split(prompts, answers, tgt[:, 1:], shown, src, ctx_codes)
+        return layout
 
     def _make_reward(self, weights, lpips_vgg_path, lpips_lin_path, objects, options: dict):
         from ..rewards.video import VideoReward
@@ -254,13 +241,25 @@ class VideoTask(Task):
         idx = torch.tensor([it.index for it in firsts])
         return self.splits[split].target[idx].to(self.device)
 
+    def _context(self, items: Sequence[VideoItem], group_size: int = 1) -> torch.Tensor | None:
+        """Context codes of every ``group_size``-th item (ctx_msp), on the device; None for the per-frame layout."""
+        firsts = items[::group_size]
+        codes = self.splits[firsts[0].split].context_codes
+        return None if codes is None else codes[torch.tensor([it.index for it in firsts])].to(self.device)
+
     @torch.no_grad()
     def score(self, rollout: Generated, examples: Sequence[VideoItem], group_size: int) -> Scored:
         """Outcome scores float32 [B] (the token-level rewards summed, as verl does), the token-level rewards
         float32 [B, R] and per-rollout metrics {name: float32 [B]} (incl. ``valid``, ``reward``); the reward
         runs on the device and cannot fail a call (``ScoreStats()``)."""
         target = self.targets(examples, group_size).float().div_(255.0)  # converted once for both metrics
-        out = self.reward(rollout.responses, rollout.present, target, group_size=group_size)
+        out = self.reward(
+            rollout.responses,
+            rollout.present,
+            target,
+            group_size=group_size,
+            context=self._context(examples, group_size),
+        )
         metrics = {**out.metrics, "valid": out.valid.float(), "reward": out.scores}
         if self.reward.objects is not None:  # object-level check the pixel metrics cannot make (sprite_accuracy)
             metrics["sprites"] = self.reward.objects.in_place(out.frames, target, group_size=group_size).mean(1)
@@ -289,7 +288,7 @@ class VideoTask(Task):
         for p in range(test.target.shape[1]):
             cols.append((f"real t+{p + 1}", test.target[idx, p]))
         for stage, (_, resp, present) in stages.items():
-            frames, _ = self.reward.decode(resp.to(self.device), present.to(self.device))
+            frames, _ = self.reward.decode(resp.to(self.device), present.to(self.device), self._context(items))
             label = {"mle": "MLE", "rlvr": "MLE+GRPO"}.get(stage, stage)
             for p in range(frames.shape[1]):
                 cols.append((f"{label} t+{p + 1}", frames[:, p].cpu()))
@@ -314,6 +313,23 @@ class VideoTask(Task):
         self.frame_tokenizer.save_pretrained(Path(directory) / ASSET_DIR)
 
 
+# video.tokenizer names whose tokenizer encodes future frames conditioned on a context frame (ctx_msp layout)
+CONTEXT_TOKENIZERS = ("tiny_ctx", "ivideogpt_ctx")
+
+
+def clip_frames(tokenizer: str, context_frames: int, predict_frames: int) -> int:
+    """Future frames a clip needs after its context: P, or 1 + P for a compressive tokenizer (RLVR-World's
+    ctx_msp prompt holds the first future frame), which also needs exactly one context frame."""
+    if tokenizer not in CONTEXT_TOKENIZERS:
+        return predict_frames
+    if context_frames != 1:
+        raise ValueError(
+            f"video.context_frames={context_frames}: video.tokenizer={tokenizer} (RLVR-World's ctx_msp layout) "
+            "conditions on exactly 1 context frame; set video.context_frames=1"
+        )
+    return predict_frames + 1
+
+
 def sprite_video(
     *,
     seed: int,
@@ -336,19 +352,26 @@ def sprite_video(
     preview: int,
     device="cpu",
     reward: str | None = None,
+    tokenizer: str = "tiny",
 ) -> VideoTask:
     """The ``sprite_video`` task: :class:`~rlvr_fast.worlds.sprite.SpriteWorld` clips of ``frame_size``
     [height, width] with ``n_sprites`` sprites, generated from ``seed`` (:class:`VideoTask` for the rest).
     ``reward`` must be empty: the pixel reward is configured by ``reward_weights`` (which may weight the
     sprites' object term ``objects``, :func:`~rlvr_fast.worlds.sprite.sprite_objects`) and the LPIPS files;
     ``invalid_tokens`` (``penalty`` | ``clamp``, :data:`~rlvr_fast.rewards.video.INVALID_TOKENS`) says what a
-    malformed rollout scores (:class:`~rlvr_fast.rewards.video.VideoReward`)."""
+    malformed rollout scores (:class:`~rlvr_fast.rewards.video.VideoReward`). ``tokenizer`` (``video.tokenizer``)
+    names a compressive one (:data:`CONTEXT_TOKENIZERS`): then clips hold 1 + 1 + P frames (:func:`clip_frames`)."""
     from .sprite import SpriteWorld, SpriteWorldConfig, sprite_objects
 
     check_reward_name("sprite_video", reward)
     h, w = (int(v) for v in frame_size)
     cfg = SpriteWorldConfig(
-        height=h, width=w, n_sprites=n_sprites, seed=seed, context_frames=context_frames, predict_frames=predict_frames
+        height=h,
+        width=w,
+        n_sprites=n_sprites,
+        seed=seed,
+        context_frames=context_frames,
+        predict_frames=clip_frames(tokenizer, context_frames, predict_frames),
     )
     return VideoTask(
         "sprite_video",
@@ -399,6 +422,7 @@ def rt1_video(
     preview: int,
     device="cpu",
     reward: str | None = None,
+    tokenizer: str = "tiny",
 ) -> VideoTask:
     """The ``rt1_video`` task: RLVR-World's RT-1 ``.npz`` episodes in the directory ``train_path`` (the
     held-out split inside it), actions scaled by ``action_ranges_path`` (empty: RLVR-World's RT-1 ranges).
@@ -406,7 +430,8 @@ def rt1_video(
     from .rt1 import OXEEpisodes
 
     check_reward_name("rt1_video", reward)
-    world = OXEEpisodes(train_path, context_frames, predict_frames, action_ranges=action_ranges_path)
+    future = clip_frames(tokenizer, context_frames, predict_frames)
+    world = OXEEpisodes(train_path, context_frames, future, action_ranges=action_ranges_path)
     description = (
         f"rt1({os.path.abspath(train_path)}, {len(world.files('train'))} train files, "
         f"C={context_frames}, P={predict_frames})"
@@ -439,6 +464,8 @@ def rt1_video(
 
 __all__ = [
     "ASSET_DIR",
+    "CONTEXT_TOKENIZERS",
+    "clip_frames",
     "FrameTokenizerSource",
     "VideoItem",
     "VideoTask",
