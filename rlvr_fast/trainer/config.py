@@ -100,7 +100,11 @@ class VideoConfig:
     action_ranges_path: str | None = _f(
         None, "rt1_video: per-dimension [min, max] file (torch .pth or .npy); empty: RLVR-World's RT-1 ranges"
     )
-    tokenizer: str = _f("tiny", "frame tokenizer architecture", tuple(ARCHITECTURES))
+    tokenizer: str = _f(
+        "tiny",
+        "frame tokenizer architecture; tiny_ctx / ivideogpt_ctx: iVideoGPT's compressive tokenizer and RLVR-World's ctx_msp layout",
+        tuple(ARCHITECTURES),
+    )
     tokenizer_path: str | None = _f(
         None,
         "local tokenizer checkpoint (save_pretrained directory or weight file); "
