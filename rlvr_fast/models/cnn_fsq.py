@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlvr_fast.models.frame_tokenizer import FSQTokenizer
-from rlvr_fast.models.fsq import FSQ_LEVELS_BY_BITS, _check_sizes, _int_tuple
+from rlvr_fast.models.fsq import _check_sizes, _int_tuple, fsq_levels
 
 RESNET_EPS = 1e-6  # resnet_eps / conv_norm_out eps everywhere in CNNEncoder / CNNDecoder
 # diffusers' deprecated AttentionBlock names -> current ones (ModelMixin._fix_state_dict_keys_on_load)
@@ -65,15 +65,7 @@ class CNNFSQConfig:
     mid_block_add_attention: bool = True
 
     def __post_init__(self):
-        levels = self.fsq_levels
-        if isinstance(levels, int) and not isinstance(levels, bool):
-            if levels not in FSQ_LEVELS_BY_BITS:
-                raise ValueError(
-                    f"CNNFSQConfig.fsq_levels: an int must be one of {sorted(FSQ_LEVELS_BY_BITS)} "
-                    f"(iVideoGPT's get_fsq_levels), got {levels}"
-                )
-            levels = FSQ_LEVELS_BY_BITS[levels]
-        object.__setattr__(self, "fsq_levels", _int_tuple("CNNFSQConfig.fsq_levels", levels, minimum=2))
+        object.__setattr__(self, "fsq_levels", fsq_levels("CNNFSQConfig.fsq_levels", self.fsq_levels))
         object.__setattr__(
             self, "block_out_channels", _int_tuple("CNNFSQConfig.block_out_channels", self.block_out_channels)
         )

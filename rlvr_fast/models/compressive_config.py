@@ -12,23 +12,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from rlvr_fast.models.cnn_fsq import CNNFSQConfig, SchemaBuilder
-from rlvr_fast.models.fsq import FSQ_LEVELS_BY_BITS, _check_sizes, _int_tuple
+from rlvr_fast.models.fsq import _check_sizes, _int_tuple, fsq_levels
 
 CROSS_HEADS = 4  # CrossAttentionBlock(num_head=4): not a config argument in iVideoGPT
 CROSS_NORM_GROUPS = 32  # CrossAttentionBlock(norm_group=32): fixed, whatever norm_num_groups is
 CROSS_NORM_EPS = 1e-5  # its GroupNorms use torch's default eps, unlike the diffusers blocks (1e-6)
 # config.json keys iVideoGPT writes but that do not shape the modules
 _IGNORED_KEYS = {"lookup_from_codebook", "force_upcast", "sample_size", "scaling_factor", "norm_type", "act_fn"}
-
-
-def _levels(name: str, levels) -> tuple[int, ...]:
-    if isinstance(levels, int) and not isinstance(levels, bool):
-        if levels not in FSQ_LEVELS_BY_BITS:
-            raise ValueError(
-                f"{name}: an int must be one of {sorted(FSQ_LEVELS_BY_BITS)} (get_fsq_levels), got {levels}"
-            )
-        levels = FSQ_LEVELS_BY_BITS[levels]
-    return _int_tuple(name, levels, minimum=2)
 
 
 @dataclass(frozen=True)
@@ -68,25 +58,23 @@ class CompressiveFSQConfig:
 
     def __post_init__(self):
         for name in ("vq_fsq_levels", "dyn_fsq_levels"):
-            object.__setattr__(self, name, _levels(f"CompressiveFSQConfig.{name}", getattr(self, name)))
+            object.__setattr__(self, name, fsq_levels(f"CompressiveFSQConfig.{name}", getattr(self, name)))
         for name in ("block_out_channels", "frame_size"):
             object.__setattr__(self, name, _int_tuple(f"CompressiveFSQConfig.{name}", getattr(self, name)))
         for name in ("in_channels", "out_channels", "layers_per_block", "latent_channels", "norm_num_groups"):
             _int_tuple(f"CompressiveFSQConfig.{name}", (getattr(self, name),))
         for name in ("max_att_resolution", "patch_size"):
             _int_tuple(f"CompressiveFSQConfig.{name}", (getattr(self, name),))
-        values = {**asdict(self), "fsq_levels": self.dyn_fsq_levels}
         widths = ("in_channels", "out_channels", "latent_channels", "norm_num_groups", "block_out_channels")
-        _check_sizes(
-            "CompressiveFSQConfig", widths=widths, stages="block_out_channels", blocks="layers_per_block", values=values
-        )
-        _check_sizes(
-            "CompressiveFSQConfig",
-            widths=(),
-            stages="block_out_channels",
-            blocks="layers_per_block",
-            values={**values, "fsq_levels": self.vq_fsq_levels},
-        )
+        for levels in (self.vq_fsq_levels, self.dyn_fsq_levels):  # _check_sizes bounds one "fsq_levels" at a time
+            values = {**asdict(self), "fsq_levels": levels}
+            _check_sizes(
+                "CompressiveFSQConfig",
+                widths=widths,
+                stages="block_out_channels",
+                blocks="layers_per_block",
+                values=values,
+            )
         if self.context_length != 1:
             raise ValueError(
                 f"CompressiveFSQConfig.context_length: only 1 context frame is supported (RLVR-World's RT-1 "

@@ -44,6 +44,18 @@ def _int_tuple(name: str, values, minimum: int = 1) -> tuple[int, ...]:
     return out
 
 
+def fsq_levels(name: str, levels) -> tuple[int, ...]:
+    """A config's FSQ levels: a sequence of ints >= 2, or an int looked up in :data:`FSQ_LEVELS_BY_BITS`
+    like iVideoGPT's ``get_fsq_levels`` (12 -> [7, 5, 5, 5, 5]); errors name ``name``."""
+    if isinstance(levels, int) and not isinstance(levels, bool):
+        if levels not in FSQ_LEVELS_BY_BITS:
+            raise ValueError(
+                f"{name}: an int must be one of {sorted(FSQ_LEVELS_BY_BITS)} (iVideoGPT's get_fsq_levels), got {levels}"
+            )
+        levels = FSQ_LEVELS_BY_BITS[levels]
+    return _int_tuple(name, levels, minimum=2)
+
+
 def _check_sizes(owner: str, *, widths: tuple[str, ...], stages: str, blocks: str, values: Mapping) -> None:
     """ValueError naming the field unless every size is within :data:`MAX_CHANNELS` and the other bounds."""
     limits = [(k, MAX_CHANNELS, "a width") for k in widths]

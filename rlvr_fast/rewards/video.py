@@ -339,6 +339,8 @@ class VideoReward:
         -> (frames float32 [B, F, 3, H, W] in [0, 1], valid bool [B]). Invalid rollouts decode code 0
         (``invalid_tokens="clamp"``: their clamped ids). ``context``: int [G, h, w] context codes of the
         G groups (B = G * n), needed exactly when the reward has a ``context_decoder``."""
+        if self.context_decoder is None and context is not None:
+            raise ValueError("context: this tokenizer decodes every frame on its own; pass no context")
         clamp = self.invalid_tokens == "clamp"
         codes, valid, _ = unpack_video_tokens(responses, response_mask, self.layout, clamp=clamp)
         B, F = codes.shape[:2]
@@ -354,8 +356,6 @@ class VideoReward:
         with amp:
             if self.context_decoder is not None:
                 frames = self._decode_with_context(latents, context, B * F)
-            elif context is not None:
-                raise ValueError("context: this tokenizer decodes every frame on its own; pass no context")
             else:
                 frames = torch.cat([self.decoder(latents[i : i + step]) for i in range(0, latents.shape[0], step)])
         frames = frames.float().clamp_(0.0, self.data_range)

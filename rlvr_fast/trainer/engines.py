@@ -11,7 +11,8 @@ Two engines, one interface (``sample``, ``sync``, ``release``, ``close``, ``need
   optimizer step (or a resume) has changed the policy since the last sync, so the engine never samples
   from stale weights; several optimizer steps between two rollouts (``ppo_epochs`` > 1, mini-batches)
   cost one sync. After ``release`` (GPU sleep mode: the weights are dropped while the policy trains)
-  ``needs_weights`` is true and the trainer syncs before the next sample whether or not the policy moved. It also returns its own log-prob of every sampled token (``Rollout.engine_logp``),
+  ``needs_weights`` is true and the trainer syncs before the next sample whether or not the policy moved.
+  It also returns its own log-prob of every sampled token (``Rollout.engine_logp``),
   which the trainer compares with its own (``logp_gap_*`` metrics; ``algo.tis_cap`` corrects for it).
 - ``auto``: vllm when it imports and can serve the model here, else hf; the log says which and why.
 

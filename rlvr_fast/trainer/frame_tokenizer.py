@@ -38,6 +38,7 @@ _BY_CLASS_NAME = {
 }
 # settings of the trained tokenizer, part of the cache fingerprint
 TRAINING_KEYS = (
+    "tokenizer",
     "tokenizer_steps",
     "tokenizer_lr",
     "tokenizer_batch_size",
@@ -65,8 +66,8 @@ def frame_tokenizer_source(
     cpu_threads: int = 0,
     progress: bool = True,
 ):
-    """``(train_frames uint8 [N, 3, H, W], fingerprint: str) -> tokenizer`` for a video world (module docstring);
-    its ``wants_clips`` is True for a compressive tokenizer, which gets clips [N, 1 + F, 3, H, W] instead.
+    """``(train clips uint8 [N, T, 3, H, W], fingerprint: str) -> tokenizer`` for a video world (module
+    docstring); a per-frame tokenizer trains on the clips' frames, a compressive one on the clips.
 
     video_cfg: the ``video`` config section. device: where the tokenizer runs. seed: the training seed.
     cache_dir: where a trained tokenizer is cached (None: not cached). main / sync: rank 0 trains it,
@@ -92,7 +93,7 @@ def frame_tokenizer_source(
         training = {k: getattr(video_cfg, k) for k in TRAINING_KEYS}
         return _trained(
             video_cfg,
-            frames,
+            frames if video_cfg.tokenizer in CONTEXT_TOKENIZERS else frames.flatten(0, 1),
             cache,
             json.dumps({**json.loads(fingerprint), **training}, sort_keys=True),
             device,
@@ -103,7 +104,6 @@ def frame_tokenizer_source(
             progress=progress,
         )
 
-    provide.wants_clips = video_cfg.tokenizer in CONTEXT_TOKENIZERS
     return provide
 
 

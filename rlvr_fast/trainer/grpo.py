@@ -355,7 +355,7 @@ class GRPOTrainer:
             n,
             greedy=greedy,
             forced_slots=self.task.forced_slots,
-            ignore_eos=getattr(self.task, "ignore_eos", False),
+            ignore_eos=self.task.ignore_eos,
             answers=[a for _, _, a in rows],
             decode=self.cfg.reward.decode,  # training and held-out evaluation alike, as RLVR-World's verl
         )

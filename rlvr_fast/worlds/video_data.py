@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-log = logging.getLogger("rlvr_fast.worlds.video_task")
+log = logging.getLogger(__name__)
 
 
 def layout_tokenizer(layout):

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 ASSET_DIR = "frame_tokenizer"  # inside a model checkpoint: the tokenizer its frame tokens belong to
 
 # a frame tokenizer (an nn.Module with encode / decode_latents / quantizer / save_pretrained), or a callable
-# (train frames uint8 [N, 3, H, W], fingerprint str) -> one
+# (train clips uint8 [N, C + P, 3, H, W], fingerprint str) -> one
 FrameTokenizerSource = Union[torch.nn.Module, Callable[[torch.Tensor, str], torch.nn.Module]]
 
 
@@ -119,8 +119,6 @@ class VideoTask(Task):
             tok = frame_tokenizer.to(self.device)
         else:
             train_frames = torch.cat([raw["train"][0], raw["train"][1]], 1)  # clips [N, C + P, 3, H, W]
-            if not getattr(frame_tokenizer, "wants_clips", False):
-                train_frames = train_frames.flatten(0, 1)
             fingerprint = json.dumps({"world": description, "n_train": n_train, "seed": seed}, sort_keys=True)
             tok = frame_tokenizer(train_frames, fingerprint)
             del train_frames
