@@ -189,3 +189,37 @@ def test_tiny_variant_trains_on_sprite_clips_and_beats_the_frame_mean():
         train_tokenizer(train, 1, progress=False, config=tiny_compressive_config(), channels_last=True)
     with pytest.raises(ValueError, match=r"frames: expected .*5"):
         train_tokenizer(train[:, 0], 1, progress=False, config=tiny_compressive_config())
+
+
+def test_sub_clips_keep_the_context_and_draw_future_frames_per_clip():
+    """train_tokenizer(future_frames=k): every step's clip is its context frame + k of its future frames,
+    in order, drawn per clip (the loss of a compressive tokenizer is a mean over future frames, each
+    decoded from the context alone); the draw follows the seed."""
+    from rlvr_fast.trainer import train_tokenizer as T
+
+    # frame j of clip i is filled with the value 10 * i + j: which frames a sub-clip holds can be read off
+    x = (torch.arange(6)[:, None] * 10 + torch.arange(8)[None]).float()[:, :, None, None, None].expand(6, 8, 3, 2, 2)
+    a = T._sub_clips(x, 3, torch.Generator().manual_seed(0))
+    b = T._sub_clips(x, 3, torch.Generator().manual_seed(0))
+    assert a.shape == (6, 4, 3, 2, 2) and torch.equal(a, b)
+    ids = a[:, :, 0, 0, 0].long()
+    assert torch.equal(ids[:, 0], torch.arange(6) * 10)  # the context frame always first
+    frames = ids[:, 1:] - (torch.arange(6) * 10)[:, None]
+    assert ((frames >= 1) & (frames <= 7)).all() and (frames.diff(dim=1) > 0).all()  # distinct, in order
+    assert len({tuple(r) for r in frames.tolist()}) > 1  # drawn per clip
+
+    seen = []
+    real = T.CompressiveFSQTokenizer.forward
+
+    def spy(self, clips):
+        seen.append(clips.shape[1])
+        return real(self, clips)
+
+    world_clips = torch.randint(0, 255, (4, 5, 3, 64, 64), dtype=torch.uint8)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(T.CompressiveFSQTokenizer, "forward", spy)
+        T.train_tokenizer(world_clips, 2, progress=False, config=tiny_compressive_config(), future_frames=1)
+        T.train_tokenizer(world_clips, 1, progress=False, config=tiny_compressive_config())
+    assert seen == [2, 2, 5]
+    with pytest.raises(ValueError, match="future_frames: expected a non-negative int"):
+        T.train_tokenizer(world_clips, 1, progress=False, config=tiny_compressive_config(), future_frames=-1)

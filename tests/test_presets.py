@@ -25,6 +25,7 @@ from rlvr_fast.trainer.run_state import DataStream
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = [
+    "rlvr_world_rt1_multi_step",
     "rlvr_world_rt1_single_step",
     "rlvr_world_text_game_binary",
     "rlvr_world_text_game_task",
@@ -72,6 +73,21 @@ TEXT_GAME = {
     "model.gradient_checkpointing": True,
     "reward.decode": "verl",
 }
+RT1 = {  # vid_wm: run_vgpt.sh / run_ctx_msp_vgpt.sh with the README's overrides, vgpt_ppo_trainer.yaml
+    **COMMON,
+    "data.world": "rt1_video",
+    "video.action_bins": 256,
+    "video.reward_weights": {"mae": 1, "lpips": 1},
+    "video.invalid_tokens": "clamp",
+    "rollout.n": 16,
+    "rollout.prompts_per_step": 128,
+    "algo.mini_batch_size": 512,
+    "algo.micro_batch_size": 8,
+    "algo.entropy_coef": 0.0,
+    "trainer.lr": 5e-5,
+    "trainer.steps": 10000,
+    "model.gradient_checkpointing": False,
+}
 EXPECTED = {
     "rlvr_world_text_game_binary": {**TEXT_GAME, "reward.name": "text_game/binary", "data.nongold_rows": 7278},
     "rlvr_world_text_game_task": {**TEXT_GAME, "reward.name": "text_game/task", "data.nongold_rows": 1000},
@@ -92,24 +108,23 @@ EXPECTED = {
         "reward.decode": "verl",
         "data.nongold_rows": 0,
     },
+    "rlvr_world_rt1_multi_step": {  # run_ctx_msp_vgpt.sh + the README's overrides
+        **RT1,
+        "data.max_prompt_tokens": 1373,  # 32 x 40 context + 80 + 13
+        "model.max_position_embeddings": 2024,  # processor.max_length
+        "video.context_frames": 1,
+        "video.predict_frames": 7,  # segment_length 8
+        "video.tokenizer": "ivideogpt_ctx",
+        "video.aggregate": "mean",
+        "trainer.eval_every": 10,
+        "trainer.save_every": 10,
+    },
     "rlvr_world_rt1_single_step": {
-        **COMMON,
-        "data.world": "rt1_video",
+        **RT1,
         "data.max_prompt_tokens": 1333,  # 4 x (320 + 13) + 1
         "video.context_frames": 4,
         "video.predict_frames": 1,
-        "video.action_bins": 256,
         "video.tokenizer": "ivideogpt",
-        "video.reward_weights": {"mae": 1, "lpips": 1},
-        "video.invalid_tokens": "clamp",
-        "rollout.n": 16,
-        "rollout.prompts_per_step": 128,
-        "algo.mini_batch_size": 512,
-        "algo.micro_batch_size": 8,
-        "algo.entropy_coef": 0.0,
-        "trainer.lr": 5e-5,
-        "trainer.steps": 10000,
-        "model.gradient_checkpointing": False,
     },
 }
 
@@ -298,7 +313,9 @@ def test_the_mix_is_identical_after_resume(tmp_path):
     args = [*files, f"model.path={model}", *SMALL, "data.nongold_rows=5", "trainer.save_every=2"]
 
     def run(out, steps, resume=False):
-        cfg = C.load_config(None, [*args, f"trainer.steps={steps}", f"trainer.out_dir={out}"], preset=NAMES[1])
+        cfg = C.load_config(
+            None, [*args, f"trainer.steps={steps}", f"trainer.out_dir={out}"], preset="rlvr_world_text_game_binary"
+        )
         t = GRPOTrainer(cfg)
         taken = []
         take = t.stream.take
@@ -322,25 +339,41 @@ def test_web_page_preset_runs_two_grpo_steps(tmp_path, engine):
     files = [f"data.train_path={tmp_path / 'train.parquet'}", f"data.test_path={tmp_path / 'test.jsonl'}"]
     model = f"model.path={tiny_model(tmp_path)}"
     cfg = C.load_config(
-        None, [*files, model, *SMALL, *_engine(engine), f"trainer.out_dir={tmp_path}/r"], preset=NAMES[3]
+        None, [*files, model, *SMALL, *_engine(engine), f"trainer.out_dir={tmp_path}/r"], preset="rlvr_world_web_page"
     )
     summary = train(cfg)
     assert summary["task"] == "web_page" and "f1" in summary["rlvr"]
     assert [r["step"] for r in _records(tmp_path / "r") if r["stage"] == "rl"] == [1, 2]
 
 
+# per RT-1 preset: (frames per episode, tokenizer overrides in place of iVideoGPT's, context frames, response)
+RT1_RUNS = {
+    "rlvr_world_rt1_single_step": (
+        6,
+        ["video.tokenizer=tiny", "video.tokenizer_channels=[8, 16, 16]", "video.tokenizer_res_blocks=0"],
+        4,
+        8 * 8 + 1,  # one frame + EOS
+    ),
+    "rlvr_world_rt1_multi_step": (10, ["video.tokenizer=tiny_ctx", "video.tokenizer_batch_size=2"], 1, 7 * (64 + 13)),
+}
+
+
 @pytest.mark.parametrize("engine", ENGINES)
-def test_rt1_preset_runs_two_grpo_steps(tmp_path, engine):
+@pytest.mark.parametrize("name", sorted(RT1_RUNS))
+def test_rt1_preset_runs_two_grpo_steps(tmp_path, name, engine):
     """RLVR-World's converter format (uint8 [T, H, W, 3] ``image``, 13-dim ``action``) at 64 x 64, a tiny
-    trained frame tokenizer in place of iVideoGPT's and random LPIPS weights, as tests/test_video_task.py."""
+    trained frame tokenizer in place of iVideoGPT's (per-frame or compressive) and random LPIPS weights,
+    as tests/test_video_task.py; the multi-step preset's 7 frames of 80 + 13 tokens become 7 x (64 + 13)."""
     from test_lpips import random_weights
 
+    frames_per_episode, tokenizer, context, response = RT1_RUNS[name]
     rng = np.random.default_rng(0)
     root = tmp_path / "RT-1_processed"
     root.mkdir()
     for i in range(3):  # file 0 is held out (iVideoGPT's i % 100 == 0 rule)
-        frames = rng.integers(0, 255, (6, 64, 64, 3)).astype(np.uint8)
-        np.savez_compressed(root / f"train_eps_{i:08d}.npz", image=frames, action=rng.uniform(-0.5, 0.5, (6, 13)))
+        frames = rng.integers(0, 255, (frames_per_episode, 64, 64, 3)).astype(np.uint8)
+        action = rng.uniform(-0.5, 0.5, (frames_per_episode, 13))
+        np.savez_compressed(root / f"train_eps_{i:08d}.npz", image=frames, action=action)
     vgg, lin = random_weights()
     torch.save(vgg, tmp_path / "vgg16.pth")
     torch.save(lin, tmp_path / "vgg.pth")
@@ -348,10 +381,8 @@ def test_rt1_preset_runs_two_grpo_steps(tmp_path, engine):
         f"data.train_path={root}",
         "data.n_train=4",
         "data.n_test=2",
-        "video.tokenizer=tiny",
         "video.tokenizer_steps=2",
-        "video.tokenizer_channels=[8, 16, 16]",
-        "video.tokenizer_res_blocks=0",
+        *tokenizer,
         f"video.lpips_vgg_path={tmp_path / 'vgg16.pth'}",
         f"video.lpips_lin_path={tmp_path / 'vgg.pth'}",
         "video.preview=0",
@@ -359,13 +390,38 @@ def test_rt1_preset_runs_two_grpo_steps(tmp_path, engine):
         "model.num_layers=1",
         "model.num_heads=2",
         "model.intermediate_size=64",
-        "model.max_position_embeddings=512",
         *SMALL,
         *_engine(engine),
         f"trainer.out_dir={tmp_path / 'r'}",
     ]
-    cfg = C.load_config(None, over, preset=NAMES[0])
-    assert cfg.video.context_frames == 4 and cfg.video.reward_weights == {"mae": 1, "lpips": 1}
-    summary = train(cfg)
+    if name == "rlvr_world_rt1_single_step":
+        over.append("model.max_position_embeddings=512")
+    cfg = C.load_config(None, over, preset=name)
+    assert cfg.video.context_frames == context and cfg.video.reward_weights == {"mae": 1, "lpips": 1}
+    t = GRPOTrainer(cfg)
+    assert t.task.response_length == response and t.engine.name == engine
+    summary = t.run()
     assert summary["task"] == "rt1_video" and np.isfinite(summary["rlvr"]["lpips"])
     assert [r["step"] for r in _records(tmp_path / "r") if r["stage"] == "rl"] == [1, 2]
+
+
+def test_a_sequence_longer_than_the_models_positions_is_refused_before_any_rollout(tmp_path):
+    """The multi-step sprite layout (prompt 256 + 64 + 2, response 7 x 66) needs 784 positions: a tiny
+    model of 512 is refused at start-up, naming the key and the length it needs."""
+    over = [
+        "data.world=sprite_video",
+        "data.n_train=2",
+        "data.n_test=2",
+        "video.tokenizer=tiny_ctx",
+        "video.predict_frames=7",
+        "video.tokenizer_steps=1",
+        "video.tokenizer_batch_size=2",
+        "video.preview=0",
+        "model.max_position_embeddings=512",
+        *SMALL,
+        f"trainer.out_dir={tmp_path / 'r'}",
+    ]
+    with pytest.raises(
+        ValueError, match=r"784 tokens \(322 prompt \+ 462 response\).*model.max_position_embeddings >= 784"
+    ):
+        GRPOTrainer(C.load_config(None, over))

@@ -113,6 +113,9 @@ class VideoConfig:
     tokenizer_steps: int = _f(600, "training steps of the tiny tokenizer (when tokenizer_path is empty)")
     tokenizer_lr: float = _f(0.003, "its Adam learning rate")
     tokenizer_batch_size: int = _f(16, "its frames per step")
+    tokenizer_future_frames: int = _f(
+        0, "tiny_ctx: future frames per training clip, drawn at random beside its context frame (0: all)"
+    )
     tokenizer_channels: list = _f([16, 32, 64], "its widths per stride-2 stage (3 stages: 64x64 -> 8x8 codes)")
     tokenizer_res_blocks: int = _f(1, "its residual blocks at the code resolution (encoder and decoder each)")
     reward_weights: dict | None = _f(

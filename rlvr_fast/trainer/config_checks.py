@@ -90,6 +90,10 @@ def validate(cfg, *, for_eval: bool = False, inputs: bool = True) -> None:
         (rw.timeout_s > 0, f"reward.timeout_s must be > 0 (inf: no limit), got {rw.timeout_s}"),
         (rw.workers >= 1, f"reward.workers must be >= 1, got {rw.workers}"),
         (v.tokenizer_lr > 0, f"video.tokenizer_lr must be > 0, got {v.tokenizer_lr}"),
+        (
+            v.tokenizer_future_frames >= 0,
+            f"video.tokenizer_future_frames must be >= 0 (0: all), got {v.tokenizer_future_frames}",
+        ),
         (0 < v.gamma <= 1, f"video.gamma must be in (0, 1], got {v.gamma}"),
         (
             v.reward_weights is None or all(_is_number(w) for w in v.reward_weights.values()),

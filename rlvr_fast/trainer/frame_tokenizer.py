@@ -42,6 +42,7 @@ TRAINING_KEYS = (
     "tokenizer_steps",
     "tokenizer_lr",
     "tokenizer_batch_size",
+    "tokenizer_future_frames",
     "tokenizer_channels",
     "tokenizer_res_blocks",
 )
@@ -151,6 +152,7 @@ def _trained(
                 channels_last=cuda and not clips,
                 cpu_threads=cpu_threads,
                 progress=progress,
+                future_frames=video_cfg.tokenizer_future_frames,
             )
         except KeyboardInterrupt:  # the tokenizer is cached only once trained: say so, then end the run
             message = (

@@ -55,7 +55,7 @@ from .config import Config
 from .engines import build_engine, sync_weights
 from .logger import RunLogger
 from .rollout import Rollout, response_logits, teacher_batch
-from .tasks import build_task
+from .tasks import build_task, check_positions
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ class GRPOTrainer:
             )
             cfg.rollout.max_new_tokens = self.task.response_length
         module, self.tok = load_model(cfg.model, self.task.tokenizer, self.device)
+        check_positions(self.task, module, cfg, eval_only=eval_only, tokenizer=self.tok)
         self.module = module
         self.model = D.wrap(module, self.dist, cfg.trainer.parallel, self.device)
         # on CPU: no more torch threads than idle cores (re-checked from the step loops)

@@ -54,3 +54,26 @@ def build_task(
 
 
 __all__ = ["build_task", "task_options"]
+
+
+def check_positions(task: Task, module, cfg: Config, *, eval_only: bool, tokenizer: Any) -> None:
+    """A task of fixed-length responses (the video layouts) must fit the model's positions: the longest
+    kept prompt + the response <= ``module.config.max_position_embeddings``; checked before any rollout
+    engine starts, so a too-short tiny model fails at once, naming ``model.max_position_embeddings``."""
+    limit = getattr(module.config, "max_position_embeddings", None)
+    if task.response_length is None or not limit:
+        return
+    examples = [*([] if eval_only else task.train), *task.test[: cfg.trainer.eval_size]]
+    lengths = [len(task.encode(ex, tokenizer, chat_template=cfg.data.chat_template)[0]) for ex in examples]
+    prompt = max((n for n in lengths if n <= cfg.data.max_prompt_tokens), default=0)
+    need = prompt + task.response_length
+    if need > limit:
+        fix = (
+            f"the model at model.path {cfg.model.path!r} has {limit} positions"
+            if cfg.model.path
+            else f"set model.max_position_embeddings >= {need} (now {limit})"
+        )
+        raise ValueError(
+            f"{task.name}: sequences are {need} tokens ({prompt} prompt + {task.response_length} response), "
+            f"more than the model's {limit} positions: {fix}"
+        )

@@ -39,6 +39,15 @@ def _as_unit_frames(name: str, x, ndim: int = 4) -> torch.Tensor:
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
+def _sub_clips(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """clips [B, 1 + F, 3, H, W] -> [B, 1 + k, ...]: the context frame and k of the F future frames, drawn
+    without replacement per clip, in their order."""
+    b, f = x.shape[0], x.shape[1] - 1
+    pick = torch.rand(b, f, generator=gen).argsort(1)[:, :k].sort(1).values + 1
+    idx = torch.cat([torch.zeros(b, 1, dtype=torch.long), pick], 1)
+    return x[torch.arange(b)[:, None], idx]
+
+
 def train_tokenizer(
     frames: torch.Tensor | Iterable[torch.Tensor],
     steps: int,
@@ -55,6 +64,7 @@ def train_tokenizer(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     cpu_threads: int = 0,
+    future_frames: int = 0,
 ) -> TrainResult:
     """Train an FSQ tokenizer on frames with ``MSE(recon, x) + l1_weight * L1(recon, x)``.
 
@@ -83,6 +93,9 @@ def train_tokenizer(
             GPU under bf16).
         cpu_threads: torch threads on CPU; 0 uses as many as other processes leave idle, re-checked
             as it trains (the thread count changes float reductions, so fix it for bitwise-repeatable runs).
+        future_frames: clips only: each step keeps every clip's context frame and this many of its future
+            frames, drawn at random per clip (0: all). The compressive tokenizer encodes and decodes each
+            future frame from the context alone, so a sub-clip is an unbiased, cheaper draw of the same loss.
 
     Returns:
         :class:`TrainResult` with the tokenizer (eval mode) and the loss of every step.
@@ -91,6 +104,8 @@ def train_tokenizer(
         raise ValueError(f"steps: expected a non-negative int, got {steps!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    if isinstance(future_frames, bool) or not isinstance(future_frames, int) or future_frames < 0:
+        raise ValueError(f"future_frames: expected a non-negative int, got {future_frames!r}")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr: expected a positive float, got {lr!r}")
     if tokenizer is None:
@@ -165,7 +180,10 @@ def train_tokenizer(
         for step in range(steps):
             if threads is not None:
                 threads.step()
-            x = next_batch(step).to(device, non_blocking=True).contiguous(memory_format=fmt)
+            x = next_batch(step)
+            if clips and 0 < future_frames < x.shape[1] - 1:
+                x = _sub_clips(x, future_frames, gen)
+            x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
             with torch.autocast(
                 device_type=device.type,
                 dtype=autocast_dtype or torch.bfloat16,

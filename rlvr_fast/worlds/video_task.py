@@ -264,8 +264,9 @@ class VideoTask(Task):
         return Scored(out.token_rewards.sum(-1), out.token_rewards, metrics, ScoreStats())
 
     def preview(self, path: Path, stages: dict[str, tuple[list[VideoItem], torch.Tensor, torch.Tensor]]) -> Path | None:
-        """``preview.png``: per held-out clip a row of context frames, real next frames, then each stage's
-        greedy prediction (``stages``: {"mle": (items, responses, present), "rlvr": ...})."""
+        """``preview.png``: per held-out clip a row of context frames (ctx_msp: the context and the prompt's
+        first future frame), the real future frames, then each stage's greedy prediction of them
+        (``stages``: {"mle": (items, responses, present), "rlvr": ...})."""
         try:
             import matplotlib
 
@@ -277,28 +278,44 @@ class VideoTask(Task):
         if not stages:
             return None
         items = next(iter(stages.values()))[0]
-        k = len(items)
-        cols: list[tuple[str, torch.Tensor]] = []  # (title, frames [k, 3, H, W] uint8 or float)
         test = self.splits["test"]
         idx = torch.tensor([it.index for it in items])
-        for c in range(test.context.shape[1]):
-            cols.append((f"context {c}", test.context[idx, c]))
-        for p in range(test.target.shape[1]):
-            cols.append((f"real t+{p + 1}", test.target[idx, p]))
+        # ctx_msp: the prompt holds the context frame and the first future frame; the response predicts t+2..
+        shown = ["context", "prompt t+1"] if self.ctx_msp else [f"context {c}" for c in range(test.context.shape[1])]
+        first = 2 if self.ctx_msp else 1
+        steps = [f"t+{p + first}" for p in range(test.target.shape[1])]
+        given = [test.context[idx, c] for c in range(len(shown))]  # each [k, 3, H, W]
+        rows = {"real": [test.target[idx, p] for p in range(len(steps))]}
         for stage, (_, resp, present) in stages.items():
             frames, _ = self.reward.decode(resp.to(self.device), present.to(self.device), self._context(items))
-            label = {"mle": "MLE", "rlvr": "MLE+GRPO"}.get(stage, stage)
-            for p in range(frames.shape[1]):
-                cols.append((f"{label} t+{p + 1}", frames[:, p].cpu()))
-        fig, axes = plt.subplots(k, len(cols), figsize=(1.6 * len(cols), 1.6 * k), squeeze=False)
-        for j, (title, fr) in enumerate(cols):
-            for i in range(k):
-                img = fr[i].float() / (255.0 if fr.dtype == torch.uint8 else 1.0)
+            rows[{"mle": "MLE", "rlvr": "MLE+GRPO"}.get(stage, stage)] = list(frames.cpu().unbind(1))
+        # one frame predicted: a row per clip (context | real | each stage); several: a block per clip, a
+        # row per source (real, then each stage) over the predicted steps, the given frames in its first row
+        if len(steps) == 1:
+            titles = [*shown, *(f"{name} {steps[0]}" for name in rows)]
+            grid = [[(f[i], "") for f in given] + [(r[0][i], "") for r in rows.values()] for i in range(len(items))]
+        else:
+            titles = [*shown, *steps]
+            grid = [
+                [(f[i] if j == 0 else None, "") for f in given]
+                + [(fr[i], name if p == 0 else "") for p, fr in enumerate(r)]
+                for i in range(len(items))
+                for j, (name, r) in enumerate(rows.items())
+            ]
+        fig, axes = plt.subplots(len(grid), len(titles), figsize=(1.5 * len(titles), 1.5 * len(grid)), squeeze=False)
+        for i, row in enumerate(grid):
+            for j, (fr, label) in enumerate(row):
                 ax = axes[i][j]
-                ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
                 ax.set_xticks([]), ax.set_yticks([])
                 if i == 0:
-                    ax.set_title(title, fontsize=8)
+                    ax.set_title(titles[j], fontsize=8)
+                if fr is None:
+                    ax.axis("off")
+                    continue
+                img = fr.float() / (255.0 if fr.dtype == torch.uint8 else 1.0)
+                ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+                if label:
+                    ax.set_ylabel(label, fontsize=8)
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100)
