@@ -2,10 +2,17 @@
 
 Each check raises ValueError / IndexError / TypeError whose message names the argument, what was
 expected and what came. Shape/dtype/device checks are free. Value checks (token ids in range, finite
-scores) read the data and therefore synchronise with a GPU; they run inside the custom ops' eager
-implementations (so they also run under ``torch.compile``) and can be switched off with
-``RLVR_FAST_CHECK_VALUES=0`` for production loops that have already validated their inputs; they are
-skipped automatically during CUDA-graph capture.
+scores) read the data; they run inside the custom ops' eager implementations (so they also run under
+``torch.compile``). ``RLVR_FAST_CHECK_VALUES`` picks how (:func:`value_check_mode`):
+
+- ``1`` (default): on CPU the full check (count and first bad value in the message); on CUDA a
+  device-side assert (``torch._assert_async``) that never stalls the launch queue: a bad value
+  stops the program at the next sync with the check's message (the CUDA context is then lost);
+- ``sync``: the full, host-synchronising check on every device (debugging a GPU run);
+- ``async``: device-side asserts on every device (on CPU they raise at once: what the tests use);
+- ``0``: no value checks, for production loops that have already validated their inputs.
+
+They are skipped during CUDA-graph capture.
 """
 
 from __future__ import annotations
@@ -24,14 +31,32 @@ class OutOfRangeError(IndexError, ValueError):
     can catch every bad-argument error of the library with ``except ValueError``."""
 
 
-def value_checks_enabled(t: torch.Tensor | None = None) -> bool:
-    """True unless ``RLVR_FAST_CHECK_VALUES=0``: data-dependent checks cost a host sync on GPU.
+CHECK_MODES = ("1", "sync", "async", "0")
 
-    Always False while ``t``'s CUDA stream is being captured into a graph, where a sync is illegal.
-    """
-    if os.environ.get("RLVR_FAST_CHECK_VALUES", "1") == "0":
-        return False
-    return not (t is not None and t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+def value_check_mode(t: torch.Tensor | None = None) -> str:
+    """How data-dependent checks of ``t`` run: ``"sync"`` (read on the host, full message), ``"async"``
+    (a device-side assert, no host sync) or ``"off"``, from ``RLVR_FAST_CHECK_VALUES`` (module
+    docstring). Always ``"off"`` while ``t``'s CUDA stream is being captured into a graph."""
+    value = os.environ.get("RLVR_FAST_CHECK_VALUES", "1")
+    if value not in CHECK_MODES:
+        raise ValueError(f"RLVR_FAST_CHECK_VALUES={value!r}: expected one of {', '.join(CHECK_MODES)}")
+    cuda = t is not None and t.is_cuda
+    if value == "0" or (cuda and torch.cuda.is_current_stream_capturing()):
+        return "off"
+    if value == "1":
+        return "async" if cuda else "sync"
+    return value
+
+
+def value_checks_enabled(t: torch.Tensor | None = None) -> bool:
+    """True unless value checks are off (:func:`value_check_mode`); for checks that always read on the host."""
+    return value_check_mode(t) != "off"
+
+
+def _device_assert(ok: torch.Tensor, message: str) -> None:
+    """Assert ``ok`` (a bool scalar tensor) without a host sync; the message says how to get details."""
+    torch._assert_async(ok, f"{message} (RLVR_FAST_CHECK_VALUES=sync: the count and the first bad value)")
 
 
 def check_tensor(name: str, t, *, dtypes: Sequence[torch.dtype] | None = None, ndim=None) -> None:
@@ -84,11 +109,14 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None
 
 def check_ids_in_range(name: str, ids: torch.Tensor, vocab: int, ignore_index: int) -> None:
     """Raise OutOfRangeError (an IndexError and a ValueError) if any id outside ``[0, vocab)`` is not
-    ``ignore_index`` (one host sync)."""
-    if ids.numel() == 0 or not value_checks_enabled(ids):
+    ``ignore_index`` (one host sync; on CUDA by default a device-side assert, :func:`value_check_mode`)."""
+    mode = value_check_mode(ids) if ids.numel() else "off"
+    if mode == "off":
         return
     bad = ((ids < 0) | (ids >= vocab)) & (ids != ignore_index)
-    if bool(bad.any()):
+    if mode == "async":
+        _device_assert(~bad.any(), f"{name}: token ids must be in [0, {vocab}) or equal ignore_index={ignore_index}")
+    elif bool(bad.any()):
         first = ids[bad].flatten()[0].item()
         count = int(bad.sum())
         raise OutOfRangeError(
@@ -99,19 +127,26 @@ def check_ids_in_range(name: str, ids: torch.Tensor, vocab: int, ignore_index: i
 
 def check_in_range(name: str, t: torch.Tensor, high: int, what: str = "values") -> None:
     """Raise OutOfRangeError (an IndexError and a ValueError) if any integer in ``t`` is outside
-    ``[0, high)`` (one host sync)."""
-    if t.numel() == 0 or not value_checks_enabled(t):
+    ``[0, high)`` (one host sync; on CUDA by default a device-side assert)."""
+    mode = value_check_mode(t) if t.numel() else "off"
+    if mode == "off":
         return
     bad = (t < 0) | (t >= high)
-    if bool(bad.any()):
+    if mode == "async":
+        _device_assert(~bad.any(), f"{name}: expected {what} in [0, {high})")
+    elif bool(bad.any()):
         raise OutOfRangeError(
             f"{name}: expected {what} in [0, {high}), got {int(bad.sum())} outside, e.g. {t[bad][0].item()}"
         )
 
 
 def check_finite(name: str, t: torch.Tensor, hint: str = "") -> None:
-    """Raise ValueError if ``t`` holds NaN or Inf (one host sync)."""
-    if t.numel() == 0 or not value_checks_enabled(t):
+    """Raise ValueError if ``t`` holds NaN or Inf (one host sync; on CUDA by default a device-side assert)."""
+    mode = value_check_mode(t) if t.numel() else "off"
+    if mode == "off":
+        return
+    if mode == "async":
+        _device_assert(torch.isfinite(t).all(), f"{name}: expected finite values{hint}")
         return
     bad = ~torch.isfinite(t)
     if bool(bad.any()):
@@ -127,13 +162,18 @@ def check_finite_where(where: torch.Tensor, what: str, hint: str = "", **tensors
 
     ``where`` is a bool [B, T]; a [B] tensor is checked on the rows with any True in ``where``. Values at
     other positions are not looked at (they never reach the result). ``what`` describes ``where`` in the
-    message. One host sync for all tensors together.
+    message. One host sync for all tensors together (on CUDA by default a device-side assert per tensor).
     """
     items = [(k, v) for k, v in tensors.items() if v is not None and v.numel() > 0]
-    if not items or where.numel() == 0 or not value_checks_enabled(where):
+    mode = value_check_mode(where) if items and where.numel() else "off"
+    if mode == "off":
         return
     masks = [where if v.dim() == where.dim() else where.any(-1) for _, v in items]
     bad = [~torch.isfinite(v) & w for (_, v), w in zip(items, masks)]
+    if mode == "async":
+        for (name, _), b in zip(items, bad):
+            _device_assert(~b.any(), f"{name}: expected finite values {what}{hint}")
+        return
     flags = torch.stack([b.any() for b in bad]).tolist()  # the one sync
     for (name, v), b, flag in zip(items, bad, flags):
         if flag:

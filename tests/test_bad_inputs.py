@@ -512,3 +512,45 @@ def test_every_public_op_is_swept():
     )
     public = {n for n in rf.ops.__all__ if not n.endswith(("_ref", "_backward_ref"))}
     assert public - helpers == swept
+
+
+# ------------------------------------------------------------------ value checks without a host sync
+def test_value_check_modes(monkeypatch):
+    """RLVR_FAST_CHECK_VALUES: 1 = the full check on CPU, a device-side assert on CUDA; sync / async force
+    one kind everywhere; 0 = off; anything else is refused, naming the variable."""
+    from types import SimpleNamespace
+
+    from rlvr_fast._checks import value_check_mode
+
+    cpu, cuda = torch.zeros(1), SimpleNamespace(is_cuda=True)  # only .is_cuda is read (no GPU here)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    for value, want_cpu, want_cuda in (("1", "sync", "async"), ("sync", "sync", "sync"), ("async", "async", "async")):
+        monkeypatch.setenv("RLVR_FAST_CHECK_VALUES", value)
+        assert (value_check_mode(cpu), value_check_mode(cuda)) == (want_cpu, want_cuda)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert (value_check_mode(cpu), value_check_mode(cuda)) == ("async", "off")  # no check inside a graph capture
+    monkeypatch.setenv("RLVR_FAST_CHECK_VALUES", "0")
+    assert value_check_mode(cpu) == value_check_mode(cuda) == "off"
+    monkeypatch.setenv("RLVR_FAST_CHECK_VALUES", "yes")
+    with pytest.raises(ValueError, match="RLVR_FAST_CHECK_VALUES='yes'"):
+        rf.token_logprobs(torch.randn(2, 3, 5), torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_device_side_asserts_carry_the_checks_message(monkeypatch):
+    """The async path (the CUDA default) asserts on the device with the same check: forced on CPU, where
+    torch._assert_async raises at once, each op named in issue 20 reports the argument; good inputs pass."""
+    monkeypatch.setenv("RLVR_FAST_CHECK_VALUES", "async")
+    logits, ids = torch.randn(2, 3, 5), torch.tensor([[0, 4, -100], [1, 2, 3]])
+    assert torch.isfinite(rf.token_logprobs(logits, ids)).all()
+    with pytest.raises(RuntimeError, match=r"token_ids: token ids must be in \[0, 5\).*RLVR_FAST_CHECK_VALUES=sync"):
+        rf.token_logprobs(logits, torch.tensor([[0, 5, 1], [1, 2, 3]]))
+    hidden, weight = torch.randn(6, 4), torch.randn(5, 4)
+    with pytest.raises(RuntimeError, match=r"token_ids: token ids must be in \[0, 5\)"):
+        rf.fused_linear_logprobs(hidden, weight, torch.tensor([0, 1, 2, 3, 4, 7]))
+    scores = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert torch.isfinite(rf.group_advantages(scores, group_size=2)).all()
+    with pytest.raises(RuntimeError, match="scores: expected finite values"):
+        rf.group_advantages(torch.tensor([1.0, INF, 3.0, 4.0]), group_size=2)
+    monkeypatch.setenv("RLVR_FAST_CHECK_VALUES", "sync")  # the host-read check: count and first value
+    with pytest.raises(IndexError, match=r"got 1 out-of-range id\(s\), e.g. 5"):
+        rf.token_logprobs(logits, torch.tensor([[0, 5, 1], [1, 2, 3]]))

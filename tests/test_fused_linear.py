@@ -209,3 +209,25 @@ def test_default_chunks_depend_on_shapes_only(monkeypatch):
     assert rf.default_chunks(8192, 151936, cpu) == (4096, 1280)  # ... in 64 MiB
     assert rf.default_chunks(100, 1000, cuda) == (100, 1000)  # V smaller than the budget allows
     assert rf.default_chunks(1, 7, "cuda") == (1, 7)
+
+
+def test_backward_accumulates_products_in_place_in_float32(monkeypatch):
+    """The backward's ``acc += a @ b`` (issue 20): float32 operands accumulate in the GEMM (addmm_, no
+    product temporary); bf16 operands on a device without a float32-output GEMM (CPU) go through a copy,
+    and where that GEMM is refused a warning is given once and the copy path used from then on."""
+    from rlvr_fast.ops import fused_linear_ops as F
+
+    g = torch.Generator().manual_seed(0)
+    a, b, acc = torch.randn(5, 7, generator=g), torch.randn(7, 3, generator=g), torch.randn(5, 3, generator=g)
+    want = acc.double() + a.double() @ b.double()
+    ptr = acc.data_ptr()
+    F._acc_mm(acc, a, b)
+    assert acc.data_ptr() == ptr
+    torch.testing.assert_close(acc.double(), want, rtol=1e-6, atol=1e-6)
+    acc16 = torch.zeros(5, 3)
+    F._acc_mm(acc16, a.bfloat16(), b.bfloat16())
+    torch.testing.assert_close(acc16, (a.bfloat16() @ b.bfloat16()).float())
+    monkeypatch.setattr(F, "_FLOAT32_OUT_GEMM", {"cpu": True})  # pretend the device offers it: CPU refuses
+    with pytest.warns(UserWarning, match="float32-output GEMM unavailable on cpu"):
+        F._acc_mm(torch.zeros(5, 3), a.bfloat16(), b.bfloat16())
+    assert F._FLOAT32_OUT_GEMM == {"cpu": False}

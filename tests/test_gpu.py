@@ -269,3 +269,39 @@ def test_fused_linear_cuda_matches_unfused(dtype):
     torch.testing.assert_close(ent, ref_ent, **tol)
     torch.testing.assert_close(gh.float(), rh.float(), **tol)
     torch.testing.assert_close(gw.float(), rw.float(), **tol)
+
+
+def test_float32_accumulating_gemm_on_cuda():
+    """The fused-linear backward's ``acc += a @ b`` accumulates bf16 products in float32 inside the GEMM
+    (``addmm(out_dtype=float32, out=acc)``): equal to float64 within bf16 operand rounding, and the
+    float32-output GEMM ran (no fallback through a copy was recorded)."""
+    from rlvr_fast.ops import fused_linear_ops as F
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    a = torch.randn(512, 1024, device="cuda", generator=g).bfloat16()
+    b = torch.randn(1024, 768, device="cuda", generator=g).bfloat16()
+    acc = torch.randn(512, 768, device="cuda", generator=g)
+    want = acc.double() + a.double() @ b.double()
+    F._acc_mm(acc, a, b)
+    assert F._FLOAT32_OUT_GEMM.get("cuda", True)
+    torch.testing.assert_close(acc.double(), want, rtol=1e-4, atol=1e-3)
+
+
+def test_value_checks_do_not_sync_on_cuda(monkeypatch):
+    """Issue 20: by default the value checks of token_logprobs, fused_linear_logprobs and group_advantages
+    are device-side asserts on CUDA: with sync debug mode "error", good inputs run without a host sync."""
+    monkeypatch.delenv("RLVR_FAST_CHECK_VALUES", raising=False)
+    logits = torch.randn(64, 1000, device="cuda")
+    ids = torch.randint(0, 1000, (64,), device="cuda")
+    h, w = torch.randn(64, 128, device="cuda"), torch.randn(1000, 128, device="cuda")
+    scores = torch.randn(64, device="cuda")
+    rf.token_logprobs(logits, ids), rf.fused_linear_logprobs(h, w, ids), rf.group_advantages(scores, group_size=8)
+    torch.cuda.synchronize()  # compiled and warm: the calls below measure only the checks' behaviour
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        rf.token_logprobs(logits, ids)
+        rf.fused_linear_logprobs(h, w, ids)
+        rf.group_advantages(scores, group_size=8)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()

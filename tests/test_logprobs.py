@@ -303,3 +303,32 @@ def test_distribution_properties(V, scale, temperature, seed):
     assert -1e-5 <= ent[0].item() <= torch.log(torch.tensor(float(V))).item() + 1e-4
     shifted = rf.token_logprobs(rows + 123.0, every_id, temperature=temperature)
     torch.testing.assert_close(shifted, logp, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_causal_lm_logits_get_their_gradient_written_once(backend, device, inplace):
+    """Logits [B, T + 1, V] with ids [B, T] (issue 20): the same log-probs, entropies and gradients as the
+    view ``logits[:, :-1]``, but d(logits) is the op's own output in the parent's layout: the graph has
+    no slice backward (which would zero-fill [B, T + 1, V] and copy into it) and the last row is 0."""
+    B, T, V = 3, 7, 37
+    full = torch.randn(B, T + 1, V, device=device) * 3
+    ids = torch.randint(0, V, (B, T), device=device)
+    ids[1, 2] = -100
+    g, ge = torch.randn(B, T, device=device), torch.randn(B, T, device=device)
+    leaf_a, leaf_b = full.clone().requires_grad_(), full.clone().requires_grad_()
+    x = leaf_a * 1.0 if inplace else leaf_a  # in place: a buffer the op may overwrite
+    lp, ent = rf.token_logprobs(
+        x, ids, return_entropy=True, temperature=0.8, inplace_backward=inplace, drop_last_position=True
+    )
+    assert "Slice" not in type(lp.grad_fn.next_functions[0][0]).__name__
+    (lp * g + ent * ge).sum().backward()
+    lp2, ent2 = rf.token_logprobs(leaf_b[:, :-1], ids, return_entropy=True, temperature=0.8)
+    (lp2 * g + ent2 * ge).sum().backward()
+    torch.testing.assert_close(lp, lp2, rtol=0, atol=0)
+    torch.testing.assert_close(ent, ent2, rtol=0, atol=0)
+    torch.testing.assert_close(leaf_a.grad, leaf_b.grad, rtol=1e-6, atol=1e-7)
+    assert (leaf_a.grad[:, -1] == 0).all()
+    with pytest.raises(ValueError, match=r"token_ids: expected shape \(3, 7\) \(logits \[..., T \+ 1, V\] with drop"):
+        rf.token_logprobs(full, ids[:, :-1], drop_last_position=True)
+    with pytest.raises(ValueError, match=r"token_ids: expected shape \(3, 8\)"):  # one short, no flag: an error
+        rf.token_logprobs(full, ids)

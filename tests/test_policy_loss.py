@@ -434,3 +434,22 @@ def test_entropy_gradient_written_only_when_weighted(backend, device, coef):
     else:
         assert ge.shape == (B, T)
         torch.testing.assert_close(ent.grad, torch.where(mask, -coef / mask.sum(), 0.0).float())
+
+
+def test_from_logits_takes_causal_lm_logits(backend, device):
+    """[B, T + 1, V] logits with [B, T] ids: the loss and d(logits) of the ``logits[:, :-1]`` view, with
+    the gradient written once in the parent's layout (issue 20; tests/test_logprobs.py for the op)."""
+    B, T, V = 2, 5, 29
+    full = torch.randn(B, T + 1, V, device=device)
+    ids = torch.randint(0, V, (B, T), device=device)
+    old, adv = torch.randn(B, T, device=device) - 3, torch.randn(B, device=device)
+    mask = torch.rand(B, T, device=device) > 0.3
+    a, b = full.clone().requires_grad_(), full.clone().requires_grad_()
+    loss_a, _ = rf.policy_loss_from_logits(a, ids, old, adv, mask, entropy_coef=0.01, drop_last_position=True)
+    loss_b, _ = rf.policy_loss_from_logits(b[:, :-1], ids, old, adv, mask, entropy_coef=0.01)
+    loss_a.backward(), loss_b.backward()
+    torch.testing.assert_close(loss_a, loss_b, rtol=0, atol=0)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-8)
+    assert (a.grad[:, -1] == 0).all()
+    with pytest.raises(ValueError, match="token_ids: expected at least one token"):
+        rf.policy_loss_from_logits(full[:, :1], ids[:, :0], old[:, :0], adv, mask[:, :0], drop_last_position=True)

@@ -27,6 +27,7 @@ def token_logprobs(
     return_entropy: bool = False,
     ignore_index: int = -100,
     inplace_backward: bool = False,
+    drop_last_position: bool = False,
 ):
     """Log-probability of each chosen token under ``softmax(logits / temperature)``, and its entropy.
 
@@ -44,7 +45,8 @@ def token_logprobs(
         logits: [..., V] float32 / bfloat16 / float16; any strides whose last dim is unit-stride and
             whose leading dims form at most two non-collapsible runs (``logits[:, :-1]`` is read in
             place; other layouts are copied once).
-        token_ids: int tensor of shape ``logits.shape[:-1]``; ids in [0, V) or ``ignore_index``.
+        token_ids: int tensor of shape ``logits.shape[:-1]`` (one position fewer with
+            ``drop_last_position``); ids in [0, V) or ``ignore_index``.
         temperature: positive; logits are divided by it (sampling temperature of the rollout).
         return_entropy: also return the entropy of each row.
         ignore_index: positions with this id give log-prob 0, entropy 0 and no gradient.
@@ -52,6 +54,12 @@ def token_logprobs(
             exactly 0, even if their logits hold NaN/Inf.
         inplace_backward: write d(logits) into the logits buffer instead of a new tensor (saves one
             logits-sized allocation; the logits must not be needed afterwards; eager mode only).
+        drop_last_position: ``logits`` are a causal LM's [..., T + 1, V] for ``token_ids`` [..., T]
+            (position t scores token t; the last position predicts nothing). They are read as
+            ``logits[..., :-1, :]`` in place and d(logits) is written once in their own layout, the last
+            row 0. Prefer it to passing the view ``logits[:, :-1]``, for which autograd's slice backward
+            zero-fills a [..., T + 1, V] gradient and copies this op's [..., T, V] one into it: one
+            full write and one copy more (issue 20).
 
     Returns:
         ``logp`` float32 of shape ``token_ids.shape``, or ``(logp, entropy)`` with ``return_entropy``.
@@ -60,13 +68,38 @@ def token_logprobs(
     C.check_tensor("token_ids", token_ids, dtypes=C.INT_DTYPES)
     if logits.dim() < 1 or logits.shape[-1] < 1:
         raise ValueError(f"logits: expected shape [..., V] with V >= 1, got {tuple(logits.shape)}")
-    C.check_shape("token_ids", token_ids, logits.shape[:-1], "logits.shape[:-1]")
+    check_ids_shape(token_ids, logits, drop_last_position)
     C.check_same_device(logits=logits, token_ids=token_ids)
     _check_temperature(temperature)
     logp, entropy, _ = torch.ops.rlvr_fast.token_logprobs(
         logits, token_ids, float(temperature), bool(return_entropy), int(ignore_index), bool(inplace_backward)
     )
     return (logp, entropy) if return_entropy else logp
+
+
+def is_shifted(logits: torch.Tensor, token_ids: torch.Tensor) -> bool:
+    """True for causal-LM logits [..., T + 1, V] with ``token_ids`` [..., T]: position t's logits score
+    token t and the last position predicts nothing (read as ``logits[..., :-1, :]``, its gradient 0)."""
+    return (
+        logits.dim() >= 2
+        and token_ids.dim() >= 1
+        and logits.shape[-2] == token_ids.shape[-1] + 1
+        and logits.shape[:-2] == token_ids.shape[:-1]
+    )
+
+
+def check_ids_shape(token_ids: torch.Tensor, logits: torch.Tensor, drop_last_position: bool) -> None:
+    """ValueError unless ``token_ids.shape`` is ``logits.shape[:-1]`` or, with ``drop_last_position``
+    (causal-LM logits, :func:`is_shifted`), that with one position fewer. The custom ops tell the two
+    apart by shape; the flag keeps an id tensor one position short by mistake an error."""
+    if not drop_last_position:
+        C.check_shape("token_ids", token_ids, logits.shape[:-1], "logits.shape[:-1]")
+    elif not is_shifted(logits, token_ids):
+        want = tuple(logits.shape[:-2]) + (logits.shape[-2] - 1,) if logits.dim() >= 2 else "[..., T]"
+        raise ValueError(
+            f"token_ids: expected shape {want} (logits [..., T + 1, V] with drop_last_position=True), "
+            f"got {tuple(token_ids.shape)} for logits {tuple(logits.shape)}"
+        )
 
 
 def _check_temperature(temperature: float) -> None:
@@ -228,6 +261,8 @@ def _token_logprobs_op(
     inplace_backward: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     C.check_ids_in_range("token_ids", token_ids, logits.shape[-1], ignore_index)
+    if is_shifted(logits, token_ids):
+        logits = logits[..., :-1, :]  # read in place (two row runs)
     if use_triton("token_logprobs", logits):
         from ..kernels import logprobs as K
 
@@ -256,8 +291,18 @@ def _token_logprobs_backward_op(
     ignore_index: int,
 ) -> torch.Tensor:
     out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-    _backward_into(out, grad_logp, grad_entropy, logits, token_ids, lse, entropy, temperature, ignore_index)
+    _shifted_backward_into(out, grad_logp, grad_entropy, logits, token_ids, lse, entropy, temperature, ignore_index)
     return out
+
+
+def _shifted_backward_into(out, grad_logp, grad_entropy, logits, token_ids, lse, entropy, temperature, ignore_index):
+    """d(logits) into ``out`` (logits' shape); for causal-LM logits the rows of the scored positions are
+    written in place and the last position's row set to 0, so the parent's gradient is written exactly
+    once (no [..., T, V] buffer for autograd's slice backward to zero-pad and copy)."""
+    if is_shifted(logits, token_ids):
+        out[..., -1, :].zero_()
+        out, logits = out[..., :-1, :], logits[..., :-1, :]
+    _backward_into(out, grad_logp, grad_entropy, logits, token_ids, lse, entropy, temperature, ignore_index)
 
 
 @_token_logprobs_backward_op.register_fake
@@ -276,7 +321,7 @@ def _token_logprobs_backward_inplace_op(
     temperature: float,
     ignore_index: int,
 ) -> None:
-    _backward_into(logits, grad_logp, grad_entropy, logits, token_ids, lse, entropy, temperature, ignore_index)
+    _shifted_backward_into(logits, grad_logp, grad_entropy, logits, token_ids, lse, entropy, temperature, ignore_index)
 
 
 @_token_logprobs_backward_inplace_op.register_fake

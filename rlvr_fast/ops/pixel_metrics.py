@@ -260,7 +260,8 @@ def scatter_sequence_reward(reward: torch.Tensor, response_mask: torch.Tensor) -
         reward: float [B] sequence rewards (any float dtype; computed in float32).
         response_mask: bool or 0/1 integers [B, T].
 
-    Checks that the rewards are finite (one host sync; ``RLVR_FAST_CHECK_VALUES=0`` skips it).
+    Checks that the rewards are finite (a host read on CPU, a device-side assert on CUDA;
+    ``RLVR_FAST_CHECK_VALUES=0`` skips it).
 
     Returns:
         float32 [B, T]: ``reward[b]`` at the last t with ``response_mask[b, t]``, 0 elsewhere. A row

@@ -27,8 +27,9 @@ normalise by global counts under data parallelism or gradient accumulation)::
 
 Masked tokens contribute exactly 0 whatever they hold, NaN and Inf included (inputs are selected with
 ``where``, never multiplied by the mask), and get gradient exactly 0; an all-masked batch gives loss 0
-and zero gradients, never NaN. NaN/Inf at unmasked positions raise ValueError naming the argument: one
-host sync per call, skipped with ``RLVR_FAST_CHECK_VALUES=0`` (then they propagate to the loss).
+and zero gradients, never NaN. NaN/Inf at unmasked positions raise ValueError naming the argument (one
+host sync per call on CPU; a device-side assert on CUDA, ``rlvr_fast._checks``), skipped with
+``RLVR_FAST_CHECK_VALUES=0`` (then they propagate to the loss).
 Gradients flow to ``logp`` (or ``logits``) and ``entropy``; ``old_logp``, ``advantages`` and
 ``ref_logp`` are treated as constants, as in every PPO implementation.
 """
@@ -42,7 +43,7 @@ import torch
 from .. import _checks as C
 from .._kernel_spec import KL_IDS
 from . import policy_loss_ops  # noqa: F401  (registers torch.ops.rlvr_fast.policy_loss*)
-from .logprobs import _check_temperature
+from .logprobs import _check_temperature, check_ids_shape, is_shifted
 from .policy_loss_reference import METRICS, LossOptions
 
 KL_TYPES = (None, *KL_IDS)
@@ -139,6 +140,7 @@ def policy_loss_from_logits(
     ignore_index: int = -100,
     inplace_backward: bool = False,
     compute_entropy: bool | None = None,
+    drop_last_position: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Selective log-softmax fused with :func:`policy_loss`: the [B, T, V] logits are read once forward,
     once backward, and d(logits) is written once, with no float32 copy of the logits.
@@ -149,12 +151,14 @@ def policy_loss_from_logits(
     ``grpo_loss`` this supports entropy, k1/k2/abs/k3 KL, dual-clip and the KL clamp.
 
     Args:
-        logits: [B, T, V] float32/bf16/fp16, aligned with ``token_ids`` (pass ``logits[:, :-1]``; the
-            view is read in place).
+        logits: [B, T, V] float32/bf16/fp16 aligned with ``token_ids``, or with ``drop_last_position``
+            a causal LM's [B, T + 1, V] (read as ``logits[:, :-1]`` in place, d(logits) written once in
+            their layout with the last position's row 0: :func:`~rlvr_fast.ops.token_logprobs`).
         token_ids: [B, T] int, ids in [0, V) or ``ignore_index`` (such positions also drop out of the
             loss, as if masked).
         temperature: rollout sampling temperature; logits are divided by it.
         inplace_backward: write d(logits) into the logits buffer (eager mode only).
+        drop_last_position: ``logits`` hold one more position than ``token_ids`` (above).
         compute_entropy: compute per-token entropies in the same pass over the logits (for the
             ``entropy`` metric). Default: only when ``entropy_coef != 0``. On GPU the kernel is
             memory-bound and the entropy nearly free; on CPU it costs about a third more time.
@@ -171,9 +175,9 @@ def policy_loss_from_logits(
     if logits.shape[-1] < 1:
         raise ValueError(f"logits: expected shape [B, T, V] with V >= 1, got {tuple(logits.shape)}")
     C.check_tensor("token_ids", token_ids, dtypes=C.INT_DTYPES)
-    C.check_shape("token_ids", token_ids, logits.shape[:-1], "logits.shape[:-1]")
+    check_ids_shape(token_ids, logits, drop_last_position)
     C.check_same_device(logits=logits, token_ids=token_ids)
-    _check_has_tokens("logits", logits.shape)
+    _check_has_tokens(*(("token_ids", token_ids.shape) if is_shifted(logits, token_ids) else ("logits", logits.shape)))
     _check_temperature(temperature)
     _check_loss_inputs(
         token_ids.shape,

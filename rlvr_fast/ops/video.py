@@ -276,7 +276,8 @@ def codes_to_latents(
         memory_format: ``torch.contiguous_format`` (NCHW) or ``torch.channels_last`` (the decoder's
             layout under bf16 autocast on GPU); the kernel writes that layout directly.
 
-    Checks that every code is in [0, K) (one host sync; ``RLVR_FAST_CHECK_VALUES=0`` skips it).
+    Checks that every code is in [0, K) (a host read on CPU, a device-side assert on CUDA;
+    ``RLVR_FAST_CHECK_VALUES=0`` skips it).
 
     Returns:
         [N, C, h, w] in ``dtype`` and ``memory_format``, N = B * F:

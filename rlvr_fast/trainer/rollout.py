@@ -270,7 +270,10 @@ def unforced(mask: torch.Tensor, forced_slots: list[bool] | None) -> torch.Tenso
 
 
 def response_logits(model, batch: Rollout) -> torch.Tensor:
-    """Logits [B, R, V] predicting each response token (only the last R positions go through lm_head)."""
+    """Logits [B, R, V] predicting each response token (only the last R positions go through lm_head).
+
+    They are lm_head's own output (no slice of a longer logits tensor), so the d(logits) that
+    ``token_logprobs`` writes goes straight to lm_head's backward: one write, the floor (issue 20)."""
     R = batch.response_mask.shape[1]
     pos = position_ids(batch.attention_mask)
     out = model(
