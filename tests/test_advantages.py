@@ -290,3 +290,34 @@ def test_bad_input_messages(backend, device):
     inf[2] = float("inf")
     with pytest.raises(ValueError, match="scores: expected finite values"):
         rf.group_advantages(inf, group_size=2, preset="trl")
+
+
+@pytest.mark.parametrize("group_size,T", [(256, 40), (200, 1030), (3, 1500), (16, 1)])
+def test_token_tiles_of_large_groups_and_long_rows(backend, device, group_size, T):
+    """The contiguous kernel writes token advantages in ROWS x BLOCK_T tiles over the group's rows (issue
+    20): every row and column of groups up to 256 and rows past one tile equal the reference, with a
+    strided bool mask."""
+    g = torch.Generator().manual_seed(group_size + T)
+    scores = torch.randn(2 * group_size, generator=g).to(device)
+    mask = (torch.rand(2 * group_size, T + 3, generator=g) > 0.3).to(device)[:, 2 : T + 2]
+    got = rf.group_advantages(scores, group_size=group_size, response_mask=mask)
+    per_sample = rf.group_advantages(scores.double(), group_size=group_size).float()
+    want = torch.where(mask, per_sample[:, None], 0.0)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_token_tile_shapes_and_one_kernel_per_bucket():
+    """Tiles keep at least 128 float32 columns (whole 512-byte row segments) once T allows, at most 4,096
+    elements, and the group size is a runtime argument: one compiled kernel per power-of-two bucket."""
+    K = pytest.importorskip("rlvr_fast.kernels.advantages")
+    for block_n in (1, 2, 16, 128, 256):
+        for T in (1, 17, 128, 1000, 5000):
+            rows, block_t = K.token_tile(block_n, T)
+            assert rows * block_t <= K.TILE_ELEMS and 1 <= rows <= block_n
+            assert block_t >= min(128, T) and block_t >= 16
+    assert K.token_tile(256, 1024) == (4, 1024)  # formerly (256, 16)
+    import inspect
+
+    params = inspect.signature(K._contiguous_group_kernel.fn).parameters.values()  # jit or interpreted
+    constexprs = {p.name for p in params if "constexpr" in str(p.annotation)}
+    assert "GROUP" not in constexprs and {"BLOCK_N", "ROWS", "BLOCK_T"} <= constexprs

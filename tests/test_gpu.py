@@ -206,6 +206,19 @@ def test_pixel_metrics_cuda(_cuda_ext, dtype, shape, groups, group_size):
     assert all(torch.equal(again[k], got[k]) for k in got), "pixel_metrics differs between runs: a race"
 
 
+@pytest.mark.parametrize("window", [13, 15, 17, 19, 21, 23, 25, 31])
+def test_ssim_window_buckets_cuda(_cuda_ext, window):
+    """Windows past 15 run the 19, 23 or 31 kernel with zero-padded weights (issue 20): the same values as
+    the float64 reference at the exact window."""
+    from rlvr_fast.ops.pixel_metrics import pixel_metrics_ref
+
+    target = torch.rand(4, 3, 70, 90, device="cuda")
+    pred = (target + 0.2 * torch.randn_like(target)).clamp(0, 1)
+    got = rf.pixel_metrics(pred, target, window_size=window, sigma=window / 7)
+    want = pixel_metrics_ref(pred, target, 1, 1, 1.0, 0.01, 0.03, True, window, window / 7, dtype=torch.float64)
+    torch.testing.assert_close(got["ssim"].double(), want[3].double(), rtol=5e-5, atol=5e-5)
+
+
 def test_pixel_reward_and_scatter_cuda(_cuda_ext, monkeypatch):
     from rlvr_fast.rewards.video import pixel_reward
 

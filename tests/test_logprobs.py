@@ -332,3 +332,35 @@ def test_causal_lm_logits_get_their_gradient_written_once(backend, device, inpla
         rf.token_logprobs(full, ids[:, :-1], drop_last_position=True)
     with pytest.raises(ValueError, match=r"token_ids: expected shape \(3, 8\)"):  # one short, no flag: an error
         rf.token_logprobs(full, ids)
+
+
+def test_few_rows_split_the_vocabulary(backend, device):
+    """Few rows over a long vocabulary (issue 20): the Triton path splits V into whole tiles, reduces each
+    split to partial softmax statistics and merges them (forward), and gives each program its columns
+    (backward). Values and gradients against float64, with a split that is all -inf, an ignored row and
+    temperature; the plan is a function of the shapes only."""
+    from rlvr_fast.kernels import logprobs as K
+
+    assert K.splits_for(3, 10000, 4096) == (3, 4096)  # 3 tiles, 3 splits
+    assert K.splits_for(K.SPLIT_PROGRAMS, 10000, 4096) == (1, 12288)  # enough rows: one program per row
+    assert K.splits_for(64, 151936, 8192) == (10, 16384)  # 19 tiles, 640 programs
+    assert K.splits_for(1, 151936, 8192) == (19, 8192) and K.splits_for(5, 100, 128) == (1, 128)
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(4, 10000, generator=g) * 3).to(device)
+    x[1, :5000] = -float("inf")  # its first split has no finite logit
+    ids = torch.tensor([5, 7000, -100, 9999], device=device)
+    leaf = x.clone().requires_grad_()
+    lp, ent = rf.token_logprobs(leaf, ids, return_entropy=True, temperature=0.7)
+    w = torch.randn(4, generator=g).to(device)
+    (lp * w + 0.3 * ent).sum().backward()
+    x64 = x.double().requires_grad_()
+    ref = torch.log_softmax(x64 / 0.7, -1)
+    keep = ids != -100
+    want_lp = ref.gather(-1, ids.clamp(min=0)[:, None])[:, 0] * keep
+    p = ref.exp()
+    want_ent = -(p * torch.where(p > 0, ref, 0.0)).sum(-1) * keep
+    (want_lp * w + 0.3 * want_ent).sum().backward()
+    torch.testing.assert_close(lp.double(), want_lp.detach(), rtol=1e-6, atol=2e-6)
+    torch.testing.assert_close(ent.double(), want_ent.detach(), rtol=1e-6, atol=2e-6)
+    torch.testing.assert_close(leaf.grad.double(), x64.grad, rtol=1e-5, atol=1e-6)
+    assert (leaf.grad[2] == 0).all() and (leaf.grad[1, :5000] == 0).all()

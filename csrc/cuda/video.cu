@@ -269,9 +269,11 @@ struct SsimTile {
 // Host mirror of SsimTile<ws>::kOutCols (checked against it at each instantiation).
 constexpr int ssim_out_cols(int ws) { return (ws <= 19 ? 128 : 64) - ws + 1; }
 
-// Window buckets: exact kernels up to 15 (the common 7 and 11 included), then 31 with zero-padded
-// weights (see ssim_kernel): the 31-row unrolled kernels dominate the compile time.
-constexpr int ssim_bucket(int ws) { return ws <= 15 ? ws : 31; }
+// Window buckets: exact kernels up to 15 (the common 7 and 11 included), then 19, 23 and 31 with
+// zero-padded weights (see ssim_kernel). Loads and FMAs scale with the bucket, so a window runs at most
+// 31/25 = 1.24x its own work (17 -> 19: 1.12x, 21 -> 23: 1.10x); a single 31 bucket cost 31/17 = 1.82x
+// at 17. Three wide buckets, not eight: the unrolled wide kernels dominate the compile time.
+constexpr int ssim_bucket(int ws) { return ws <= 15 ? ws : ws <= 19 ? 19 : ws <= 23 ? 23 : 31; }
 
 constexpr int kMseThreads = 256;
 constexpr int kMseChunk = kMseThreads * 8 * 4;  // elements per block
@@ -330,8 +332,8 @@ struct SsimParams {
   float* partials;  // [n_blocks, 3]: se, ae, ssim sum
 };
 
-// WS is the window bucket: ws == WS, or ws < WS with zero weights w[ws..WS) (17..31 -> 31). The extra
-// taps add exact zeros (x, y are finite after the clamp, or NaN, and a NaN anywhere makes the image's
+// WS is the window bucket: ws == WS, or ws < WS with zero weights w[ws..WS) (17..19 -> 19,
+// 21..23 -> 23, 25..31 -> 31). The extra taps add exact zeros (x, y are finite after the clamp, or NaN, and a NaN anywhere makes the image's
 // metrics NaN either way), so a bucket gives the exact-window bits.
 template <int WS, int kFmtP, int kFmtT>
 __global__ void __launch_bounds__(SsimTile<WS>::kThreads, SsimTile<WS>::kMinBlocks)
@@ -599,7 +601,7 @@ cudaError_t launch_ssim_ws(const SsimParams& sp, Dtype pd, Dtype td, cudaStream_
   const unsigned grid = grid_for(sp.n_blocks);
   constexpr int kThreads = SsimTile<WS>::kThreads;
   const bool p4 = pd == Dtype::kFloat32, t4 = td == Dtype::kFloat32;
-  if constexpr (WS <= 15) {  // exact 2-byte formats; the rare bucket-31 kernels use kFmtAny16 for both
+  if constexpr (WS <= 15) {  // exact 2-byte formats; the rare wide-bucket kernels use kFmtAny16 for both
     if (pd == Dtype::kBFloat16 && td == Dtype::kBFloat16) {
       ssim_kernel<WS, kFmtBF16, kFmtBF16><<<grid, kThreads, 0, stream>>>(sp);
       return cudaGetLastError();
@@ -631,6 +633,8 @@ cudaError_t launch_ssim(const SsimParams& sp, Dtype pd, Dtype td, cudaStream_t s
     case 11: return launch_ssim_ws<11>(sp, pd, td, stream);
     case 13: return launch_ssim_ws<13>(sp, pd, td, stream);
     case 15: return launch_ssim_ws<15>(sp, pd, td, stream);
+    case 19: return launch_ssim_ws<19>(sp, pd, td, stream);
+    case 23: return launch_ssim_ws<23>(sp, pd, td, stream);
     case 31: return launch_ssim_ws<31>(sp, pd, td, stream);
     default: return cudaErrorInvalidValue;
   }

@@ -34,8 +34,9 @@ def _contiguous_group_kernel(
     stride_mt,
     stride_ob,
     eps,
-    GROUP: tl.constexpr,
+    GROUP,  # runtime: one compiled kernel per BLOCK_N bucket, not per group size
     BLOCK_N: tl.constexpr,
+    ROWS: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BASELINE: tl.constexpr,  # a Baseline mode
     UNBIASED: tl.constexpr,
@@ -85,12 +86,19 @@ def _contiguous_group_kernel(
     adv = tl.where(valid, adv, 0.0)
     tl.store(adv_ptr + rows, adv, mask=in_group)
     if WRITE_TOKENS:
-        for t0 in range(0, T, BLOCK_T):
-            cols = t0 + tl.arange(0, BLOCK_T)
-            tile = in_group[:, None] & (cols[None, :] < T)
-            mk = tl.load(mask_ptr + rows[:, None] * stride_mb + cols[None, :] * stride_mt, mask=tile, other=0)
-            val = tl.where(mk != 0, adv[:, None], 0.0)
-            tl.store(tok_ptr + rows[:, None] * stride_ob + cols[None, :], val, mask=tile)
+        # token tiles of ROWS x BLOCK_T (wide rows: coalesced even for a group of 256), the group's
+        # advantages re-read from what this program just stored (the barrier makes them visible)
+        tl.debug_barrier()
+        for r0 in range(0, GROUP, ROWS):
+            sub = r0 + tl.arange(0, ROWS)
+            rows_c = g.to(tl.int64) * GROUP + sub
+            a = tl.load(adv_ptr + rows_c, mask=sub < GROUP, other=0.0)
+            for t0 in range(0, T, BLOCK_T):
+                cols = t0 + tl.arange(0, BLOCK_T)
+                tile = (sub < GROUP)[:, None] & (cols[None, :] < T)
+                mk = tl.load(mask_ptr + rows_c[:, None] * stride_mb + cols[None, :] * stride_mt, mask=tile, other=0)
+                val = tl.where(mk != 0, a[:, None], 0.0)
+                tl.store(tok_ptr + rows_c[:, None] * stride_ob + cols[None, :], val, mask=tile)
 
 
 @triton.jit
@@ -112,6 +120,18 @@ def _broadcast_kernel(
     a = tl.load(adv_ptr + rows, mask=rows < B, other=0.0)
     mk = tl.load(mask_ptr + rows[:, None] * stride_mb + cols[None, :] * stride_mt, mask=tile, other=0)
     tl.store(out_ptr + rows[:, None] * stride_ob + cols[None, :], tl.where(mk != 0, a[:, None], 0.0), mask=tile)
+
+
+TILE_ELEMS = 4096  # elements of one token tile: 32 per thread at 4 warps
+
+
+def token_tile(block_n: int, T: int) -> tuple[int, int]:
+    """(ROWS, BLOCK_T) of the token-writing tiles: columns first, up to 1,024 (4 KiB of float32 per row
+    segment, whole 128-byte lines), then as many of the group's rows as fit :data:`TILE_ELEMS`. The
+    former single BLOCK_N x BLOCK_T tile shrank to 16 columns at a group of 256 (64-byte row segments,
+    half of every line wasted on the write, a quarter on a bool mask's read)."""
+    block_t = max(16, min(triton.next_power_of_2(max(T, 1)), 1024))
+    return max(1, min(block_n, TILE_ELEMS // block_t)), block_t
 
 
 @on_tensor_device
@@ -140,7 +160,7 @@ def contiguous_group_advantages(
         stride_mb, stride_mt, stride_ob = mask.stride(0), mask.stride(1), tok.stride(0)
     else:
         mask, tok, T, stride_mb, stride_mt, stride_ob = adv, None, 0, 0, 0, 0
-    block_t = max(16, min(triton.next_power_of_2(max(T, 1)), 4096 // block_n))
+    rows, block_t = token_tile(block_n, T)
     _contiguous_group_kernel[(batch // group_size,)](
         scores,
         adv,
@@ -151,8 +171,9 @@ def contiguous_group_advantages(
         stride_mt,
         stride_ob,
         eps,
-        GROUP=group_size,
+        group_size,
         BLOCK_N=block_n,
+        ROWS=rows,
         BLOCK_T=block_t,
         BASELINE=int(baseline),
         UNBIASED=unbiased_std,

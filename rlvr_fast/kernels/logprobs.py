@@ -38,25 +38,44 @@ def _logprobs_fwd_kernel(
     V,
     inv_temp,
     ignore_index,
+    part_ptr,
+    split_cols,
     BLOCK_V: tl.constexpr,
     ENTROPY: tl.constexpr,
     STAGES: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     row = tl.program_id(0)
     base = _row_base(logits_ptr, row, inner, stride_outer, stride_inner)
-    # the chosen token's logit first: its two dependent loads overlap the stream instead of trailing it
-    tid = tl.load(ids_ptr + row)
-    keep = tid != ignore_index
-    in_range = (tid >= 0) & (tid < V)
-    x_t = tl.load(base + tid, mask=keep & in_range, other=0.0).to(tl.float32) * inv_temp
+    # this program's columns [c0, c1): the whole row, or with SPLIT one split of it (splits_for)
+    c0 = tl.program_id(1) * split_cols
+    c1 = tl.minimum(V, c0 + split_cols)
+    if not SPLIT:
+        # the chosen token's logit first: its two dependent loads overlap the stream instead of trailing it
+        tid = tl.load(ids_ptr + row)
+        keep = tid != ignore_index
+        in_range = (tid >= 0) & (tid < V)
+        x_t = tl.load(base + tid, mask=keep & in_range, other=0.0).to(tl.float32) * inv_temp
     m = -float("inf")  # running max
     r = 0.0  # the shift actually used: m, or 0 while every logit so far is -inf
     s = 0.0  # sum exp(x - r)
     t = 0.0  # sum exp(x - r) * (x - r): relative to r, so the entropy never cancels against the max
-    for v0 in tl.range(0, V, BLOCK_V, num_stages=STAGES):
+    for v0 in tl.range(c0, c1, BLOCK_V, num_stages=STAGES):
         cols = v0 + tl.arange(0, BLOCK_V)
-        x = tl.load(base + cols, mask=cols < V, other=-float("inf")).to(tl.float32) * inv_temp
+        x = tl.load(base + cols, mask=cols < c1, other=-float("inf")).to(tl.float32) * inv_temp
         m, r, s, t = online_softmax_step(x, m, r, s, t, ENTROPY)
+    if SPLIT:  # partial statistics for _combine_kernel
+        out = part_ptr + (row.to(tl.int64) * tl.num_programs(1) + tl.program_id(1)) * 3
+        tl.store(out, r)
+        tl.store(out + 1, s)
+        tl.store(out + 2, t)
+    else:
+        _store_row(x_t, keep, in_range, r, s, t, logp_ptr, ent_ptr, lse_ptr, row, ENTROPY)
+
+
+@triton.jit
+def _store_row(x_t, keep, in_range, r, s, t, logp_ptr, ent_ptr, lse_ptr, row, ENTROPY: tl.constexpr):
+    """Store a row's log-prob, lse and entropy from its softmax statistics (shift r, sums s and t)."""
     lse = r + tl.log(s)
     # an id out of range (value checks disabled) yields NaN, never an out-of-bounds read
     logp = tl.where(keep, tl.where(in_range, x_t - lse, float("nan")), 0.0)
@@ -64,6 +83,48 @@ def _logprobs_fwd_kernel(
     tl.store(lse_ptr + row, lse)
     if ENTROPY:
         tl.store(ent_ptr + row, tl.where(keep, tl.log(s) - t / s, 0.0))
+
+
+@triton.jit
+def _combine_kernel(
+    logits_ptr,
+    ids_ptr,
+    logp_ptr,
+    ent_ptr,
+    lse_ptr,
+    part_ptr,
+    inner,
+    stride_outer,
+    stride_inner,
+    V,
+    inv_temp,
+    ignore_index,
+    SPLITS,
+    BLOCK_S: tl.constexpr,
+    ENTROPY: tl.constexpr,
+):
+    """Second stage of the split forward: merge a row's SPLITS partial (r_i, s_i, t_i) at the common
+    shift r = max r_i over non-empty splits: s = sum s_i w_i, t = sum (t_i + s_i (r_i - r)) w_i with
+    w_i = exp(r_i - r) (the online-softmax rescaling, applied once per split)."""
+    row = tl.program_id(0)
+    k = tl.arange(0, BLOCK_S)
+    src = part_ptr + (row.to(tl.int64) * SPLITS + k) * 3
+    used = k < SPLITS
+    r_i = tl.load(src, mask=used, other=0.0)
+    s_i = tl.load(src + 1, mask=used, other=0.0)
+    t_i = tl.load(src + 2, mask=used, other=0.0)
+    live = s_i > 0.0
+    r_max = tl.max(tl.where(live, r_i, -float("inf")), axis=0)
+    r = tl.where(r_max == -float("inf"), 0.0, r_max)
+    w = tl.where(live, tl.exp(r_i - r), 0.0)
+    s = tl.sum(s_i * w, axis=0)
+    t = tl.sum(tl.where(live, (t_i + s_i * (r_i - r)) * w, 0.0), axis=0)
+    tid = tl.load(ids_ptr + row)
+    keep = tid != ignore_index
+    in_range = (tid >= 0) & (tid < V)
+    base = _row_base(logits_ptr, row, inner, stride_outer, stride_inner)
+    x_t = tl.load(base + tid, mask=keep & in_range, other=0.0).to(tl.float32) * inv_temp
+    _store_row(x_t, keep, in_range, r, s, t, logp_ptr, ent_ptr, lse_ptr, row, ENTROPY)
 
 
 @triton.jit
@@ -84,11 +145,14 @@ def _logprobs_bwd_kernel(
     V,
     inv_temp,
     ignore_index,
+    split_cols,
     BLOCK_V: tl.constexpr,
     ENTROPY: tl.constexpr,
     STAGES: tl.constexpr,
 ):
     row = tl.program_id(0)
+    c0 = tl.program_id(1) * split_cols  # this program's columns [c0, c1): every element is independent
+    c1 = tl.minimum(V, c0 + split_cols)
     base = _row_base(logits_ptr, row, inner, stride_outer, stride_inner)
     dbase = _row_base(dlogits_ptr, row, d_inner, d_stride_outer, d_stride_inner)
     tid = tl.load(ids_ptr + row)
@@ -106,16 +170,16 @@ def _logprobs_bwd_kernel(
         H = tl.where(live, tl.load(ent_ptr + row), 0.0)
     # pipelined like the forward: the next tiles' loads are in flight while this one is written (they
     # read other columns, so an in-place backward, dlogits == logits, is still safe)
-    for v0 in tl.range(0, V, BLOCK_V, num_stages=STAGES):
+    for v0 in tl.range(c0, c1, BLOCK_V, num_stages=STAGES):
         cols = v0 + tl.arange(0, BLOCK_V)
-        x = tl.load(base + cols, mask=cols < V, other=0.0).to(tl.float32) * inv_temp
+        x = tl.load(base + cols, mask=cols < c1, other=0.0).to(tl.float32) * inv_temp
         logp = x - lse
         p = tl.exp(logp)
         d = tl.where(cols == tid, g, 0.0) - g * p
         if ENTROPY:  # p log p -> 0 where p underflows (also for -inf logits)
             d -= ge * p * (tl.where(p > 0, logp, 0.0) + H)
         d = tl.where(live, d, 0.0)
-        tl.store(dbase + cols, d.to(dlogits_ptr.dtype.element_ty), mask=cols < V)
+        tl.store(dbase + cols, d.to(dlogits_ptr.dtype.element_ty), mask=cols < c1)
 
 
 def _block_v(V: int, element_size: int) -> int:
@@ -129,6 +193,26 @@ def _num_warps(block_v: int) -> int:
 
 # Software-pipelined vocabulary loop (cp.async on sm_80+): keeps tiles in flight while one is reduced.
 _STAGES = 3
+
+# Split over V (issue 20): with one program per row, a few thousand rows cannot fill a GPU (132 SMs x
+# several programs each) and each program walks a 150k-column row alone. Below SPLIT_PROGRAMS rows the
+# vocabulary is cut into splits of whole BLOCK_V tiles so that about SPLIT_PROGRAMS programs run; the
+# forward then reduces each split to partial softmax statistics (12 bytes) and a one-program-per-row
+# combine merges them, the backward simply gives each program its columns. Traffic stays the floor plus
+# 24 bytes per split per row. The split count is a function of (N, V, element size) only, so the
+# summation order, hence the bits, never depend on the device.
+SPLIT_PROGRAMS = 1024
+MAX_SPLITS = 64
+
+
+def splits_for(n_rows: int, V: int, block_v: int) -> tuple[int, int]:
+    """(splits, columns per split) for ``n_rows`` rows of ``V`` columns in ``block_v`` tiles."""
+    tiles = triton.cdiv(V, block_v)
+    if n_rows >= SPLIT_PROGRAMS or tiles < 2:
+        return 1, tiles * block_v
+    want = min(tiles, MAX_SPLITS, triton.cdiv(SPLIT_PROGRAMS, max(n_rows, 1)))
+    per = triton.cdiv(tiles, want)
+    return triton.cdiv(tiles, per), per * block_v
 
 
 @on_tensor_device
@@ -144,24 +228,45 @@ def logprobs_forward(logits, layout, token_ids, temperature, return_entropy, ign
     lse = torch.empty_like(logp)
     ent = torch.empty(n if return_entropy else 0, dtype=torch.float32, device=logits.device)
     block_v = _block_v(V, logits.element_size())
-    _logprobs_fwd_kernel[(n,)](
+    splits, split_cols = splits_for(n, V, block_v)
+    part = torch.empty(n * splits * 3 if splits > 1 else 0, dtype=torch.float32, device=logits.device)
+    rows = (max(layout.inner, 1), layout.stride_outer, layout.stride_inner)
+    _logprobs_fwd_kernel[(n, splits)](
         logits,
         ids,
         logp,
         ent if return_entropy else logp,
         lse,
-        max(layout.inner, 1),
-        layout.stride_outer,
-        layout.stride_inner,
+        *rows,
         V,
         1.0 / temperature,
         ignore_index,
+        part if splits > 1 else logp,
+        split_cols,
         BLOCK_V=block_v,
         ENTROPY=return_entropy,
         STAGES=_STAGES,
+        SPLIT=splits > 1,
         num_warps=_num_warps(block_v),
         **LAUNCH_OPTIONS,
     )
+    if splits > 1:
+        _combine_kernel[(n,)](
+            logits,
+            ids,
+            logp,
+            ent if return_entropy else logp,
+            lse,
+            part,
+            *rows,
+            V,
+            1.0 / temperature,
+            ignore_index,
+            splits,
+            BLOCK_S=triton.next_power_of_2(splits),
+            ENTROPY=return_entropy,
+            **LAUNCH_OPTIONS,
+        )
     shape = token_ids.shape
     return logp.view(shape), ent.view(shape if return_entropy else (0,)), lse.view(shape)
 
@@ -179,7 +284,8 @@ def logprobs_backward(
     ge = grad_entropy.reshape(-1).contiguous() if has_ent else g
     H = entropy.reshape(-1).contiguous() if has_ent else g
     block_v = _block_v(V, logits.element_size())
-    _logprobs_bwd_kernel[(n,)](
+    splits, split_cols = splits_for(n, V, block_v)
+    _logprobs_bwd_kernel[(n, splits)](
         logits,
         dlogits,
         ids,
@@ -196,6 +302,7 @@ def logprobs_backward(
         V,
         1.0 / temperature,
         ignore_index,
+        split_cols,
         BLOCK_V=block_v,
         ENTROPY=has_ent,
         STAGES=_STAGES,
