@@ -88,7 +88,8 @@ check-cuda:
 	done
 
 ## The main job on the built-in default: MLE then GRPO of a tiny text-game world model (rlvr_fast/configs/demo.yaml);
-## WORLD=video: the sprite video world (tokenizer, MLE, GRPO on the pixel reward; rlvr_fast/configs/demo_video.yaml)
+## WORLD=video: the sprite video world (tokenizer, MLE, GRPO on the pixel reward; rlvr_fast/configs/demo_video.yaml);
+## WORLD=video_msp: the same world, 7 frames in RLVR-World's ctx_msp layout (rlvr_fast/configs/demo_video_msp.yaml)
 WORLD ?= text
 demo: $(BASE_STAMP) $(EXT_STAMP)
 	$(VENV)/bin/rlvr-fast demo --world $(WORLD) $(DEMO_ARGS)

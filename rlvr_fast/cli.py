@@ -1,6 +1,6 @@
 """``rlvr-fast``: the command line.
 
-    rlvr-fast demo [--world text|video] [key=value ...] the built-in main job (MLE then GRPO, before/after table)
+    rlvr-fast demo [--world text|video|video_msp] [key=value ...]  the built-in main job (MLE then GRPO, table)
     rlvr-fast train [--preset NAME] [--config x.yaml] [--resume] [key=value ...]
     rlvr-fast eval --checkpoint DIR [--preset NAME] [--config x.yaml] [key=value ...]
     rlvr-fast config [--preset NAME] [--config x.yaml] [key=value ...]  print the resolved configuration
@@ -23,7 +23,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-DEMO_CONFIGS = {"text": "demo.yaml", "video": "demo_video.yaml"}
+DEMO_CONFIGS = {"text": "demo.yaml", "video": "demo_video.yaml", "video_msp": "demo_video_msp.yaml"}
 # (summary key, label, higher is better): the rows of the before/after table, in this order
 TABLE_METRICS = (
     ("exact", "exact-match accuracy", True),
@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--world",
                 choices=sorted(DEMO_CONFIGS),
                 default="text",
-                help="text: the synthetic text game (demo.yaml); video: the sprite world (demo_video.yaml)",
+                help="text: the synthetic text game (demo.yaml); video: the sprite world (demo_video.yaml); "
+                "video_msp: the sprite world, 7 frames in RLVR-World's ctx_msp layout (demo_video_msp.yaml)",
             )
             s.add_argument(
                 "--force",

@@ -453,3 +453,22 @@ def test_from_logits_takes_causal_lm_logits(backend, device):
     assert (a.grad[:, -1] == 0).all()
     with pytest.raises(ValueError, match="token_ids: expected at least one token"):
         rf.policy_loss_from_logits(full[:, :1], ids[:, :0], old[:, :0], adv, mask[:, :0], drop_last_position=True)
+
+
+@pytest.mark.parametrize("B,T", [(4, 1500), (5, 257), (4, 4096)])
+def test_long_rows_are_chunked_and_match_the_reference(backend, device, B, T):
+    """The forward cuts long rows into chunks of whole tiles (issue 20: more programs for small batches,
+    fewer live accumulators); the [B, chunks] partials, min/max included, give the reference's loss and
+    metrics under every aggregation."""
+    from rlvr_fast.kernels.policy_loss import forward_plan
+
+    block_t, chunks, cols = forward_plan(B, T)
+    assert block_t <= 256 and chunks > 1 and (chunks - 1) * cols < T <= chunks * cols
+    logp, old, adv, mask, ref, ent = make_batch(B=B, T=T, device=device, seed=T)
+    for agg in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum"):
+        kw = options(agg=agg, kl="k3", dual=3.0)  # entropy_coef 0.01
+        loss, m = rf.policy_loss(logp, old, adv, mask, ref_logp=ref, entropy=ent, **kw)
+        want, wm, _, _ = oracle(logp, old, adv, mask, ref, ent, kw)
+        torch.testing.assert_close(loss.double().cpu(), want, rtol=1e-5, atol=1e-6)
+        for i, k in enumerate(rf.METRICS):  # the oracle's metrics: a vector in METRICS order
+            torch.testing.assert_close(m[k].double().cpu(), wm[i].double(), rtol=1e-5, atol=1e-6, msg=k)

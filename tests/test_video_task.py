@@ -310,18 +310,19 @@ def _check_summary(summary, out):
 
 
 @pytest.mark.parametrize(
-    "extra",
+    "world,extra",
     [
-        [],
-        ["video.context_frames=2", "video.predict_frames=2", "video.aggregate=discount"],
-        ["video.tokenizer=tiny_ctx", "video.predict_frames=3", "model.max_position_embeddings=1024"],
+        ("video", []),
+        ("video", ["video.context_frames=2", "video.predict_frames=2", "video.aggregate=discount"]),
+        ("video", ["video.tokenizer=tiny_ctx", "video.predict_frames=3", "model.max_position_embeddings=1024"]),
+        ("video_msp", []),  # the demo's own config: 32x32, 7 frames in the ctx_msp layout
     ],
-    ids=["single_step", "multi_step", "ctx_msp"],
+    ids=["single_step", "multi_step", "ctx_msp", "video_msp_demo"],
 )
-def test_short_grpo_run_and_eval_from_the_checkpoint(tmp_path, capsys, extra):
-    from rlvr_fast.cli import main
+def test_short_grpo_run_and_eval_from_the_checkpoint(tmp_path, capsys, world, extra):
+    from rlvr_fast.cli import DEMO_CONFIGS, main
 
-    assert main(["demo", "--world", "video", *SHORT, *extra, f"trainer.out_dir={tmp_path}"]) == 0
+    assert main(["demo", "--world", world, *SHORT, *extra, f"trainer.out_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
     assert "MAE (lower is better)" in out and "PSNR, dB" in out and "preview.png" in out
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -332,7 +333,7 @@ def test_short_grpo_run_and_eval_from_the_checkpoint(tmp_path, capsys, extra):
             [
                 "eval",
                 "--config",
-                "rlvr_fast/configs/demo_video.yaml",
+                f"rlvr_fast/configs/{DEMO_CONFIGS[world]}",
                 "--checkpoint",
                 str(tmp_path / "checkpoint"),
                 *SHORT,

@@ -80,8 +80,11 @@ def _policy_loss_fwd_kernel(
     HAS_ENT: tl.constexpr,
     N_OUT: tl.constexpr,
     BLOCK_T: tl.constexpr,
+    chunk_cols,
 ):
     row = tl.program_id(0).to(tl.int64)
+    c0 = tl.program_id(1) * chunk_cols  # this program's columns [c0, c1) of its row (forward_plan)
+    c1 = tl.minimum(T, c0 + chunk_cols)
     acc_loss = tl.zeros([BLOCK_T], tl.float32)
     acc_n = tl.zeros([BLOCK_T], tl.float32)
     acc_pg = tl.zeros([BLOCK_T], tl.float32)
@@ -93,9 +96,9 @@ def _policy_loss_fwd_kernel(
     acc_rmin = tl.full([BLOCK_T], float("inf"), tl.float32)
     acc_rmax = tl.full([BLOCK_T], -float("inf"), tl.float32)
     acc_ent = tl.zeros([BLOCK_T], tl.float32)
-    for t0 in range(0, T, BLOCK_T):
+    for t0 in range(c0, c1, BLOCK_T):
         cols = t0 + tl.arange(0, BLOCK_T)
-        inb = cols < T
+        inb = cols < c1
         m = tl.load(mask_ptr + row * s_m_b + cols * s_m_t, mask=inb, other=0)
         valid = inb & (m != 0)
         mf = valid.to(tl.float32)
@@ -138,7 +141,7 @@ def _policy_loss_fwd_kernel(
         acc_r += ratio * mf
         acc_rmin = tl.minimum(acc_rmin, tl.where(valid, ratio, float("inf")))
         acc_rmax = tl.maximum(acc_rmax, tl.where(valid, ratio, -float("inf")))
-    out = out_ptr + row * N_OUT
+    out = out_ptr + (row * tl.num_programs(1) + tl.program_id(1)) * N_OUT
     tl.store(out + _LOSS, tl.sum(acc_loss, axis=0))
     tl.store(out + _COUNT, tl.sum(acc_n, axis=0))
     tl.store(out + _PG_LOSS, tl.sum(acc_pg, axis=0))
@@ -256,15 +259,33 @@ def _settings(opts) -> dict:
     )
 
 
+# Forward plan (issue 20): the kernel keeps 11 float32 accumulator vectors of BLOCK_T; at 1,024 with 4
+# warps that is 88 live registers per thread for the accumulators alone (spills), and one program per
+# row gave 16 CTAs at B = 16. Now BLOCK_T <= 256 (22 accumulator registers per thread) and each row is
+# cut into chunks of whole tiles so that about FORWARD_PROGRAMS programs run; the [B, chunks, 11]
+# partials are summed (min / max for the ratio extremes) by torch, a read of 44 bytes per chunk. The
+# plan depends on (B, T) only: the same inputs always sum in the same order.
+FORWARD_BLOCK_T = 256
+FORWARD_PROGRAMS = 1024
+
+
+def forward_plan(B: int, T: int) -> tuple[int, int, int]:
+    """(BLOCK_T, chunks per row, columns per chunk) of the forward for a [B, T] batch."""
+    block_t = max(16, min(triton.next_power_of_2(max(T, 1)), FORWARD_BLOCK_T))
+    tiles = max(1, triton.cdiv(T, block_t))
+    per = triton.cdiv(tiles, min(tiles, max(1, triton.cdiv(FORWARD_PROGRAMS, max(B, 1)))))
+    return block_t, triton.cdiv(tiles, per), per * block_t
+
+
 @on_tensor_device
 def policy_loss_forward(logp, old_logp, advantages, response_mask, ref_logp, entropy, opts):
     """Per-row partial sums, float32 [B, len(Partial)] (columns: ``rlvr_fast._kernel_spec.Partial``)."""
     B, T = logp.shape
-    out = torch.empty(B, len(Partial), dtype=torch.float32, device=logp.device)
+    block_t, chunks, chunk_cols = forward_plan(B, T)
+    out = torch.empty(B, chunks, len(Partial), dtype=torch.float32, device=logp.device)
     mask = loadable_mask(response_mask)
     has_ref = bool(opts.kl_type) and ref_logp is not None
-    block_t = max(16, min(triton.next_power_of_2(max(T, 1)), 1024))
-    _policy_loss_fwd_kernel[(B,)](
+    _policy_loss_fwd_kernel[(B, chunks)](
         logp,
         old_logp,
         advantages,
@@ -284,9 +305,15 @@ def policy_loss_forward(logp, old_logp, advantages, response_mask, ref_logp, ent
         HAS_ENT=entropy is not None,
         N_OUT=len(Partial),
         BLOCK_T=block_t,
+        chunk_cols=chunk_cols,
         **LAUNCH_OPTIONS,
     )
-    return out
+    if chunks == 1:
+        return out[:, 0]
+    rows = out.sum(1)
+    rows[:, Partial.RATIO_MIN.value] = out[:, :, Partial.RATIO_MIN.value].amin(1)
+    rows[:, Partial.RATIO_MAX.value] = out[:, :, Partial.RATIO_MAX.value].amax(1)
+    return rows
 
 
 @on_tensor_device
