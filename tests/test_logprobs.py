@@ -364,3 +364,32 @@ def test_few_rows_split_the_vocabulary(backend, device):
     torch.testing.assert_close(ent.double(), want_ent.detach(), rtol=1e-6, atol=2e-6)
     torch.testing.assert_close(leaf.grad.double(), x64.grad, rtol=1e-5, atol=1e-6)
     assert (leaf.grad[2] == 0).all() and (leaf.grad[1, :5000] == 0).all()
+
+
+def test_autotuning_leaves_the_numerics_to_the_shapes():
+    """Issue 20: the log-prob kernels autotune only warps and pipeline depth (never BLOCK_V or the
+    splits, which fix the summation order), keyed on V and BLOCK_V (and dtypes), the in-place backward's
+    output restored between timing runs; pruning keeps 4..64 tile elements per thread; under the
+    interpreter one fixed config (checked in a fresh process without TRITON_INTERPRET, no GPU needed)."""
+    import subprocess
+    import sys
+
+    from rlvr_fast.kernels import logprobs as K
+
+    assert not K.TUNED and K._launch_settings(8192) == {"STAGES": 3, "num_warps": 16}  # interpreter: fixed
+    assert all(set(c.kwargs) == {"STAGES"} for c in K.TUNE_CONFIGS)  # BLOCK_V is never a tuned setting
+
+    def warps(block_v):
+        return sorted({c.num_warps for c in K.prune_configs(K.TUNE_CONFIGS, {}, BLOCK_V=block_v)})
+
+    assert warps(8192) == [4, 8, 16] and warps(256) == [4, 8] and warps(16384) == [8, 16]
+    assert K.prune_configs(K.TUNE_CONFIGS, {}, BLOCK_V=16) == [K.TUNE_CONFIGS[0]]  # none fits: the smallest
+    code = (
+        "import os; os.environ.pop('TRITON_INTERPRET', None)\n"
+        "from rlvr_fast.kernels import logprobs as K\n"
+        "f, b = K._logprobs_fwd_kernel, K._logprobs_bwd_kernel\n"
+        "print(K.TUNED, type(f).__name__, f.keys, b.restore_value, K._launch_settings(4096))\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == ["True", "Autotuner", "['V',", "'BLOCK_V']", "['dlogits_ptr']", "{}"], out

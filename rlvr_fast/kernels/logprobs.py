@@ -11,6 +11,8 @@ such as ``logits[:, :-1]`` in place (see ``rlvr_fast.ops._rows``).
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -25,6 +27,43 @@ def _row_base(ptr, row, inner, stride_outer, stride_inner):
     return ptr + (row // inner) * stride_outer + (row % inner) * stride_inner
 
 
+# Autotuning (issue 20) covers only launch settings that leave the numerics alone: warps and the
+# vocabulary loop's pipeline depth. BLOCK_V and the splits, which fix the summation order, stay a
+# function of the shapes, so whichever config wins the bits are the same. Keyed on V and BLOCK_V (the
+# autotuner adds every tensor's dtype); configs whose tile would leave a thread idle or give it more than
+# 64 elements are pruned before timing. Under TRITON_INTERPRET the kernels run with the one fixed config.
+TUNED = os.environ.get("TRITON_INTERPRET", "0") != "1"
+TUNE_CONFIGS = [triton.Config({"STAGES": s}, num_warps=w) for w in (4, 8, 16) for s in (2, 3, 4)]
+
+
+def prune_configs(configs, named_args, **kwargs):
+    """The configs whose warps suit the tile: every thread holds 1..64 elements of BLOCK_V."""
+    block_v = kwargs["BLOCK_V"]
+    keep = [c for c in configs if 1 <= block_v // (32 * c.num_warps) <= 64]
+    return keep or [min(configs, key=lambda c: (c.num_warps, c.kwargs["STAGES"]))]
+
+
+def _tuned(restore: list[str] | None = None):
+    def wrap(kernel):
+        if not TUNED:
+            return kernel
+        return triton.autotune(
+            TUNE_CONFIGS,
+            key=["V", "BLOCK_V"],
+            prune_configs_by={"early_config_prune": prune_configs},
+            restore_value=restore,  # the backward may run in place: timing runs must not corrupt it
+            cache_results=True,
+        )(kernel)
+
+    return wrap
+
+
+def _launch_settings(block_v: int) -> dict:
+    """What the launcher passes itself: nothing the autotuner picks, or the fixed config untuned."""
+    return {} if TUNED else {"STAGES": _STAGES, "num_warps": _num_warps(block_v)}
+
+
+@_tuned()
 @triton.jit
 def _logprobs_fwd_kernel(
     logits_ptr,
@@ -127,6 +166,7 @@ def _combine_kernel(
     _store_row(x_t, keep, in_range, r, s, t, logp_ptr, ent_ptr, lse_ptr, row, ENTROPY)
 
 
+@_tuned(restore=["dlogits_ptr"])
 @triton.jit
 def _logprobs_bwd_kernel(
     logits_ptr,
@@ -245,9 +285,8 @@ def logprobs_forward(logits, layout, token_ids, temperature, return_entropy, ign
         split_cols,
         BLOCK_V=block_v,
         ENTROPY=return_entropy,
-        STAGES=_STAGES,
         SPLIT=splits > 1,
-        num_warps=_num_warps(block_v),
+        **_launch_settings(block_v),
         **LAUNCH_OPTIONS,
     )
     if splits > 1:
@@ -305,7 +344,6 @@ def logprobs_backward(
         split_cols,
         BLOCK_V=block_v,
         ENTROPY=has_ent,
-        STAGES=_STAGES,
-        num_warps=_num_warps(block_v),
+        **_launch_settings(block_v),
         **LAUNCH_OPTIONS,
     )
