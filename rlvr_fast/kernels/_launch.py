@@ -1,4 +1,4 @@
-"""Helpers shared by the launchers: run on the tensors' device, and loadable mask views."""
+"""Helpers shared by the launchers: run on the tensors' device, loadable mask views, and row splits."""
 
 from __future__ import annotations
 
@@ -33,3 +33,14 @@ LAUNCH_OPTIONS = {"enable_fp_fusion": True}
 def loadable_mask(mask: torch.Tensor) -> torch.Tensor:
     """A view of ``mask`` that kernels can load: bool becomes uint8 (same bytes, no copy)."""
     return mask.view(torch.uint8) if mask.dtype == torch.bool else mask
+
+
+def tile_splits(rows: int, tiles: int, programs: int, max_splits: int | None = None) -> tuple[int, int]:
+    """(splits, tiles per split): cut each of ``rows`` rows of ``tiles`` whole tiles into splits so that
+    about ``programs`` programs run (one split when the rows alone reach it), at most ``max_splits``,
+    none empty. A function of its arguments only: the summation order, hence the bits, never depends
+    on the device (issue 20: few rows cannot fill a GPU with one program per row)."""
+    tiles = max(1, tiles)
+    want = min(tiles, max(1, -(-programs // max(rows, 1))), max_splits or tiles)
+    per = -(-tiles // want)
+    return -(-tiles // per), per

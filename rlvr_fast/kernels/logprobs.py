@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import LAUNCH_OPTIONS, on_tensor_device
+from ._launch import LAUNCH_OPTIONS, on_tensor_device, tile_splits
 from ._softmax import online_softmax_step
 
 
@@ -91,10 +91,7 @@ def _logprobs_fwd_kernel(
     c1 = tl.minimum(V, c0 + split_cols)
     if not SPLIT:
         # the chosen token's logit first: its two dependent loads overlap the stream instead of trailing it
-        tid = tl.load(ids_ptr + row)
-        keep = tid != ignore_index
-        in_range = (tid >= 0) & (tid < V)
-        x_t = tl.load(base + tid, mask=keep & in_range, other=0.0).to(tl.float32) * inv_temp
+        x_t, keep, in_range = _chosen_logit(base, ids_ptr, row, V, inv_temp, ignore_index)
     m = -float("inf")  # running max
     r = 0.0  # the shift actually used: m, or 0 while every logit so far is -inf
     s = 0.0  # sum exp(x - r)
@@ -110,6 +107,15 @@ def _logprobs_fwd_kernel(
         tl.store(out + 2, t)
     else:
         _store_row(x_t, keep, in_range, r, s, t, logp_ptr, ent_ptr, lse_ptr, row, ENTROPY)
+
+
+@triton.jit
+def _chosen_logit(base, ids_ptr, row, V, inv_temp, ignore_index):
+    """(scaled logit of the row's token, not ignored, id in range); an out-of-range id is never read."""
+    tid = tl.load(ids_ptr + row)
+    keep = tid != ignore_index
+    in_range = (tid >= 0) & (tid < V)
+    return tl.load(base + tid, mask=keep & in_range, other=0.0).to(tl.float32) * inv_temp, keep, in_range
 
 
 @triton.jit
@@ -158,11 +164,8 @@ def _combine_kernel(
     w = tl.where(live, tl.exp(r_i - r), 0.0)
     s = tl.sum(s_i * w, axis=0)
     t = tl.sum(tl.where(live, (t_i + s_i * (r_i - r)) * w, 0.0), axis=0)
-    tid = tl.load(ids_ptr + row)
-    keep = tid != ignore_index
-    in_range = (tid >= 0) & (tid < V)
     base = _row_base(logits_ptr, row, inner, stride_outer, stride_inner)
-    x_t = tl.load(base + tid, mask=keep & in_range, other=0.0).to(tl.float32) * inv_temp
+    x_t, keep, in_range = _chosen_logit(base, ids_ptr, row, V, inv_temp, ignore_index)
     _store_row(x_t, keep, in_range, r, s, t, logp_ptr, ent_ptr, lse_ptr, row, ENTROPY)
 
 
@@ -247,12 +250,8 @@ MAX_SPLITS = 64
 
 def splits_for(n_rows: int, V: int, block_v: int) -> tuple[int, int]:
     """(splits, columns per split) for ``n_rows`` rows of ``V`` columns in ``block_v`` tiles."""
-    tiles = triton.cdiv(V, block_v)
-    if n_rows >= SPLIT_PROGRAMS or tiles < 2:
-        return 1, tiles * block_v
-    want = min(tiles, MAX_SPLITS, triton.cdiv(SPLIT_PROGRAMS, max(n_rows, 1)))
-    per = triton.cdiv(tiles, want)
-    return triton.cdiv(tiles, per), per * block_v
+    splits, per = tile_splits(n_rows, triton.cdiv(V, block_v), SPLIT_PROGRAMS, MAX_SPLITS)
+    return splits, per * block_v
 
 
 @on_tensor_device

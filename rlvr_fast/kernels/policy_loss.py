@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .._kernel_spec import KL_IDS, Partial
-from ._launch import LAUNCH_OPTIONS, loadable_mask, on_tensor_device
+from ._launch import LAUNCH_OPTIONS, loadable_mask, on_tensor_device, tile_splits
 
 # The KL modes and partial-sum columns as the tl.constexpr globals a jit function may read.
 _K1 = tl.constexpr(KL_IDS["k1"])
@@ -272,9 +272,8 @@ FORWARD_PROGRAMS = 1024
 def forward_plan(B: int, T: int) -> tuple[int, int, int]:
     """(BLOCK_T, chunks per row, columns per chunk) of the forward for a [B, T] batch."""
     block_t = max(16, min(triton.next_power_of_2(max(T, 1)), FORWARD_BLOCK_T))
-    tiles = max(1, triton.cdiv(T, block_t))
-    per = triton.cdiv(tiles, min(tiles, max(1, triton.cdiv(FORWARD_PROGRAMS, max(B, 1)))))
-    return block_t, triton.cdiv(tiles, per), per * block_t
+    chunks, per = tile_splits(B, triton.cdiv(T, block_t), FORWARD_PROGRAMS)
+    return block_t, chunks, per * block_t
 
 
 @on_tensor_device

@@ -43,7 +43,7 @@ import torch
 from .. import _checks as C
 from .._kernel_spec import KL_IDS
 from . import policy_loss_ops  # noqa: F401  (registers torch.ops.rlvr_fast.policy_loss*)
-from .logprobs import _check_temperature, check_ids_shape, is_shifted
+from .logprobs import _check_temperature, check_ids_shape
 from .policy_loss_reference import METRICS, LossOptions
 
 KL_TYPES = (None, *KL_IDS)
@@ -177,7 +177,7 @@ def policy_loss_from_logits(
     C.check_tensor("token_ids", token_ids, dtypes=C.INT_DTYPES)
     check_ids_shape(token_ids, logits, drop_last_position)
     C.check_same_device(logits=logits, token_ids=token_ids)
-    _check_has_tokens(*(("token_ids", token_ids.shape) if is_shifted(logits, token_ids) else ("logits", logits.shape)))
+    _check_has_tokens(*(("token_ids", token_ids.shape) if drop_last_position else ("logits", logits.shape)))
     _check_temperature(temperature)
     _check_loss_inputs(
         token_ids.shape,

@@ -94,7 +94,9 @@ class GRPOTrainer:
             )
             cfg.rollout.max_new_tokens = self.task.response_length
         module, self.tok = load_model(cfg.model, self.task.tokenizer, self.device)
-        check_positions(self.task, module, cfg, eval_only=eval_only, tokenizer=self.tok)
+        self.train_set = [] if eval_only else self._encode(self.task.train, "train")
+        self.test_set = self._encode(self.task.test[: cfg.trainer.eval_size], "test")
+        check_positions(self.task, module, cfg, max(len(p) for _, p, _ in self.train_set + self.test_set))
         self.module = module
         self.model = D.wrap(module, self.dist, cfg.trainer.parallel, self.device)
         # on CPU: no more torch threads than idle cores (re-checked from the step loops)
@@ -115,8 +117,6 @@ class GRPOTrainer:
         self.logger = RunLogger(
             self.out, enabled=self.dist.main, tensorboard=cfg.trainer.tensorboard, progress=cfg.trainer.progress
         )
-        self.train_set = [] if eval_only else self._encode(self.task.train, "train")
-        self.test_set = self._encode(self.task.test[: cfg.trainer.eval_size], "test")
         extra = 0 if eval_only else cfg.data.nongold_rows  # rows drawn per epoch from the task's pool
         if extra and not self.task.train_pool:
             raise ValueError(f"data.nongold_rows = {extra}: the {self.task.name} task has no non-gold rows to draw")

@@ -53,19 +53,13 @@ def build_task(
     return load_task(cfg.data.world, strict=False, **task_options(cfg), device=device, frame_tokenizer=tokenizer)
 
 
-__all__ = ["build_task", "task_options"]
-
-
-def check_positions(task: Task, module, cfg: Config, *, eval_only: bool, tokenizer: Any) -> None:
+def check_positions(task: Task, module, cfg: Config, prompt: int) -> None:
     """A task of fixed-length responses (the video layouts) must fit the model's positions: the longest
-    kept prompt + the response <= ``module.config.max_position_embeddings``; checked before any rollout
-    engine starts, so a too-short tiny model fails at once, naming ``model.max_position_embeddings``."""
+    kept prompt (``prompt`` tokens) + the response <= ``module.config.max_position_embeddings``; checked
+    before any rollout engine starts, so a too-short tiny model fails at once, naming the key."""
     limit = getattr(module.config, "max_position_embeddings", None)
     if task.response_length is None or not limit:
         return
-    examples = [*([] if eval_only else task.train), *task.test[: cfg.trainer.eval_size]]
-    lengths = [len(task.encode(ex, tokenizer, chat_template=cfg.data.chat_template)[0]) for ex in examples]
-    prompt = max((n for n in lengths if n <= cfg.data.max_prompt_tokens), default=0)
     need = prompt + task.response_length
     if need > limit:
         fix = (
@@ -77,3 +71,6 @@ def check_positions(task: Task, module, cfg: Config, *, eval_only: bool, tokeniz
             f"{task.name}: sequences are {need} tokens ({prompt} prompt + {task.response_length} response), "
             f"more than the model's {limit} positions: {fix}"
         )
+
+
+__all__ = ["build_task", "check_positions", "task_options"]

@@ -34,11 +34,6 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
 
 
-def _as_unit_frames(name: str, x, ndim: int = 4) -> torch.Tensor:
-    check_tensor(name, x, dtypes=(torch.uint8, *FLOAT_DTYPES), ndim=ndim)
-    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-
-
 def _sub_clips(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     """clips [B, 1 + F, 3, H, W] -> [B, 1 + k, ...]: the context frame and k of the F future frames, drawn
     without replacement per clip, in their order."""
@@ -139,6 +134,13 @@ def train_tokenizer(
         tokenizer.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(seed)
 
+    def unit(name: str, x: torch.Tensor) -> torch.Tensor:
+        """A checked batch in [0, 1]; clips cut to sub-clips first, so only the kept frames are converted."""
+        check_tensor(name, x, dtypes=(torch.uint8, *FLOAT_DTYPES), ndim=ndim)
+        if clips and 0 < future_frames < x.shape[1] - 1:
+            x = _sub_clips(x, future_frames, gen)
+        return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+
     if isinstance(frames, torch.Tensor):
         check_tensor("frames", frames, dtypes=(torch.uint8, *FLOAT_DTYPES), ndim=ndim)
         n = frames.shape[0]
@@ -147,8 +149,8 @@ def train_tokenizer(
 
         def next_batch(step: int) -> torch.Tensor:  # uint8 converted per batch, not the whole set
             if n <= batch_size:
-                return _as_unit_frames("frames", frames, ndim)
-            return _as_unit_frames("frames", frames[torch.randint(0, n, (batch_size,), generator=gen)], ndim)
+                return unit("frames", frames)
+            return unit("frames", frames[torch.randint(0, n, (batch_size,), generator=gen)])
     else:
         if not isinstance(frames, Iterable):
             raise TypeError(f"frames: expected a tensor or an iterable of tensors, got {type(frames).__name__}")
@@ -156,14 +158,14 @@ def train_tokenizer(
 
         def next_batch(step: int) -> torch.Tensor:
             try:
-                return _as_unit_frames(f"frames (batch {step})", next(state["it"]), ndim)
+                return unit(f"frames (batch {step})", next(state["it"]))
             except StopIteration:
                 state["it"] = iter(frames)
                 if state["it"] is frames or step == 0:
                     raise ValueError(
                         f"frames: the iterator ran out after {step} batches ({steps} steps asked)"
                     ) from None
-                return _as_unit_frames(f"frames (batch {step})", next(state["it"]), ndim)
+                return unit(f"frames (batch {step})", next(state["it"]))
 
     opt = torch.optim.Adam(tokenizer.parameters(), lr=lr, betas=(0.9, 0.99))
     tokenizer.train()
@@ -180,10 +182,7 @@ def train_tokenizer(
         for step in range(steps):
             if threads is not None:
                 threads.step()
-            x = next_batch(step)
-            if clips and 0 < future_frames < x.shape[1] - 1:
-                x = _sub_clips(x, future_frames, gen)
-            x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+            x = next_batch(step).to(device, non_blocking=True).contiguous(memory_format=fmt)
             with torch.autocast(
                 device_type=device.type,
                 dtype=autocast_dtype or torch.bfloat16,
